@@ -1,0 +1,205 @@
+//! One connection as the hub sees it: its id, its outbound queue and its state.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::protocol::{frame, Codec};
+
+/// A connection id: 120 random bits as 20 URL-safe characters, unique and unguessable.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u128);
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+impl ConnId {
+    /// A fresh random id (from the OS-seeded thread RNG).
+    pub fn random() -> Self {
+        ConnId(rand::random::<u128>() >> 8)
+    }
+
+    /// Parse the 20-character form; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 20 {
+            return None;
+        }
+        let mut v: u128 = 0;
+        for b in s.bytes() {
+            let d = ALPHABET.iter().position(|&a| a == b)? as u128;
+            v = (v << 6) | d;
+        }
+        Some(ConnId(v))
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = [0u8; 20];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let shift = 6 * (19 - i);
+            *slot = ALPHABET[((self.0 >> shift) & 63) as usize];
+        }
+        // ALPHABET is ASCII, so this cannot fail.
+        f.write_str(std::str::from_utf8(&out).unwrap_or_default())
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnId({self})")
+    }
+}
+
+impl serde::Serialize for ConnId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One item of a connection's outbound queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Bytes to write as they are (one or more complete frames).
+    Frame(Bytes),
+    /// A close frame: written after everything queued before it; the writer stops after it.
+    Close(Bytes),
+}
+
+/// Mutable state of a connection (identity, rooms), guarded by a short-lived lock.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// The user this connection belongs to, once identified.
+    pub user: Option<Arc<str>>,
+    /// Policy data attached to the connection (session), handed back on every hook.
+    pub data: Value,
+    /// Rooms joined.
+    pub rooms: HashSet<Arc<str>>,
+}
+
+/// The hub's handle on a connection: everything fan-out needs, nothing more.
+pub struct ConnHandle {
+    /// Unique id.
+    pub id: ConnId,
+    /// Peer address.
+    pub remote: SocketAddr,
+    /// Encoder for this connection's wire profile.
+    pub codec: Arc<dyn Codec>,
+    tx: mpsc::Sender<Outbound>,
+    /// Cancelled to abort the connection now (slow consumer): the queue is dropped.
+    pub kill: CancellationToken,
+    /// Cancelled once a close frame is queued: the session then waits for the peer's close.
+    pub closing: CancellationToken,
+    kill_code: AtomicU16,
+    authenticated: AtomicBool,
+    /// Identity and rooms.
+    pub state: Mutex<ConnState>,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnHandle")
+            .field("id", &self.id)
+            .field("remote", &self.remote)
+            .finish()
+    }
+}
+
+impl ConnHandle {
+    /// A handle and the receiving end of its bounded queue (`capacity` frames).
+    pub fn new(
+        id: ConnId,
+        remote: SocketAddr,
+        codec: Arc<dyn Codec>,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let h = Arc::new(ConnHandle {
+            id,
+            remote,
+            codec,
+            tx,
+            kill: CancellationToken::new(),
+            closing: CancellationToken::new(),
+            kill_code: AtomicU16::new(1013),
+            authenticated: AtomicBool::new(false),
+            state: Mutex::new(ConnState::default()),
+            metrics,
+        });
+        (h, rx)
+    }
+
+    /// Queue bytes without waiting. A full queue means the client does not keep up:
+    /// it is disconnected with 1013 and counted, and `false` is returned.
+    #[inline]
+    pub fn send(&self, bytes: Bytes) -> bool {
+        match self.tx.try_send(Outbound::Frame(bytes)) {
+            Ok(()) => {
+                Metrics::inc(&self.metrics.frames_queued);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.abort(1013);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Abort: drop what is queued, send a close frame with `code` if the socket allows, disconnect.
+    pub fn abort(&self, code: u16) {
+        if !self.kill.is_cancelled() {
+            self.kill_code.store(code, Ordering::Relaxed);
+            if code == 1013 {
+                Metrics::inc(&self.metrics.slow_consumers);
+                tracing::warn!(conn = %self.id, "slow consumer: outbound queue full, disconnecting (1013)");
+            }
+            self.kill.cancel();
+        }
+    }
+
+    /// The close code chosen by [`abort`](Self::abort).
+    pub fn kill_code(&self) -> u16 {
+        self.kill_code.load(Ordering::Relaxed)
+    }
+
+    /// Queue a close frame after everything already queued; the session ends once the peer answers.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self.closing.is_cancelled() {
+            return;
+        }
+        self.send_close(frame::close(code, reason), code);
+    }
+
+    /// Queue an already encoded close frame (`code` is used if the queue is full and we must abort).
+    pub fn send_close(&self, frame: Bytes, code: u16) {
+        self.closing.cancel();
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::Close(frame)) {
+            self.abort(code);
+        }
+    }
+
+    /// Whether the policy has identified this connection (or accepted it at handshake).
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Acquire)
+    }
+
+    /// Mark the connection authenticated (stops the authentication deadline).
+    pub fn set_authenticated(&self) {
+        self.authenticated.store(true, Ordering::Release);
+    }
+
+    /// The user id, if identified.
+    pub fn user(&self) -> Option<Arc<str>> {
+        self.state.lock().ok().and_then(|s| s.user.clone())
+    }
+}

@@ -1,0 +1,301 @@
+//! The hub of one tenant: its connections, rooms and users, and fan-out.
+//!
+//! Every registry is a sharded concurrent map (`DashMap`), so fan-out to one
+//! room takes one shard's read lock and never a global one. Delivery clones a
+//! `Bytes` (a reference count) into each recipient's queue: the message is
+//! encoded once per wire format and never copied per recipient.
+
+mod conn;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+pub use conn::{ConnHandle, ConnId, ConnState, Outbound};
+
+use crate::protocol::OutMessage;
+
+type Members = HashMap<ConnId, Arc<ConnHandle>>;
+
+/// Who a message goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// One connection, by id.
+    Connection(String),
+    /// Every connection of a user (all devices).
+    User(String),
+    /// Every member of any of these rooms (each connection once).
+    Rooms(Vec<String>),
+    /// Every connection of the tenant.
+    Tenant,
+}
+
+/// One member of a room, for presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Connection id.
+    pub conn: String,
+    /// User id, if identified.
+    pub user: Option<String>,
+}
+
+/// Presence queries a policy can make.
+pub trait Presence: Send + Sync {
+    /// Connections in a room.
+    fn room_count(&self, room: &str) -> usize;
+    /// Members of a room.
+    fn room_members(&self, room: &str) -> Vec<Member>;
+    /// Connection ids of a user.
+    fn user_connections(&self, user: &str) -> Vec<String>;
+    /// Connections of the tenant.
+    fn connection_count(&self) -> usize;
+    /// Whether a connection id is open.
+    fn connection_exists(&self, conn: &str) -> bool;
+}
+
+/// Connections, rooms and users of one tenant.
+#[derive(Debug, Default)]
+pub struct Hub {
+    conns: DashMap<ConnId, Arc<ConnHandle>>,
+    rooms: DashMap<Arc<str>, Members>,
+    users: DashMap<Arc<str>, Members>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a connection.
+    pub fn register(&self, h: Arc<ConnHandle>) {
+        self.conns.insert(h.id, h);
+    }
+
+    /// Remove a connection from every room and its user; returns the rooms it was in.
+    pub fn unregister(&self, h: &ConnHandle) -> Vec<Arc<str>> {
+        self.conns.remove(&h.id);
+        let (user, rooms) = match h.state.lock() {
+            Ok(mut s) => (s.user.take(), std::mem::take(&mut s.rooms)),
+            Err(_) => (None, HashSet::new()),
+        };
+        if let Some(u) = user {
+            remove_member(&self.users, &u, h.id);
+        }
+        let rooms: Vec<Arc<str>> = rooms.into_iter().collect();
+        for r in &rooms {
+            remove_member(&self.rooms, r, h.id);
+        }
+        rooms
+    }
+
+    /// Look a connection up by id.
+    pub fn connection(&self, id: ConnId) -> Option<Arc<ConnHandle>> {
+        self.conns.get(&id).map(|e| e.value().clone())
+    }
+
+    /// Put a connection in a room (no-op if already there).
+    pub fn join(&self, h: &Arc<ConnHandle>, room: &str) {
+        let Ok(mut s) = h.state.lock() else { return };
+        if s.rooms.contains(room) {
+            return;
+        }
+        let room: Arc<str> = Arc::from(room);
+        s.rooms.insert(room.clone());
+        self.rooms.entry(room).or_default().insert(h.id, h.clone());
+    }
+
+    /// Take a connection out of a room.
+    pub fn leave(&self, h: &ConnHandle, room: &str) {
+        let Ok(mut s) = h.state.lock() else { return };
+        if s.rooms.remove(room) {
+            remove_member(&self.rooms, room, h.id);
+        }
+    }
+
+    /// Bind a connection to a user (or unbind with `None`), replacing any earlier user.
+    pub fn set_user(&self, h: &Arc<ConnHandle>, user: Option<&str>) {
+        let Ok(mut s) = h.state.lock() else { return };
+        if s.user.as_deref() == user {
+            return;
+        }
+        if let Some(old) = s.user.take() {
+            remove_member(&self.users, &old, h.id);
+        }
+        if let Some(u) = user {
+            let u: Arc<str> = Arc::from(u);
+            s.user = Some(u.clone());
+            self.users.entry(u).or_default().insert(h.id, h.clone());
+        }
+    }
+
+    /// Queue `msg` on every connection `target` names, except `exclude`; returns how many got it.
+    pub fn deliver(&self, target: &Target, msg: &OutMessage, exclude: Option<ConnId>) -> usize {
+        let send = |h: &Arc<ConnHandle>| -> usize {
+            if Some(h.id) == exclude {
+                return 0;
+            }
+            h.send(msg.encoded(&*h.codec)) as usize
+        };
+        match target {
+            Target::Connection(id) => ConnId::parse(id)
+                .and_then(|id| self.connection(id))
+                .map_or(0, |h| send(&h)),
+            Target::User(u) => self
+                .users
+                .get(u.as_str())
+                .map_or(0, |m| m.values().map(send).sum()),
+            Target::Rooms(rooms) if rooms.len() == 1 => self
+                .rooms
+                .get(rooms[0].as_str())
+                .map_or(0, |m| m.values().map(send).sum()),
+            Target::Rooms(rooms) => {
+                let mut seen = HashSet::new();
+                let mut n = 0;
+                for r in rooms {
+                    if let Some(m) = self.rooms.get(r.as_str()) {
+                        for h in m.values() {
+                            if seen.insert(h.id) {
+                                n += send(h);
+                            }
+                        }
+                    }
+                }
+                n
+            }
+            Target::Tenant => self.conns.iter().map(|e| send(e.value())).sum(),
+        }
+    }
+
+    /// Every connection (used by shutdown).
+    pub fn all(&self) -> Vec<Arc<ConnHandle>> {
+        self.conns.iter().map(|e| e.value().clone()).collect()
+    }
+}
+
+impl Presence for Hub {
+    fn room_count(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |m| m.len())
+    }
+
+    fn room_members(&self, room: &str) -> Vec<Member> {
+        // Copy the handles out first: a connection's state lock is never taken under a shard lock
+        // (join and set_user take them in the other order).
+        let handles: Vec<Arc<ConnHandle>> = self
+            .rooms
+            .get(room)
+            .map_or_else(Vec::new, |m| m.values().cloned().collect());
+        handles
+            .iter()
+            .map(|h| Member {
+                conn: h.id.to_string(),
+                user: h.user().map(|u| u.to_string()),
+            })
+            .collect()
+    }
+
+    fn user_connections(&self, user: &str) -> Vec<String> {
+        self.users
+            .get(user)
+            .map_or_else(Vec::new, |m| m.keys().map(|id| id.to_string()).collect())
+    }
+
+    fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn connection_exists(&self, conn: &str) -> bool {
+        ConnId::parse(conn).is_some_and(|id| self.conns.contains_key(&id))
+    }
+}
+
+fn remove_member(map: &DashMap<Arc<str>, Members>, key: &str, id: ConnId) {
+    if let Some(mut m) = map.get_mut(key) {
+        m.remove(&id);
+    }
+    map.remove_if(key, |_, m| m.is_empty());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::protocol::{json::WsJson, Message};
+    use serde_json::json;
+
+    fn conn(hub: &Hub) -> (Arc<ConnHandle>, tokio::sync::mpsc::Receiver<Outbound>) {
+        let codec = Arc::new(WsJson {
+            event_field: "event".into(),
+        });
+        let (h, rx) = ConnHandle::new(
+            ConnId::random(),
+            "127.0.0.1:1".parse().unwrap(),
+            codec,
+            4,
+            Arc::new(Metrics::default()),
+        );
+        hub.register(h.clone());
+        (h, rx)
+    }
+
+    #[test]
+    fn conn_id_round_trips() {
+        let id = ConnId::random();
+        let s = id.to_string();
+        assert_eq!(s.len(), 20);
+        assert_eq!(ConnId::parse(&s), Some(id));
+        assert_eq!(ConnId::parse("short"), None);
+        assert_ne!(ConnId::random(), ConnId::random());
+    }
+
+    #[test]
+    fn rooms_users_exclusion() {
+        let hub = Hub::new();
+        let (a, _ra) = conn(&hub);
+        let (b, _rb) = conn(&hub);
+        let (c, _rc) = conn(&hub);
+        hub.join(&a, "r");
+        hub.join(&b, "r");
+        hub.join(&b, "s");
+        hub.join(&c, "s");
+        hub.set_user(&a, Some("u"));
+        hub.set_user(&c, Some("u"));
+        let m = OutMessage::new(Message::data(json!({"x": 1})));
+        assert_eq!(hub.deliver(&Target::Rooms(vec!["r".into()]), &m, None), 2);
+        assert_eq!(
+            hub.deliver(&Target::Rooms(vec!["r".into(), "s".into()]), &m, None),
+            3
+        );
+        assert_eq!(
+            hub.deliver(&Target::Rooms(vec!["r".into()]), &m, Some(a.id)),
+            1
+        );
+        assert_eq!(hub.deliver(&Target::User("u".into()), &m, None), 2);
+        assert_eq!(
+            hub.deliver(&Target::Connection(b.id.to_string()), &m, None),
+            1
+        );
+        assert_eq!(hub.room_count("s"), 2);
+        hub.unregister(&b);
+        assert_eq!(hub.room_count("s"), 1);
+        hub.leave(&c, "s");
+        assert_eq!(hub.room_count("s"), 0);
+        assert!(hub.rooms.get("s").is_none(), "empty rooms are removed");
+    }
+
+    #[test]
+    fn full_queue_aborts_with_1013() {
+        let hub = Hub::new();
+        let (a, _ra) = conn(&hub);
+        let m = OutMessage::new(Message::data(json!(1)));
+        for _ in 0..4 {
+            assert_eq!(hub.deliver(&Target::Tenant, &m, None), 1);
+        }
+        assert_eq!(hub.deliver(&Target::Tenant, &m, None), 0);
+        assert!(a.kill.is_cancelled());
+        assert_eq!(a.kill_code(), 1013);
+    }
+}

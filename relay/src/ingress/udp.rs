@@ -1,0 +1,78 @@
+//! UDP ingress: one datagram = one request to the tenant's policy; the
+//! outcome's body (if any) is sent back as the reply datagram.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::policy::{IngressRequest, IngressSource};
+use crate::tenant::Tenant;
+
+/// Datagrams handled concurrently per listener.
+const CONCURRENCY: usize = 1024;
+
+/// Receive datagrams until shutdown.
+pub async fn serve(
+    sock: UdpSocket,
+    name: String,
+    tenant: Arc<Tenant>,
+    node: Arc<Node>,
+    max_body: usize,
+) {
+    let sock = Arc::new(sock);
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut buf = vec![0u8; 65_536];
+    let token = node.shutdown.token.clone();
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = token.cancelled() => break,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(listener = %name, error = %e, "udp receive error");
+                    continue;
+                }
+            },
+        };
+        Metrics::inc(&node.metrics.udp_datagrams);
+        let ip = peer.ip().to_canonical();
+        if !tenant.config.udp_allow.iter().any(|net| net.contains(&ip)) {
+            Metrics::inc(&node.metrics.udp_denied);
+            tracing::debug!(listener = %name, %peer, "udp datagram from a source not in udp_allow: dropped");
+            continue;
+        }
+        if n > max_body {
+            tracing::debug!(listener = %name, %peer, n, "udp datagram exceeds max_body_bytes: dropped");
+            continue;
+        }
+        let body = Bytes::copy_from_slice(&buf[..n]);
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (sock, tenant, node2) = (sock.clone(), tenant.clone(), node.clone());
+        node.shutdown.tracker.spawn(async move {
+            let _permit = permit;
+            let req = IngressRequest {
+                source: IngressSource::Udp,
+                remote: peer,
+                body,
+            };
+            match tenant.policy.on_ingress(&req, &tenant.hub).await {
+                Ok(out) => {
+                    node2.execute(&tenant, None, out.actions);
+                    if !out.body.is_empty() {
+                        let _ = sock.send_to(&out.body, peer).await;
+                    }
+                }
+                Err(e) => {
+                    Metrics::inc(&node2.metrics.policy_errors);
+                    tracing::warn!(tenant = %tenant.name, error = %e, "udp ingress hook failed");
+                }
+            }
+        });
+    }
+}

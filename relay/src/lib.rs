@@ -1,0 +1,201 @@
+//! relay: a high-throughput, WebAssembly-extensible real-time edge relay.
+//!
+//! Clients connect over WebSocket (plain or TLS); backends push over HTTP and
+//! UDP; every decision about a connection or a push is made by the tenant's
+//! policy; messages fan out through a broker to the hub, encoded once and
+//! shared by every recipient.
+//!
+//! # Layout
+//! - [`config`]: TOML configuration, validated with key and line in errors.
+//! - [`error`]: error types and whose fault they are.
+//! - [`shutdown`]: cancellation token and task tracker.
+//! - [`node`]: owns tenants, broker and metrics; runs policy actions.
+//! - [`tenant`]: a tenant's hub, policy and codec.
+//! - [`transport`]: TCP listeners, limits, TLS, hyper routing.
+//! - [`session`]: one WebSocket connection: read loop, deadlines, batching writer.
+//! - [`protocol`]: wire profiles (codecs) and WebSocket frame encoding.
+//! - [`hub`]: sharded rooms, users and connections; fan-out; presence.
+//! - [`policy`]: the policy seam (four hooks, actions) and the built-in `open` policy.
+//! - [`ingress`]: HTTP push and UDP datagrams.
+//! - [`cluster`]: the broker seam and its in-memory loop-back.
+//! - [`metrics`]: counters, rendered for `/metrics`.
+
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod ingress;
+pub mod metrics;
+pub mod node;
+pub mod policy;
+pub mod protocol;
+pub mod session;
+pub mod shutdown;
+pub mod tenant;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_rustls::TlsAcceptor;
+
+pub use config::Config;
+use config::ListenerKind;
+pub use error::Error;
+use node::Node;
+use shutdown::Shutdown;
+use tenant::Tenant;
+use transport::http::TcpListenerCtx;
+
+/// A started relay: its bound addresses and the handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound address of each listener, by name.
+    pub addrs: HashMap<String, SocketAddr>,
+    /// The node (tenants, metrics).
+    pub node: Arc<Node>,
+    /// Its shutdown handle.
+    pub shutdown: Shutdown,
+    grace: Duration,
+}
+
+impl Running {
+    /// The bound address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        match self.addrs.get(name) {
+            Some(a) => *a,
+            None => panic!("no listener named {name:?}"),
+        }
+    }
+
+    /// Stop accepting, send close frames after queued messages, and wait up to the grace period.
+    /// Returns `true` if every task finished in time.
+    pub async fn stop(self) -> bool {
+        self.shutdown.trigger();
+        self.shutdown.tracker.close();
+        tokio::time::timeout(self.grace, self.shutdown.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Raise the soft descriptor limit to the hard limit; every connection needs one.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
+}
+
+/// Bind every listener and start serving. Returns once all sockets are bound.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    raise_fd_limit();
+    let shutdown = Shutdown::new();
+    let mut tenants = HashMap::new();
+    for t in &config.tenants {
+        let tenant = Tenant::new(t.clone()).map_err(|message| config::ConfigError {
+            file: config
+                .source
+                .path
+                .as_ref()
+                .map_or("<embedded>".into(), |p| p.display().to_string()),
+            line: None,
+            key: format!("tenant {:?}", t.name.get_ref()),
+            message,
+        })?;
+        tenants.insert(t.name.get_ref().clone(), Arc::new(tenant));
+    }
+    let node = Arc::new(Node {
+        tenants,
+        broker: Arc::new(cluster::LocalBroker),
+        metrics: Arc::new(metrics::Metrics::default()),
+        shutdown: shutdown.clone(),
+    });
+    let mut addrs = HashMap::new();
+    for l in &config.listeners {
+        let name = l.name.get_ref().clone();
+        let bind: SocketAddr = l
+            .bind
+            .get_ref()
+            .parse()
+            .map_err(|_| Error::Tls(format!("listener {name}: bad bind address")))?;
+        let bind_err = |source| Error::Bind {
+            name: name.clone(),
+            addr: bind.to_string(),
+            source,
+        };
+        if l.kind == ListenerKind::Udp {
+            let sock = UdpSocket::bind(bind).await.map_err(bind_err)?;
+            addrs.insert(name.clone(), sock.local_addr()?);
+            let tenant = l
+                .tenant
+                .as_ref()
+                .and_then(|t| node.tenants.get(t.get_ref()))
+                .cloned();
+            let Some(tenant) = tenant else { continue };
+            shutdown.tracker.spawn(ingress::udp::serve(
+                sock,
+                name,
+                tenant,
+                node.clone(),
+                l.max_body_bytes,
+            ));
+            continue;
+        }
+        let tls = match l.kind {
+            ListenerKind::Wss => {
+                let (cert, key) = match (&l.cert, &l.key) {
+                    (Some(c), Some(k)) => {
+                        (config.resolve(c.get_ref()), config.resolve(k.get_ref()))
+                    }
+                    _ => {
+                        let d = transport::tls::ensure_dev_certs(
+                            &config.server.data_dir.join("dev-certs"),
+                            false,
+                        )?;
+                        (d.cert, d.key)
+                    }
+                };
+                Some(TlsAcceptor::from(transport::tls::load_server_config(
+                    &cert, &key,
+                )?))
+            }
+            _ => None,
+        };
+        let routes = l
+            .routes
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.path.get_ref().clone(),
+                    node.tenants.get(r.tenant.get_ref())?.clone(),
+                ))
+            })
+            .collect();
+        let ctx = Arc::new(TcpListenerCtx::new(
+            name.clone(),
+            l.kind,
+            routes,
+            l.http_ingress,
+            l.max_body_bytes,
+            Duration::from_millis(l.handshake_timeout_ms),
+            l.max_connections,
+            l.max_connections_per_ip,
+            tls,
+        ));
+        let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
+        addrs.insert(name, listener.local_addr()?);
+        shutdown
+            .tracker
+            .spawn(transport::http::serve(listener, ctx, node.clone()));
+    }
+    Ok(Running {
+        addrs,
+        node,
+        shutdown,
+        grace: Duration::from_millis(config.server.shutdown_grace_ms),
+    })
+}

@@ -1,0 +1,67 @@
+//! Process-wide counters, exposed as Prometheus text on `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $name:ident : $ty:ident),* $(,)?) => {
+        /// Counters and gauges; all relaxed atomics (no lock on any hot path).
+        #[derive(Debug, Default)]
+        pub struct Metrics { $($(#[$doc])* pub $name: $ty,)* }
+        impl Metrics {
+            /// Prometheus text exposition of every counter.
+            pub fn render(&self) -> String {
+                let mut out = String::with_capacity(2048);
+                $(
+                    let kind = if stringify!($ty) == "AtomicI64" { "gauge" } else { "counter" };
+                    let _ = writeln!(out, "# TYPE relay_{} {}", stringify!($name), kind);
+                    let _ = writeln!(out, "relay_{} {}", stringify!($name), self.$name.load(Relaxed));
+                )*
+                out
+            }
+        }
+    };
+}
+
+metrics! {
+    /// WebSocket connections open now.
+    connections_open: AtomicI64,
+    /// WebSocket connections accepted since start.
+    connections_total: AtomicU64,
+    /// TCP connections refused by `max_connections` or `max_connections_per_ip`.
+    connections_refused: AtomicU64,
+    /// Handshakes the policy rejected.
+    handshakes_rejected: AtomicU64,
+    /// Client messages received.
+    messages_in: AtomicU64,
+    /// Frames handed to connection queues.
+    frames_queued: AtomicU64,
+    /// write() calls made by connection writers (frames_queued / writes = coalescing factor).
+    socket_writes: AtomicU64,
+    /// Connections closed because their outbound queue was full (close 1013).
+    slow_consumers: AtomicU64,
+    /// Connections closed for protocol errors (1002, 1007, 1009).
+    protocol_errors: AtomicU64,
+    /// Connections closed by the idle timeout.
+    idle_timeouts: AtomicU64,
+    /// Connections closed by the authentication deadline.
+    auth_timeouts: AtomicU64,
+    /// Policy hook failures.
+    policy_errors: AtomicU64,
+    /// HTTP ingress requests handled.
+    http_requests: AtomicU64,
+    /// UDP datagrams handled.
+    udp_datagrams: AtomicU64,
+    /// UDP datagrams dropped by the source allowlist.
+    udp_denied: AtomicU64,
+    /// Publications handed to the broker.
+    publications: AtomicU64,
+}
+
+impl Metrics {
+    /// Add one to a counter.
+    #[inline]
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+}

@@ -1,0 +1,338 @@
+//! `open`: the built-in development policy. Anyone may connect, join any room
+//! and push; there is no authentication. Never use it in production.
+//!
+//! Client messages (ws-json, event field `event`):
+//! `{"event":"join","room":"r"}`, `{"event":"leave","room":"r"}`,
+//! `{"event":"emit","room":"r","data":…,"exclude_self":true}` (or `rooms`, `user`, `conn`, `broadcast`),
+//! `{"event":"login","user":"u"}`, `{"event":"presence","room":"r"}`, `{"event":"whoami"}`,
+//! `{"event":"close","code":4000}`.
+//! Handshake query: `user=u&rooms=a,b`. Setting `require_login = true` defers
+//! authentication to the `login` event (to exercise the authentication deadline).
+//! Ingress: `GET|POST <prefix>/push` with `room`/`rooms`/`user`/`conn`/`broadcast`,
+//! `event`, `data` (query, form or JSON body), `GET <prefix>/presence?room=r`;
+//! UDP datagrams carry the same JSON object as a `/push` body.
+
+use serde_json::{json, Map, Value};
+
+use super::{
+    Action, BoxFuture, ClientEvent, ConnInfo, HandshakeDecision, HandshakeRequest, IngressOutcome,
+    IngressRequest, IngressSource, Policy,
+};
+use crate::error::PolicyError;
+use crate::hub::{Presence, Target};
+use crate::protocol::Message;
+
+/// The development policy. See the module docs for its little protocol.
+#[derive(Debug, Clone, Default)]
+pub struct OpenPolicy {
+    /// Defer authentication to a `login` event.
+    pub require_login: bool,
+}
+
+impl OpenPolicy {
+    /// Build from the tenant's `settings` table.
+    pub fn from_settings(settings: &toml::Table) -> Result<Self, String> {
+        let mut p = OpenPolicy::default();
+        for (k, v) in settings {
+            match (k.as_str(), v) {
+                ("require_login", toml::Value::Boolean(b)) => p.require_login = *b,
+                _ => return Err(format!(
+                    "open policy: unknown or mistyped setting {k:?} (known: require_login = bool)"
+                )),
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn reply(data: Value) -> Action {
+    Action::Reply {
+        message: Message::data(data),
+    }
+}
+
+fn error(msg: &str) -> Vec<Action> {
+    vec![reply(json!({"event": "error", "error": msg}))]
+}
+
+fn str_list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => s
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The target named by `room`, `rooms`, `user`, `conn` or `broadcast`.
+fn target(o: &Map<String, Value>) -> Option<Target> {
+    let rooms: Vec<String> = [o.get("room"), o.get("rooms")]
+        .into_iter()
+        .flat_map(str_list)
+        .collect();
+    if !rooms.is_empty() {
+        return Some(Target::Rooms(rooms));
+    }
+    if let Some(u) = o.get("user").and_then(Value::as_str) {
+        return Some(Target::User(u.to_owned()));
+    }
+    if let Some(c) = o.get("conn").and_then(Value::as_str) {
+        return Some(Target::Connection(c.to_owned()));
+    }
+    match o.get("broadcast") {
+        Some(Value::Bool(true)) => Some(Target::Tenant),
+        Some(Value::String(s)) if s == "1" || s == "true" => Some(Target::Tenant),
+        _ => None,
+    }
+}
+
+fn online(t: &Target, p: &dyn Presence) -> usize {
+    match t {
+        Target::Rooms(r) => r.iter().map(|r| p.room_count(r)).sum(),
+        Target::User(u) => p.user_connections(u).len(),
+        Target::Connection(c) => usize::from(p.connection_exists(c)),
+        Target::Tenant => p.connection_count(),
+    }
+}
+
+impl OpenPolicy {
+    fn event(&self, conn: &ConnInfo, ev: &ClientEvent, presence: &dyn Presence) -> Vec<Action> {
+        let Some(Value::Object(o)) = &ev.data else {
+            return error("messages are JSON objects with an \"event\" field");
+        };
+        let name = ev.name.as_deref().unwrap_or("");
+        if !conn.authenticated && name != "login" {
+            return error("log in first: {\"event\":\"login\",\"user\":\"...\"}");
+        }
+        match name {
+            "login" => match o.get("user").and_then(Value::as_str) {
+                Some(u) if !u.is_empty() => vec![
+                    Action::SetIdentity {
+                        user: Some(u.to_owned()),
+                        data: None,
+                        conn: None,
+                    },
+                    reply(json!({"event": "login", "ok": true, "conn": conn.id, "user": u})),
+                ],
+                _ => error("login needs a non-empty \"user\""),
+            },
+            "join" | "leave" => {
+                let rooms: Vec<String> = [o.get("room"), o.get("rooms")]
+                    .into_iter()
+                    .flat_map(str_list)
+                    .collect();
+                if rooms.is_empty() {
+                    return error("join/leave needs \"room\" or \"rooms\"");
+                }
+                let ack = reply(
+                    json!({"event": if name == "join" {"joined"} else {"left"}, "rooms": rooms}),
+                );
+                let act = if name == "join" {
+                    Action::Join { rooms, conn: None }
+                } else {
+                    Action::Leave { rooms, conn: None }
+                };
+                vec![act, ack]
+            }
+            "emit" => {
+                let Some(target) = target(o) else {
+                    return error("emit needs one of room, rooms, user, conn or broadcast");
+                };
+                let message = Message {
+                    event: Some("message".into()),
+                    data: json!({
+                        "event": "message",
+                        "from": conn.id,
+                        "user": conn.user,
+                        "data": o.get("data").cloned().unwrap_or(Value::Null),
+                    }),
+                };
+                let exclude_sender = matches!(o.get("exclude_self"), Some(Value::Bool(true)));
+                vec![Action::Emit {
+                    target,
+                    message,
+                    exclude_sender,
+                }]
+            }
+            "presence" => match o.get("room").and_then(Value::as_str) {
+                Some(r) => vec![reply(json!({
+                    "event": "presence", "room": r,
+                    "count": presence.room_count(r), "members": presence.room_members(r),
+                }))],
+                None => error("presence needs \"room\""),
+            },
+            "whoami" => vec![reply(
+                json!({"event": "whoami", "conn": conn.id, "user": conn.user}),
+            )],
+            "close" => {
+                let code = o.get("code").and_then(Value::as_u64).unwrap_or(1000);
+                match u16::try_from(code) {
+                    Ok(code) if (1000..5000).contains(&code) => vec![Action::Close {
+                        code,
+                        reason: "requested".into(),
+                        conn: None,
+                    }],
+                    _ => error("close code must be 1000..4999"),
+                }
+            }
+            "" => error("missing \"event\" field"),
+            other => error(&format!("unknown event {other:?}")),
+        }
+    }
+
+    /// `/push` and UDP: parameters → an emit, answered with how many connections are online for it.
+    fn push(&self, o: &Map<String, Value>, presence: &dyn Presence) -> IngressOutcome {
+        let Some(target) = target(o) else {
+            return IngressOutcome::json(
+                400,
+                &json!({"ok": false, "error": "need one of room, rooms, user, conn or broadcast"}),
+                vec![],
+            );
+        };
+        let Some(data) = o.get("data").cloned() else {
+            return IngressOutcome::json(
+                400,
+                &json!({"ok": false, "error": "need \"data\""}),
+                vec![],
+            );
+        };
+        let event = o
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+            .to_owned();
+        let online = online(&target, presence);
+        let message = Message {
+            event: Some(event.clone()),
+            data: json!({"event": event, "data": data}),
+        };
+        IngressOutcome::json(
+            200,
+            &json!({"ok": true, "online": online}),
+            vec![Action::Emit {
+                target,
+                message,
+                exclude_sender: false,
+            }],
+        )
+    }
+}
+
+fn bad_request(msg: String) -> IngressOutcome {
+    IngressOutcome::json(400, &json!({"ok": false, "error": msg}), vec![])
+}
+
+impl Policy for OpenPolicy {
+    fn on_handshake<'a>(
+        &'a self,
+        req: &'a HandshakeRequest,
+        _presence: &'a dyn Presence,
+    ) -> BoxFuture<'a, Result<HandshakeDecision, PolicyError>> {
+        Box::pin(async move {
+            if self.require_login {
+                return Ok(HandshakeDecision::Defer { actions: vec![] });
+            }
+            let rooms = req
+                .query_param("rooms")
+                .map(|r| {
+                    r.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(HandshakeDecision::Accept {
+                user: req.query_param("user").filter(|u| !u.is_empty()),
+                data: Value::Null,
+                rooms,
+                headers: vec![],
+                actions: vec![],
+            })
+        })
+    }
+
+    fn on_event<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+        event: &'a ClientEvent,
+        presence: &'a dyn Presence,
+    ) -> BoxFuture<'a, Result<Vec<Action>, PolicyError>> {
+        Box::pin(async move { Ok(self.event(conn, event, presence)) })
+    }
+
+    fn on_ingress<'a>(
+        &'a self,
+        req: &'a IngressRequest,
+        presence: &'a dyn Presence,
+    ) -> BoxFuture<'a, Result<IngressOutcome, PolicyError>> {
+        Box::pin(async move {
+            let (method, path, headers) = match &req.source {
+                IngressSource::Udp => {
+                    return Ok(match serde_json::from_slice::<Value>(&req.body) {
+                        Ok(Value::Object(o)) => self.push(&o, presence),
+                        Ok(_) => bad_request("datagram must be a JSON object".into()),
+                        Err(e) => bad_request(format!("datagram is not JSON: {e}")),
+                    });
+                }
+                IngressSource::Http {
+                    method,
+                    path,
+                    headers,
+                    ..
+                } => (method, path, headers),
+            };
+            match (method.as_str(), path.as_str()) {
+                ("GET" | "POST", "/push") => {
+                    let is_json = headers
+                        .iter()
+                        .any(|(k, v)| k == "content-type" && v.starts_with("application/json"));
+                    let o = if is_json {
+                        match serde_json::from_slice::<Value>(&req.body) {
+                            Ok(Value::Object(o)) => o,
+                            Ok(_) => return Ok(bad_request("JSON body must be an object".into())),
+                            Err(e) => return Ok(bad_request(format!("invalid JSON body: {e}"))),
+                        }
+                    } else {
+                        req.params()
+                            .into_iter()
+                            .map(|(k, v)| (k, Value::String(v)))
+                            .collect()
+                    };
+                    Ok(self.push(&o, presence))
+                }
+                ("GET", "/presence") => {
+                    let room = req
+                        .params()
+                        .into_iter()
+                        .find(|(k, _)| k == "room")
+                        .map(|(_, v)| v);
+                    Ok(match room {
+                        Some(r) => IngressOutcome::json(
+                            200,
+                            &json!({"room": r, "count": presence.room_count(&r), "members": presence.room_members(&r)}),
+                            vec![],
+                        ),
+                        None => bad_request("need ?room=".into()),
+                    })
+                }
+                (_, "/push" | "/presence") => Ok(IngressOutcome::json(
+                    405,
+                    &json!({"ok": false, "error": "method not allowed"}),
+                    vec![],
+                )),
+                _ => Ok(IngressOutcome::json(
+                    404,
+                    &json!({"ok": false, "error": format!("no such endpoint {path:?}; try /push or /presence")}),
+                    vec![],
+                )),
+            }
+        })
+    }
+}

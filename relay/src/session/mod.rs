@@ -1,0 +1,375 @@
+//! A WebSocket session: handshake through the tenant's policy, then the read
+//! loop (fragments, limits, ping/pong, close handshake, idle and
+//! authentication deadlines) beside the batching [`writer`].
+
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::io::AsyncRead;
+use tokio::time::{sleep_until, Instant};
+
+use crate::hub::{ConnHandle, ConnId};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::policy::{DisconnectInfo, HandshakeDecision, HandshakeRequest};
+use crate::protocol::frame;
+use crate::tenant::Tenant;
+use crate::transport::http::{header_pairs, text_response};
+
+/// How long a session waits for the peer's close frame after sending its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Answer a WebSocket upgrade request: ask the policy, then upgrade and spawn the session.
+pub async fn handshake(
+    mut req: Request<Incoming>,
+    tenant: Arc<Tenant>,
+    node: Arc<Node>,
+    remote: SocketAddr,
+    tls: bool,
+) -> Response<Full<Bytes>> {
+    let id = ConnId::random();
+    let hreq = HandshakeRequest {
+        conn: id.to_string(),
+        path: req.uri().path().to_owned(),
+        query: req.uri().query().unwrap_or("").to_owned(),
+        headers: header_pairs(req.headers()),
+        remote,
+        tls,
+    };
+    let decision = match tenant.policy.on_handshake(&hreq, &tenant.hub).await {
+        Ok(d) => d,
+        Err(e) => {
+            Metrics::inc(&node.metrics.policy_errors);
+            tracing::warn!(tenant = %tenant.name, error = %e, "handshake hook failed");
+            return text_response(500, "policy error\n");
+        }
+    };
+    let extra_headers = match &decision {
+        HandshakeDecision::Reject {
+            status,
+            headers,
+            body,
+        } => {
+            Metrics::inc(&node.metrics.handshakes_rejected);
+            let mut resp = text_response(*status, body);
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::try_from(k.as_str()),
+                    http::HeaderValue::try_from(v.as_str()),
+                ) {
+                    resp.headers_mut().insert(k, v);
+                }
+            }
+            return resp;
+        }
+        HandshakeDecision::Accept { headers, .. } => headers.clone(),
+        HandshakeDecision::Defer { .. } => Vec::new(),
+    };
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(e) => return text_response(400, &format!("bad websocket handshake: {e}\n")),
+    };
+    let (parts, _) = resp.into_parts();
+    let mut resp = Response::from_parts(parts, Full::new(Bytes::new()));
+    for (k, v) in extra_headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::try_from(k.as_str()),
+            http::HeaderValue::try_from(v.as_str()),
+        ) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    let tracker = node.shutdown.tracker.clone();
+    tracker.spawn(async move {
+        match fut.await {
+            Ok(ws) => run(ws.into_inner(), tenant, node, id, remote, decision).await,
+            Err(e) => tracing::debug!(%remote, error = %e, "upgrade failed"),
+        }
+    });
+    resp
+}
+
+/// The session after the upgrade.
+async fn run<S>(
+    io: S,
+    tenant: Arc<Tenant>,
+    node: Arc<Node>,
+    id: ConnId,
+    remote: SocketAddr,
+    decision: HandshakeDecision,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let metrics = node.metrics.clone();
+    let (r, w) = tokio::io::split(io);
+    // fastwebsockets reads; our writer writes pre-encoded frames, so its write half is unused.
+    let (mut rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
+    rd.set_auto_close(false);
+    rd.set_auto_pong(false);
+    // fastwebsockets refuses a frame when `len >= max`; we allow exactly `max_message_bytes`.
+    rd.set_max_message_size(tenant.config.max_message_bytes.saturating_add(1));
+
+    let (h, rx) = ConnHandle::new(
+        id,
+        remote,
+        tenant.codec.clone(),
+        tenant.config.outbound_queue,
+        metrics.clone(),
+    );
+    tenant.hub.register(h.clone());
+    metrics
+        .connections_open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Metrics::inc(&metrics.connections_total);
+    let writer = node
+        .shutdown
+        .tracker
+        .spawn(writer::run(w, rx, h.clone(), metrics.clone()));
+
+    match decision {
+        HandshakeDecision::Accept {
+            user,
+            data,
+            rooms,
+            actions,
+            ..
+        } => {
+            if let Some(u) = user.as_deref() {
+                tenant.hub.set_user(&h, Some(u));
+            }
+            if let Ok(mut s) = h.state.lock() {
+                s.data = data;
+            }
+            for r in &rooms {
+                tenant.hub.join(&h, r);
+            }
+            h.set_authenticated();
+            node.execute(&tenant, Some(&h), actions);
+        }
+        HandshakeDecision::Defer { actions } => node.execute(&tenant, Some(&h), actions),
+        HandshakeDecision::Reject { .. } => {}
+    }
+    tracing::debug!(tenant = %tenant.name, conn = %h.id, %remote, "connected");
+
+    let info = read_loop(&mut rd, &h, &tenant, &node).await;
+
+    let ci = Node::conn_info(&h);
+    tenant.hub.unregister(&h);
+    match tenant.policy.on_disconnect(&ci, &info, &tenant.hub).await {
+        Ok(actions) => node.execute(&tenant, None, actions),
+        Err(e) => {
+            Metrics::inc(&metrics.policy_errors);
+            tracing::warn!(tenant = %tenant.name, error = %e, "disconnect hook failed");
+        }
+    }
+    // Let the writer drain what is queued (graceful close) but never wait forever.
+    if !h.closing.is_cancelled() && !h.kill.is_cancelled() {
+        h.abort(info.code.unwrap_or(1000));
+    }
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(CLOSE_WAIT, writer).await.is_err() {
+        abort.abort();
+    }
+    metrics
+        .connections_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(tenant = %tenant.name, conn = %h.id, code = ?info.code, reason = %info.reason, "disconnected");
+}
+
+fn info(code: Option<u16>, reason: &str) -> DisconnectInfo {
+    DisconnectInfo {
+        code,
+        reason: reason.to_owned(),
+    }
+}
+
+/// Close code for a read error, or `None` when the peer just went away.
+fn error_close(e: &WebSocketError) -> Option<(u16, &'static str)> {
+    match e {
+        WebSocketError::FrameTooLarge => Some((1009, "message too big")),
+        WebSocketError::InvalidUTF8 => Some((1007, "invalid UTF-8")),
+        WebSocketError::IoError(_)
+        | WebSocketError::UnexpectedEOF
+        | WebSocketError::ConnectionClosed => None,
+        _ => Some((1002, "protocol error")),
+    }
+}
+
+/// Whether a close code may appear in a close frame (RFC 6455 §7.4).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    rd: &mut WebSocketRead<R>,
+    h: &Arc<ConnHandle>,
+    tenant: &Arc<Tenant>,
+    node: &Arc<Node>,
+) -> DisconnectInfo {
+    let cfg = &tenant.config;
+    let m = &node.metrics;
+    let ms = Duration::from_millis;
+    let auth_deadline = Instant::now() + ms(cfg.auth_timeout_ms);
+    let mut last_rx = Instant::now();
+    let mut pinged_at: Option<Instant> = None;
+    let mut close_deadline: Option<Instant> = None;
+    let mut sent_code: Option<u16> = None;
+    let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+    let shutdown = node.shutdown.token.clone();
+    let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+
+    loop {
+        let read = rd.read_frame(&mut no_obligations);
+        tokio::pin!(read);
+        let res = loop {
+            let idle_at = (cfg.idle_timeout_ms > 0).then(|| last_rx + ms(cfg.idle_timeout_ms));
+            let ping_at = (cfg.ping_interval_ms > 0 && pinged_at.is_none())
+                .then(|| last_rx + ms(cfg.ping_interval_ms));
+            let far = Instant::now() + Duration::from_secs(86_400);
+            tokio::select! {
+                biased;
+                r = &mut read => break r,
+                _ = h.kill.cancelled() => return info(Some(h.kill_code()), "aborted"),
+                _ = sleep_until(close_deadline.unwrap_or(far)), if close_deadline.is_some() => {
+                    return info(sent_code, "no close reply from peer");
+                }
+                _ = h.closing.cancelled(), if close_deadline.is_none() => {
+                    close_deadline = Some(Instant::now() + CLOSE_WAIT);
+                }
+                _ = shutdown.cancelled(), if !h.closing.is_cancelled() => {
+                    sent_code = Some(1001);
+                    h.close(1001, "server shutting down");
+                }
+                _ = sleep_until(auth_deadline), if !h.is_authenticated() && !h.closing.is_cancelled() => {
+                    if !h.is_authenticated() {
+                        Metrics::inc(&m.auth_timeouts);
+                        sent_code = Some(1008);
+                        h.close(1008, "authentication timeout");
+                    }
+                }
+                _ = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() && !h.closing.is_cancelled() => {
+                    Metrics::inc(&m.idle_timeouts);
+                    sent_code = Some(1001);
+                    h.close(1001, "idle timeout");
+                }
+                _ = sleep_until(ping_at.unwrap_or(far)), if ping_at.is_some() && !h.closing.is_cancelled() => {
+                    pinged_at = Some(Instant::now());
+                    h.send(frame::encode(frame::OP_PING, b""));
+                }
+            }
+        };
+        let frame = match res {
+            Ok(f) => f,
+            Err(e) => {
+                return match error_close(&e) {
+                    Some((code, reason)) => {
+                        Metrics::inc(&m.protocol_errors);
+                        h.close(code, reason);
+                        info(Some(code), reason)
+                    }
+                    None => info(sent_code, "connection lost"),
+                };
+            }
+        };
+        last_rx = Instant::now();
+        pinged_at = None;
+        let (fin, opcode) = (frame.fin, frame.opcode);
+        let payload: Vec<u8> = frame.payload.to_vec();
+        match opcode {
+            OpCode::Close => {
+                if h.closing.is_cancelled() {
+                    // The peer answered our close: done.
+                    return info(sent_code, "closed");
+                }
+                let (code, reply) = match payload.len() {
+                    0 => (None, frame::encode(frame::OP_CLOSE, b"")),
+                    1 => (Some(1002), frame::close(1002, "bad close frame")),
+                    _ => {
+                        let code = u16::from_be_bytes([payload[0], payload[1]]);
+                        if !valid_close_code(code) {
+                            (Some(1002), frame::close(1002, "invalid close code"))
+                        } else if std::str::from_utf8(&payload[2..]).is_err() {
+                            (
+                                Some(1007),
+                                frame::close(1007, "invalid UTF-8 in close reason"),
+                            )
+                        } else {
+                            (Some(code), frame::close(code, ""))
+                        }
+                    }
+                };
+                h.send_close(reply, code.unwrap_or(1000));
+                return info(code, "closed by peer");
+            }
+            OpCode::Ping => {
+                h.send(frame::encode(frame::OP_PONG, &payload));
+                continue;
+            }
+            OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary if fragments.is_some() => {
+                Metrics::inc(&m.protocol_errors);
+                h.close(1002, "expected a continuation frame");
+                return info(Some(1002), "expected a continuation frame");
+            }
+            OpCode::Text | OpCode::Binary if !fin => {
+                fragments = Some((opcode, payload));
+                continue;
+            }
+            OpCode::Continuation => {
+                let Some((_, buf)) = fragments.as_mut() else {
+                    Metrics::inc(&m.protocol_errors);
+                    h.close(1002, "unexpected continuation frame");
+                    return info(Some(1002), "unexpected continuation frame");
+                };
+                if buf.len() + payload.len() > cfg.max_message_bytes {
+                    Metrics::inc(&m.protocol_errors);
+                    h.close(1009, "message too big");
+                    return info(Some(1009), "message too big");
+                }
+                buf.extend_from_slice(&payload);
+                if !fin {
+                    continue;
+                }
+            }
+            OpCode::Text | OpCode::Binary => {}
+        }
+        let (opcode, payload) = match (opcode, fragments.take()) {
+            (OpCode::Continuation, Some(f)) => f,
+            (op, _) => (op, payload),
+        };
+        if h.closing.is_cancelled() {
+            continue; // closing: messages after our close frame are dropped
+        }
+        if opcode == OpCode::Binary {
+            Metrics::inc(&m.protocol_errors);
+            h.close(1003, "binary messages are not supported by this profile");
+            return info(Some(1003), "binary message");
+        }
+        let text = match String::from_utf8(payload) {
+            Ok(t) => t,
+            Err(_) => {
+                Metrics::inc(&m.protocol_errors);
+                h.close(1007, "invalid UTF-8");
+                return info(Some(1007), "invalid UTF-8");
+            }
+        };
+        Metrics::inc(&m.messages_in);
+        let event = tenant.codec.decode_text(text);
+        let conn = Node::conn_info(h);
+        match tenant.policy.on_event(&conn, &event, &tenant.hub).await {
+            Ok(actions) => node.execute(tenant, Some(h), actions),
+            Err(e) => {
+                Metrics::inc(&m.policy_errors);
+                tracing::warn!(tenant = %tenant.name, conn = %h.id, error = %e, "event hook failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The per-connection writer: drains the bounded queue in batches and
+//! coalesces every frame that is waiting into one `write`, so a busy
+//! connection costs one syscall per turn, not one per message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::hub::{ConnHandle, Outbound};
+use crate::metrics::Metrics;
+use crate::protocol::frame;
+
+/// Most queue items taken per turn.
+const BATCH: usize = 512;
+/// Frames are copied into one buffer up to this size; bigger frames are written as they are.
+const MAX_COALESCE: usize = 64 << 10;
+/// Time allowed to finish a partial write and send the close frame when a connection is aborted.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+enum Stop {
+    /// The connection was aborted; these bytes of the current chunk are still unwritten.
+    Killed(Vec<u8>),
+    /// The socket failed.
+    Io,
+}
+
+/// Run until a close frame is written, the connection is aborted, or the socket fails.
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Outbound>,
+    h: Arc<ConnHandle>,
+    m: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = h.kill.cancelled() => return abort(&mut w, &[], &h).await,
+            n = rx.recv_many(&mut batch, BATCH) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        let mut close = false;
+        buf.clear();
+        let mut result = Ok(());
+        for item in batch.drain(..) {
+            let (bytes, is_close) = match item {
+                Outbound::Frame(b) => (b, false),
+                Outbound::Close(b) => (b, true),
+            };
+            if !buf.is_empty() && buf.len() + bytes.len() > MAX_COALESCE {
+                result = write_all(&mut w, &buf, &h, &m).await;
+                if result.is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+            if bytes.len() > MAX_COALESCE {
+                result = write_all(&mut w, &bytes, &h, &m).await;
+                if result.is_err() {
+                    break;
+                }
+            } else {
+                buf.extend_from_slice(&bytes);
+            }
+            if is_close {
+                close = true;
+                break;
+            }
+        }
+        if result.is_ok() && !buf.is_empty() {
+            result = write_all(&mut w, &buf, &h, &m).await;
+        }
+        if result.is_ok() {
+            result = tokio::select! {
+                biased;
+                _ = h.kill.cancelled() => Err(Stop::Killed(Vec::new())),
+                r = w.flush() => r.map_err(|_| Stop::Io),
+            };
+        }
+        match result {
+            Ok(()) if close => {
+                let _ = tokio::time::timeout(ABORT_GRACE, w.shutdown()).await;
+                return;
+            }
+            Ok(()) => {}
+            Err(Stop::Killed(tail)) => {
+                // Finishing the partly written chunk keeps the stream well-formed, so the
+                // close frame can follow it.
+                return abort(&mut w, &tail, &h).await;
+            }
+            Err(Stop::Io) => return,
+        }
+    }
+}
+
+/// Write all of `data`, giving up when the connection is aborted.
+async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut data: &[u8],
+    h: &ConnHandle,
+    m: &Metrics,
+) -> Result<(), Stop> {
+    while !data.is_empty() {
+        let r = tokio::select! {
+            biased;
+            _ = h.kill.cancelled() => return Err(Stop::Killed(data.to_vec())),
+            r = w.write(data) => r,
+        };
+        match r {
+            Ok(0) | Err(_) => return Err(Stop::Io),
+            Ok(n) => {
+                Metrics::inc(&m.socket_writes);
+                data = &data[n..];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Best effort within [`ABORT_GRACE`]: finish the partial chunk, send the abort's close frame, shut down.
+async fn abort<W: AsyncWrite + Unpin>(w: &mut W, tail: &[u8], h: &ConnHandle) {
+    let close = frame::close(h.kill_code(), "");
+    let _ = tokio::time::timeout(ABORT_GRACE, async {
+        w.write_all(tail).await?;
+        w.write_all(&close).await?;
+        w.flush().await?;
+        w.shutdown().await
+    })
+    .await;
+}

@@ -1,0 +1,290 @@
+//! TCP listeners served by hyper: limits, TLS, routing to sessions and ingress.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ListenerKind;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::tenant::Tenant;
+
+/// A TCP listener's runtime settings.
+pub struct TcpListenerCtx {
+    /// Listener name.
+    pub name: String,
+    /// ws, wss or http.
+    pub kind: ListenerKind,
+    /// Path prefix → tenant, longest prefix first.
+    pub routes: Vec<(String, Arc<Tenant>)>,
+    /// Serve HTTP ingress beside WebSocket.
+    pub http_ingress: bool,
+    /// Request body limit.
+    pub max_body: usize,
+    /// TLS handshake and request-head deadline.
+    pub handshake_timeout: Duration,
+    /// Connections allowed per IP.
+    pub max_per_ip: usize,
+    /// TLS acceptor for wss.
+    pub tls: Option<TlsAcceptor>,
+    /// Open connections by IP.
+    per_ip: DashMap<IpAddr, usize>,
+    /// Permits for `max_connections`.
+    permits: Arc<Semaphore>,
+}
+
+impl TcpListenerCtx {
+    /// Build the context; routes are sorted so the longest prefix matches first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        kind: ListenerKind,
+        mut routes: Vec<(String, Arc<Tenant>)>,
+        http_ingress: bool,
+        max_body: usize,
+        handshake_timeout: Duration,
+        max_connections: usize,
+        max_per_ip: usize,
+        tls: Option<TlsAcceptor>,
+    ) -> Self {
+        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        TcpListenerCtx {
+            name,
+            kind,
+            routes,
+            http_ingress: http_ingress || kind == ListenerKind::Http,
+            max_body,
+            handshake_timeout,
+            max_per_ip,
+            tls,
+            per_ip: DashMap::new(),
+            permits: Arc::new(Semaphore::new(max_connections)),
+        }
+    }
+
+    /// The tenant for a path and the path relative to its prefix.
+    pub fn route(&self, path: &str) -> Option<(&Arc<Tenant>, String)> {
+        self.routes.iter().find_map(|(prefix, t)| {
+            let rest = path.strip_prefix(prefix.trim_end_matches('/'))?;
+            if rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/') {
+                let rel = if rest.starts_with('/') {
+                    rest.to_owned()
+                } else {
+                    format!("/{rest}")
+                };
+                Some((t, rel))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// Holds a connection's place in the listener and per-IP limits until dropped.
+struct ConnSlot {
+    ctx: Arc<TcpListenerCtx>,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.ctx.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+        }
+        self.ctx.per_ip.remove_if(&self.ip, |_, n| *n == 0);
+    }
+}
+
+fn take_slot(ctx: &Arc<TcpListenerCtx>, ip: IpAddr) -> Result<ConnSlot, &'static str> {
+    let permit = ctx
+        .permits
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| "listener is at max_connections")?;
+    let mut n = ctx.per_ip.entry(ip).or_insert(0);
+    if *n >= ctx.max_per_ip {
+        return Err("address is at max_connections_per_ip");
+    }
+    *n += 1;
+    drop(n);
+    Ok(ConnSlot {
+        ctx: ctx.clone(),
+        ip,
+        _permit: permit,
+    })
+}
+
+/// Accept connections until shutdown.
+pub async fn serve(listener: TcpListener, ctx: Arc<TcpListenerCtx>, node: Arc<Node>) {
+    let token = node.shutdown.token.clone();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => { backoff = Duration::from_millis(5); x }
+                Err(e) => {
+                    // EMFILE/ENFILE: out of descriptors. Say so clearly and back off.
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed (out of file descriptors?); retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        let ip = remote.ip().to_canonical();
+        let slot = match take_slot(&ctx, ip) {
+            Ok(s) => s,
+            Err(why) => {
+                Metrics::inc(&node.metrics.connections_refused);
+                tracing::debug!(listener = %ctx.name, %remote, why, "connection refused");
+                if ctx.tls.is_none() {
+                    node.shutdown.tracker.spawn(refuse(stream, why));
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (ctx, node2) = (ctx.clone(), node.clone());
+        node.shutdown.tracker.spawn(async move {
+            let _slot = slot;
+            match &ctx.tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => serve_conn(tls, remote, ctx.clone(), node2, true).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
+                }
+                None => serve_conn(stream, remote, ctx.clone(), node2, false).await,
+            }
+        });
+    }
+    tracing::debug!(listener = %ctx.name, "stopped accepting");
+}
+
+/// A clear answer for a connection over the limits, then close.
+async fn refuse(mut stream: TcpStream, why: &'static str) {
+    let body = format!("{why}\n");
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;
+}
+
+async fn serve_conn<I>(
+    io: I,
+    remote: SocketAddr,
+    ctx: Arc<TcpListenerCtx>,
+    node: Arc<Node>,
+    tls: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let token = node.shutdown.token.clone();
+    let svc = {
+        let (ctx, node) = (ctx.clone(), node.clone());
+        service_fn(move |req| {
+            let (ctx, node) = (ctx.clone(), node.clone());
+            async move { Ok::<_, Infallible>(handle(req, ctx, node, remote, tls).await) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.handshake_timeout)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%remote, error = %e, "http connection error") },
+        _ = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<TcpListenerCtx>,
+    node: Arc<Node>,
+    remote: SocketAddr,
+    tls: bool,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        return text_response(200, "ok\n");
+    }
+    if path == "/metrics" && ctx.kind == ListenerKind::Http {
+        let mut r = text_response(200, &node.metrics.render());
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return r;
+    }
+    let Some((tenant, rel)) = ctx.route(&path) else {
+        return text_response(404, &format!("no route for {path}\n"));
+    };
+    let tenant = tenant.clone();
+    if fastwebsockets::upgrade::is_upgrade_request(&req) {
+        if !ctx.kind.websocket() {
+            return text_response(400, "this listener does not accept WebSocket connections\n");
+        }
+        return crate::session::handshake(req, tenant, node, remote, tls).await;
+    }
+    if ctx.http_ingress {
+        return crate::ingress::http::handle(
+            req,
+            tenant,
+            node,
+            rel,
+            remote,
+            ctx.max_body,
+            ctx.handshake_timeout,
+        )
+        .await;
+    }
+    let mut r = text_response(426, "this endpoint speaks WebSocket\n");
+    r.headers_mut().insert(
+        hyper::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    r
+}
+
+/// A plain-text response (or whatever body is given) with a status; invalid statuses become 500.
+pub fn text_response(status: u16, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+/// Headers as (lowercase name, value) pairs; values that are not UTF-8 are skipped.
+pub fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_owned(), v.to_owned()))
+        })
+        .collect()
+}

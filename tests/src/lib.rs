@@ -162,14 +162,22 @@ pub fn tls_client_config(ca: &std::path::Path) -> Result<Arc<tokio_rustls::rustl
 }
 
 /// Connect a WebSocket client over TLS to `wss://localhost:port{path}`, trusting `ca`.
-pub async fn wss(addr: SocketAddr, path: &str, ca: &std::path::Path) -> Result<Client<tokio_rustls::client::TlsStream<TcpStream>>> {
+pub async fn wss(
+    addr: SocketAddr,
+    path: &str,
+    ca: &std::path::Path,
+) -> Result<Client<tokio_rustls::client::TlsStream<TcpStream>>> {
     let connector = tokio_rustls::TlsConnector::from(tls_client_config(ca)?);
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("localhost")?;
-    let tls = connector.connect(name, tcp).await.context("TLS handshake")?;
-    let (ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{}{path}", addr.port()), tls)
+    let tls = connector
+        .connect(name, tcp)
         .await
-        .context("websocket handshake")?;
+        .context("TLS handshake")?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}{path}", addr.port()), tls)
+            .await
+            .context("websocket handshake")?;
     Ok(Client { ws })
 }
 
@@ -248,14 +256,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub async fn close(&mut self, code: u16) -> Result<()> {
         use tokio_tungstenite::tungstenite::protocol::CloseFrame;
         self.ws
-            .close(Some(CloseFrame { code: CloseCode::from(code), reason: "".into() }))
+            .close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: "".into(),
+            }))
             .await?;
         Ok(())
     }
 }
 
 /// An HTTP/1.1 request with hyper's client; returns status and body text.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Result<(u16, String)> {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(u16, String)> {
     let tcp = TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
@@ -266,7 +283,9 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, content_type: Opti
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
-    let resp = sender.send_request(req.body(Full::new(Bytes::copy_from_slice(body)))?).await?;
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::copy_from_slice(body)))?)
+        .await?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
@@ -278,7 +297,12 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
 }
 
 /// Send one UDP datagram from `from` (an address in 127.0.0.0/8) and wait up to `d` for a reply.
-pub async fn udp(from: &str, to: SocketAddr, payload: &[u8], d: Duration) -> Result<Option<String>> {
+pub async fn udp(
+    from: &str,
+    to: SocketAddr,
+    payload: &[u8],
+    d: Duration,
+) -> Result<Option<String>> {
     let sock = tokio::net::UdpSocket::bind(format!("{from}:0")).await?;
     sock.send_to(payload, to).await?;
     let mut buf = vec![0u8; 65_536];
@@ -316,18 +340,31 @@ pub mod raw {
 
     /// A continuation frame.
     pub fn cont(payload: &[u8], fin: bool) -> Message {
-        Message::Frame(Frame::message(payload.to_vec(), OpCode::Data(Data::Continue), fin))
+        Message::Frame(Frame::message(
+            payload.to_vec(),
+            OpCode::Data(Data::Continue),
+            fin,
+        ))
     }
 
     /// A text frame with RSV1 set (no extension was negotiated, so this is a protocol error).
     pub fn text_with_rsv1(payload: &[u8]) -> Message {
-        let header = FrameHeader { is_final: true, rsv1: true, opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+        let header = FrameHeader {
+            is_final: true,
+            rsv1: true,
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
         Message::Frame(Frame::from_payload(header, payload.to_vec()))
     }
 
     /// A close frame with an arbitrary payload.
     pub fn close(payload: &[u8]) -> Message {
-        let header = FrameHeader { is_final: true, opcode: OpCode::Control(Control::Close), ..FrameHeader::default() };
+        let header = FrameHeader {
+            is_final: true,
+            opcode: OpCode::Control(Control::Close),
+            ..FrameHeader::default()
+        };
         Message::Frame(Frame::from_payload(header, payload.to_vec()))
     }
 }

@@ -57,13 +57,19 @@ async fn fragmented_message_is_reassembled() -> Result<()> {
                 got_pong = true;
             }
             Some(Ok(Message::Text(t))) => {
-                assert_eq!(serde_json::from_str::<serde_json::Value>(&t)?["event"], "whoami");
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(&t)?["event"],
+                    "whoami"
+                );
                 break;
             }
             other => anyhow::bail!("unexpected {other:?}"),
         }
     }
-    assert!(got_pong, "ping answered with pong carrying the same payload");
+    assert!(
+        got_pong,
+        "ping answered with pong carrying the same payload"
+    );
     Ok(())
 }
 
@@ -71,7 +77,8 @@ async fn fragmented_message_is_reassembled() -> Result<()> {
 async fn invalid_utf8_1007() -> Result<()> {
     let relay = TestRelay::demo().await?;
     let mut c = ws(relay.addr("ws"), "/").await?;
-    c.ws.send(raw::data(true, b"{\"a\":\"\xff\xfe\"}", true)).await?;
+    c.ws.send(raw::data(true, b"{\"a\":\"\xff\xfe\"}", true))
+        .await?;
     assert_eq!(c.ended_within(WAIT).await?, Ended::Close(1007));
     // Split inside a multi-byte sequence is fine; a bad sequence across fragments is not.
     let mut c = ws(relay.addr("ws"), "/").await?;
@@ -100,7 +107,11 @@ async fn protocol_errors_1002() -> Result<()> {
     let mut c = ws(relay.addr("ws"), "/").await?;
     c.ws.send(raw::data(true, b"[", false)).await?;
     c.ws.send(raw::data(true, b"]", true)).await?;
-    assert_eq!(c.ended_within(WAIT).await?, Ended::Close(1002), "new message inside a fragmented one");
+    assert_eq!(
+        c.ended_within(WAIT).await?,
+        Ended::Close(1002),
+        "new message inside a fragmented one"
+    );
 
     // A close frame with a reserved code is answered with 1002.
     let mut c = ws(relay.addr("ws"), "/").await?;
@@ -128,7 +139,9 @@ async fn client_close_is_echoed_and_policy_close_uses_its_code() -> Result<()> {
     let mut c = ws(relay.addr("ws"), "/").await?;
     c.send(json!({"event": "close", "code": 4001})).await?;
     assert_eq!(c.ended_within(WAIT).await?, Ended::Close(4001));
-    relay.eventually("all closed", |r| r.metric("connections_open") == 0).await?;
+    relay
+        .eventually("all closed", |r| r.metric("connections_open") == 0)
+        .await?;
     Ok(())
 }
 
@@ -138,8 +151,14 @@ async fn authentication_deadline_1008() -> Result<()> {
     let mut lazy = ws(relay.addr("ws"), "/").await?;
     let mut prompt = ws(relay.addr("ws"), "/").await?;
     lazy.send(json!({"event": "whoami"})).await?;
-    assert_eq!(lazy.recv().await?["event"], "error", "deferred connections must log in first");
-    prompt.send(json!({"event": "login", "user": "pat"})).await?;
+    assert_eq!(
+        lazy.recv().await?["event"],
+        "error",
+        "deferred connections must log in first"
+    );
+    prompt
+        .send(json!({"event": "login", "user": "pat"}))
+        .await?;
     assert_eq!(prompt.recv().await?["ok"], true);
 
     assert_eq!(lazy.ended_within(WAIT).await?, Ended::Close(1008));
@@ -165,7 +184,10 @@ async fn idle_timeout_1001_and_pings_keep_live_clients() -> Result<()> {
     let relay = relay_with("idle_timeout_ms = 400\nping_interval_ms = 100").await?;
     let mut live = ws(relay.addr("ws"), "/").await?;
     let pings = live.expect_silence(Duration::from_millis(1200)).await?;
-    assert!(pings >= 3, "server pinged the silent client ({pings} pings)");
+    assert!(
+        pings >= 3,
+        "server pinged the silent client ({pings} pings)"
+    );
     live.send(json!({"event": "whoami"})).await?;
     assert_eq!(live.recv().await?["event"], "whoami");
     assert_eq!(relay.metric("idle_timeouts"), 0);

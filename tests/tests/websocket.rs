@@ -10,15 +10,26 @@ use serde_json::json;
 async fn ws_and_wss_clients_share_a_room() -> Result<()> {
     let relay = TestRelay::demo().await?;
     let mut plain = ws(relay.addr("ws"), "/?user=alice&rooms=lobby").await?;
-    let mut tls = wss(relay.addr("wss"), "/?user=bob&rooms=lobby", &relay.ca_path()).await?;
-    relay.eventually("both in lobby", |r| r.metric("connections_open") == 2).await?;
+    let mut tls = wss(
+        relay.addr("wss"),
+        "/?user=bob&rooms=lobby",
+        &relay.ca_path(),
+    )
+    .await?;
+    relay
+        .eventually("both in lobby", |r| r.metric("connections_open") == 2)
+        .await?;
 
-    tls.send(json!({"event": "emit", "room": "lobby", "data": "hello over tls"})).await?;
+    tls.send(json!({"event": "emit", "room": "lobby", "data": "hello over tls"}))
+        .await?;
     let got = plain.recv().await?;
     assert_eq!(got["data"], "hello over tls");
     assert_eq!(got["user"], "bob");
     let echo = tls.recv().await?;
-    assert_eq!(echo["data"], "hello over tls", "the sender is a member and gets it too");
+    assert_eq!(
+        echo["data"], "hello over tls",
+        "the sender is a member and gets it too"
+    );
     Ok(())
 }
 
@@ -35,13 +46,21 @@ async fn room_fan_out_reaches_every_member_and_only_members() -> Result<()> {
         "POST",
         "/push",
         Some("application/json"),
-        json!({"room": "big", "data": {"n": 1}}).to_string().as_bytes(),
+        json!({"room": "big", "data": {"n": 1}})
+            .to_string()
+            .as_bytes(),
     )
     .await?;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body)?["online"], 50);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)?["online"],
+        50
+    );
     for m in &mut members {
-        assert_eq!(m.recv().await?, json!({"event": "message", "data": {"n": 1}}));
+        assert_eq!(
+            m.recv().await?,
+            json!({"event": "message", "data": {"n": 1}})
+        );
     }
     outsider.expect_silence(Duration::from_millis(200)).await?;
     Ok(())
@@ -54,9 +73,18 @@ async fn one_user_on_three_connections_gets_every_message_on_each() -> Result<()
     let mut laptop = ws(relay.addr("ws"), "/?user=carol").await?;
     let mut tablet = wss(relay.addr("wss"), "/?user=carol", &relay.ca_path()).await?;
     let mut other = ws(relay.addr("ws"), "/?user=dave").await?;
-    relay.eventually("4 connections", |r| r.metric("connections_open") == 4).await?;
+    relay
+        .eventually("4 connections", |r| r.metric("connections_open") == 4)
+        .await?;
 
-    let (status, body) = http(relay.addr("http"), "GET", "/push?user=carol&data=ping", None, b"").await?;
+    let (status, body) = http(
+        relay.addr("http"),
+        "GET",
+        "/push?user=carol&data=ping",
+        None,
+        b"",
+    )
+    .await?;
     assert_eq!((status, body.as_str()), (200, r#"{"ok":true,"online":3}"#));
     for c in [&mut phone, &mut laptop] {
         assert_eq!(c.recv().await?["data"], "ping");
@@ -65,7 +93,9 @@ async fn one_user_on_three_connections_gets_every_message_on_each() -> Result<()
     other.expect_silence(Duration::from_millis(200)).await?;
 
     // A client can address a user too (every device), excluding nobody.
-    other.send(json!({"event": "emit", "user": "carol", "data": 7})).await?;
+    other
+        .send(json!({"event": "emit", "user": "carol", "data": 7}))
+        .await?;
     assert_eq!(phone.recv().await?["data"], 7);
     assert_eq!(laptop.recv().await?["data"], 7);
     assert_eq!(tablet.recv().await?["data"], 7);
@@ -77,11 +107,13 @@ async fn emit_excluding_sender() -> Result<()> {
     let relay = TestRelay::demo().await?;
     let mut a = ws(relay.addr("ws"), "/?rooms=r").await?;
     let mut b = ws(relay.addr("ws"), "/?rooms=r").await?;
-    a.send(json!({"event": "emit", "room": "r", "data": "x", "exclude_self": true})).await?;
+    a.send(json!({"event": "emit", "room": "r", "data": "x", "exclude_self": true}))
+        .await?;
     assert_eq!(b.recv().await?["data"], "x");
     a.expect_silence(Duration::from_millis(200)).await?;
     // Without exclusion the sender gets its own message.
-    a.send(json!({"event": "emit", "room": "r", "data": "y"})).await?;
+    a.send(json!({"event": "emit", "room": "r", "data": "y"}))
+        .await?;
     assert_eq!(a.recv().await?["data"], "y");
     assert_eq!(b.recv().await?["data"], "y");
     Ok(())
@@ -98,16 +130,23 @@ async fn join_leave_presence_and_direct_connection_emit() -> Result<()> {
     let p = b.recv().await?;
     assert_eq!(p["count"], 1);
     assert_eq!(p["members"][0]["user"], "ann");
-    let a_id = p["members"][0]["conn"].as_str().unwrap_or_default().to_owned();
+    let a_id = p["members"][0]["conn"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(a_id.len(), 20, "connection ids are 20 url-safe characters");
 
-    b.send(json!({"event": "emit", "conn": a_id, "data": "direct"})).await?;
+    b.send(json!({"event": "emit", "conn": a_id, "data": "direct"}))
+        .await?;
     assert_eq!(a.recv().await?["data"], "direct");
 
     a.send(json!({"event": "leave", "room": "r1"})).await?;
     assert_eq!(a.recv().await?["event"], "left");
     let (_, body) = get(relay.addr("http"), "/presence?room=r1").await?;
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body)?["count"], 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)?["count"],
+        0
+    );
     Ok(())
 }
 
@@ -138,16 +177,34 @@ routes = [{ path = "/a", tenant = "a" }, { path = "/b", tenant = "b" }]
     let mut in_b = ws(relay.addr("ws"), "/b?user=same&rooms=shared").await?;
 
     // Same room name, same user id, different tenants: nothing crosses.
-    let (_, body) = http(relay.addr("http"), "POST", "/a/push", Some("application/x-www-form-urlencoded"), b"room=shared&data=for-a").await?;
+    let (_, body) = http(
+        relay.addr("http"),
+        "POST",
+        "/a/push",
+        Some("application/x-www-form-urlencoded"),
+        b"room=shared&data=for-a",
+    )
+    .await?;
     assert_eq!(body, r#"{"ok":true,"online":1}"#);
     assert_eq!(in_a.recv().await?["data"], "for-a");
-    in_b.send(json!({"event": "emit", "user": "same", "data": "from-b"})).await?;
+    in_b.send(json!({"event": "emit", "user": "same", "data": "from-b"}))
+        .await?;
     assert_eq!(in_b.recv().await?["data"], "from-b");
     in_a.expect_silence(Duration::from_millis(200)).await?;
     // A connection id from tenant a is unknown in tenant b.
     in_a.send(json!({"event": "whoami"})).await?;
-    let a_id = in_a.recv().await?["conn"].as_str().unwrap_or_default().to_owned();
-    let (_, body) = http(relay.addr("http"), "GET", &format!("/b/push?conn={a_id}&data=sneak"), None, b"").await?;
+    let a_id = in_a.recv().await?["conn"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (_, body) = http(
+        relay.addr("http"),
+        "GET",
+        &format!("/b/push?conn={a_id}&data=sneak"),
+        None,
+        b"",
+    )
+    .await?;
     assert_eq!(body, r#"{"ok":true,"online":0}"#);
     in_a.expect_silence(Duration::from_millis(200)).await?;
     Ok(())

@@ -36,9 +36,11 @@ impl OpenPolicy {
         for (k, v) in settings {
             match (k.as_str(), v) {
                 ("require_login", toml::Value::Boolean(b)) => p.require_login = *b,
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "open policy: unknown or mistyped setting {k:?} (known: require_login = bool)"
-                )),
+                ))
+                }
             }
         }
         Ok(p)

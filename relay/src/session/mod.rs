@@ -22,7 +22,7 @@ use crate::node::Node;
 use crate::policy::{DisconnectInfo, HandshakeDecision, HandshakeRequest};
 use crate::protocol::frame;
 use crate::tenant::Tenant;
-use crate::transport::http::{header_pairs, text_response};
+use crate::transport::http::{header_pairs, text_response, ConnSlot};
 
 /// How long a session waits for the peer's close frame after sending its own.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
@@ -34,6 +34,7 @@ pub async fn handshake(
     node: Arc<Node>,
     remote: SocketAddr,
     tls: bool,
+    slot: Arc<ConnSlot>,
 ) -> Response<Full<Bytes>> {
     let id = ConnId::random();
     let hreq = HandshakeRequest {
@@ -89,6 +90,7 @@ pub async fn handshake(
     }
     let tracker = node.shutdown.tracker.clone();
     tracker.spawn(async move {
+        let _slot = slot; // the connection counts against the listener's limits until it ends
         match fut.await {
             Ok(ws) => run(ws.into_inner(), tenant, node, id, remote, decision).await,
             Err(e) => tracing::debug!(%remote, error = %e, "upgrade failed"),

@@ -94,8 +94,9 @@ impl TcpListenerCtx {
     }
 }
 
-/// Holds a connection's place in the listener and per-IP limits until dropped.
-struct ConnSlot {
+/// Holds a connection's place in the listener and per-IP limits until dropped; a WebSocket
+/// session keeps it after the upgrade, when hyper's connection task has already ended.
+pub struct ConnSlot {
     ctx: Arc<TcpListenerCtx>,
     ip: IpAddr,
     _permit: OwnedSemaphorePermit,
@@ -162,17 +163,19 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpListenerCtx>, node: Arc<No
         let _ = stream.set_nodelay(true);
         let (ctx, node2) = (ctx.clone(), node.clone());
         node.shutdown.tracker.spawn(async move {
-            let _slot = slot;
+            let slot = Arc::new(slot);
             match &ctx.tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls)) => serve_conn(tls, remote, ctx.clone(), node2, true).await,
+                        Ok(Ok(tls)) => {
+                            serve_conn(tls, remote, ctx.clone(), node2, true, slot).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                     }
                 }
-                None => serve_conn(stream, remote, ctx.clone(), node2, false).await,
+                None => serve_conn(stream, remote, ctx.clone(), node2, false, slot).await,
             }
         });
     }
@@ -195,6 +198,7 @@ async fn serve_conn<I>(
     ctx: Arc<TcpListenerCtx>,
     node: Arc<Node>,
     tls: bool,
+    slot: Arc<ConnSlot>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -202,8 +206,8 @@ async fn serve_conn<I>(
     let svc = {
         let (ctx, node) = (ctx.clone(), node.clone());
         service_fn(move |req| {
-            let (ctx, node) = (ctx.clone(), node.clone());
-            async move { Ok::<_, Infallible>(handle(req, ctx, node, remote, tls).await) }
+            let (ctx, node, slot) = (ctx.clone(), node.clone(), slot.clone());
+            async move { Ok::<_, Infallible>(handle(req, ctx, node, remote, tls, slot).await) }
         })
     };
     let conn = hyper::server::conn::http1::Builder::new()
@@ -227,6 +231,7 @@ async fn handle(
     node: Arc<Node>,
     remote: SocketAddr,
     tls: bool,
+    slot: Arc<ConnSlot>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
@@ -248,7 +253,7 @@ async fn handle(
         if !ctx.kind.websocket() {
             return text_response(400, "this listener does not accept WebSocket connections\n");
         }
-        return crate::session::handshake(req, tenant, node, remote, tls).await;
+        return crate::session::handshake(req, tenant, node, remote, tls, slot).await;
     }
     if ctx.http_ingress {
         return crate::ingress::http::handle(

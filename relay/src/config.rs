@@ -202,7 +202,17 @@ pub struct TenantConfig {
     pub udp_allow: Vec<IpNet>,
     /// Policy-specific settings (keys, secrets, options), handed to the policy as they are.
     #[serde(default)]
-    pub settings: toml::Table,
+    pub settings: Option<Spanned<toml::Table>>,
+}
+
+impl TenantConfig {
+    /// The policy settings (empty when none are given).
+    pub fn settings(&self) -> toml::Table {
+        self.settings
+            .as_ref()
+            .map(|s| s.get_ref().clone())
+            .unwrap_or_default()
+    }
 }
 
 mod defaults {
@@ -364,6 +374,12 @@ impl Config {
                         k(field),
                         "must be greater than 0".into(),
                     );
+                }
+            }
+            if t.policy.get_ref() == "open" {
+                if let Err(m) = crate::policy::open::OpenPolicy::from_settings(&t.settings()) {
+                    let span = t.settings.as_ref().map_or(t.policy.span(), |s| s.span());
+                    return self.err(Some(span), k("settings"), m);
                 }
             }
             if t.event_field.is_empty() {

@@ -32,7 +32,7 @@ impl Tenant {
     /// Build a tenant from its (validated) config.
     pub fn new(config: TenantConfig) -> Result<Self, String> {
         let policy: Arc<dyn Policy> = match config.policy.get_ref().as_str() {
-            "open" => Arc::new(OpenPolicy::from_settings(&config.settings)?),
+            "open" => Arc::new(OpenPolicy::from_settings(&config.settings())?),
             other => return Err(format!("unknown policy {other:?}")),
         };
         let codec: Arc<dyn Codec> = match config.profile {

@@ -61,7 +61,7 @@ impl TcpListenerCtx {
         max_per_ip: usize,
         tls: Option<TlsAcceptor>,
     ) -> Self {
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         TcpListenerCtx {
             name,
             kind,

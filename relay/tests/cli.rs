@@ -1,0 +1,204 @@
+//! The `relay` binary: `check` with broken configs, `certs dev`, and `serve`
+//! shutting down gracefully on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn relay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relay"))
+}
+
+fn check(dir: &Path, name: &str, text: &str) -> (bool, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    let out = relay()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run relay check");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), all)
+}
+
+const TENANT: &str = "[[tenant]]\nname = \"t\"\npolicy = \"open\"\n";
+
+#[test]
+fn check_reports_file_line_and_key_for_broken_configs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&str, String, &str)] = &[
+        ("syntax.toml", "[[tenant]\nname = \"t\"\n".into(), "syntax.toml:1:"),
+        ("unknown.toml", format!("{TENANT}colour = \"blue\"\n"), "unknown field `colour`"),
+        (
+            "bind.toml",
+            format!("{TENANT}[[listener]]\nname = \"l\"\nkind = \"ws\"\nbind = \"localhost\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n"),
+            "bind.toml:7: listener[0].bind:",
+        ),
+        (
+            "route.toml",
+            format!("{TENANT}[[listener]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"nobody\" }}]\n"),
+            "listener[0].routes[0].tenant: no tenant named \"nobody\"",
+        ),
+        (
+            "wss.toml",
+            format!("{TENANT}[[listener]]\nname = \"l\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n"),
+            "needs either `cert` and `key`",
+        ),
+        (
+            "certfile.toml",
+            format!("{TENANT}[[listener]]\nname = \"l\"\nkind = \"wss\"\nbind = \"127.0.0.1:0\"\ncert = \"missing.pem\"\nkey = \"missing-key.pem\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n"),
+            "certfile.toml:8: listener[0].cert: tls: cannot read certificate",
+        ),
+        ("policy.toml", "[[tenant]]\nname = \"t\"\npolicy = \"magic\"\n".into(), "policy.toml:3: tenant[0].policy: unknown policy \"magic\""),
+        ("empty.toml", TENANT.into(), "at least one [[listener]]"),
+        ("udp.toml", format!("{TENANT}[[listener]]\nname = \"u\"\nkind = \"udp\"\nbind = \"127.0.0.1:0\"\n"), "a udp listener needs `tenant`"),
+        (
+            "setting.toml",
+            format!("{TENANT}settings = {{ require_logn = true }}\n[[listener]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n"),
+            "setting.toml:4: tenant[0].settings: open policy: unknown or mistyped setting \"require_logn\"",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let (ok, out) = check(dir.path(), name, text);
+        assert!(!ok, "{name} should be rejected");
+        assert!(
+            out.contains(expected),
+            "{name}: expected {expected:?} in:\n{out}"
+        );
+    }
+    let (ok, out) = check(dir.path(), "missing.toml", "");
+    assert!(!ok && out.contains("listener"), "{out}");
+    let out = relay()
+        .args(["check", "--config", "/nonexistent/relay.toml"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&examples).expect("examples/") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let out = relay()
+                .arg("check")
+                .arg("--config")
+                .arg(&p)
+                .output()
+                .expect("run");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no example configs found");
+}
+
+#[test]
+fn certs_dev_writes_a_ca_and_a_server_pair() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = relay()
+        .args(["certs", "dev", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        let text = std::fs::read_to_string(dir.path().join(f)).expect(f);
+        assert!(text.contains("-----BEGIN"), "{f} is PEM");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("key.pem"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the private key is readable by its owner only"
+        );
+    }
+}
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndata_dir = {:?}\n{TENANT}[[listener]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .expect("write");
+    let mut child = relay()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relay");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    // Find the bound address in the "listening" log line.
+    let addr = loop {
+        let line = lines.next().expect("relay exited early").expect("read log");
+        if let Some(i) = line.find("addr=") {
+            break line[i + 5..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok\n"),
+        "{resp}"
+    );
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "relay did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}

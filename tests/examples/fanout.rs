@@ -1,0 +1,159 @@
+//! Quick fan-out baseline: N WebSocket clients in one room of an in-process
+//! relay, one publisher emitting M messages of ~100 bytes to the room with a
+//! bounded window; reports deliveries/s. The full load tool is a later issue.
+//!
+//! `cargo run --release -p relay-tests --example fanout -- [clients] [messages] [window]`
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+fn arg(i: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Count complete server frames in a byte stream (server frames are unmasked).
+async fn count_frames(mut s: TcpStream, counter: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut pos = 0;
+        let mut frames = 0;
+        loop {
+            let rest = &pending[pos..];
+            if rest.len() < 2 {
+                break;
+            }
+            let (hdr, len) = match rest[1] & 0x7f {
+                126 if rest.len() >= 4 => (4, u16::from_be_bytes([rest[2], rest[3]]) as usize),
+                127 if rest.len() >= 10 => (
+                    10,
+                    u64::from_be_bytes(rest[2..10].try_into().unwrap_or_default()) as usize,
+                ),
+                126 | 127 => break,
+                l => (2, l as usize),
+            };
+            if rest.len() < hdr + len {
+                break;
+            }
+            if rest[0] & 0x0f == 1 {
+                frames += 1;
+            }
+            pos += hdr + len;
+        }
+        pending.drain(..pos);
+        counter.fetch_add(frames, Relaxed);
+    }
+}
+
+/// A minimal client handshake, so the counting reader owns the raw socket.
+async fn raw_handshake(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await? == 0 {
+            anyhow::bail!("closed during handshake");
+        }
+        head.push(b[0]);
+    }
+    anyhow::ensure!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "handshake refused: {}",
+        String::from_utf8_lossy(&head)
+    );
+    Ok(s)
+}
+
+fn main() -> anyhow::Result<()> {
+    let clients = arg(1, 1000);
+    let messages = arg(2, 2000);
+    let window = arg(3, 64);
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let config = relay::Config::parse(
+        r#"
+[[tenant]]
+name = "bench"
+policy = "open"
+outbound_queue = 4096
+ping_interval_ms = 0
+idle_timeout_ms = 0
+[[listener]]
+name = "ws"
+kind = "ws"
+bind = "127.0.0.1:0"
+max_connections = 20000
+max_connections_per_ip = 20000
+routes = [{ path = "/", tenant = "bench" }]
+"#,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let running = server_rt.block_on(relay::start(config))?;
+    let addr = running.addr("ws");
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    client_rt.block_on(async move {
+        let received = Arc::new(AtomicU64::new(0));
+        for _ in 0..clients {
+            let tcp = raw_handshake(addr, "/?rooms=room").await?;
+            tokio::spawn(count_frames(tcp, received.clone()));
+        }
+        let tcp = TcpStream::connect(addr).await?;
+        let (mut publisher, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp).await?;
+        // Wait until every client is registered in the room.
+        while running.node.tenants["bench"].hub.all().len() < clients as usize + 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let payload = "x".repeat(40);
+        let start = Instant::now();
+        for i in 0..messages {
+            while i.saturating_sub(received.load(Relaxed) / clients) > window {
+                tokio::task::yield_now().await;
+            }
+            let m = format!(r#"{{"event":"emit","room":"room","data":"{payload}{i:08}"}}"#);
+            publisher.send(Message::Text(m)).await?;
+        }
+        let total = clients * messages;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while received.load(Relaxed) < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let elapsed = start.elapsed();
+        let got = received.load(Relaxed);
+        let frames = running.node.metrics.frames_queued.load(Relaxed);
+        let writes = running.node.metrics.socket_writes.load(Relaxed).max(1);
+        println!(
+            "clients={clients} messages={messages} delivered={got}/{total} elapsed={:.3}s deliveries/s={:.0} frames/write={:.1}",
+            elapsed.as_secs_f64(),
+            got as f64 / elapsed.as_secs_f64(),
+            frames as f64 / writes as f64
+        );
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}

@@ -136,6 +136,10 @@ pub struct ListenerConfig {
     /// servers served both on one port). Always on for `http` listeners. Default false.
     #[serde(default)]
     pub http_ingress: bool,
+    /// ws/wss: browser `Origin`s allowed to open WebSockets (e.g. `https://app.example.com`).
+    /// Empty (default) allows any; requests without `Origin` (non-browser clients) are always allowed.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Open connections (TCP) allowed at once on this listener. Default 10000.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,

@@ -175,7 +175,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 ))
             })
             .collect();
-        let ctx = Arc::new(TcpListenerCtx::new(
+        let mut ctx = TcpListenerCtx::new(
             name.clone(),
             l.kind,
             routes,
@@ -185,7 +185,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             l.max_connections,
             l.max_connections_per_ip,
             tls,
-        ));
+        );
+        ctx.allowed_origins = l.allowed_origins.clone();
+        let ctx = Arc::new(ctx);
         let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
         addrs.insert(name, listener.local_addr()?);
         shutdown

@@ -164,11 +164,7 @@ fn print_tour(config: &Config, running: &relay::Running) {
         println!("  HTTP push:  curl -d room=lobby -d data=hello http://{a}/push");
     }
     if let Some(a) = find(ListenerKind::Udp) {
-        println!(
-            "  UDP push:   echo '{{\"room\":\"lobby\",\"data\":\"hi\"}}' | nc -u -w1 {} {}",
-            a.ip(),
-            a.port()
-        );
+        println!("  UDP push:   send a datagram {{\"room\":\"lobby\",\"data\":\"hi\"}} to {a}; the reply says how many are online");
     }
 }
 

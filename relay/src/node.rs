@@ -122,7 +122,13 @@ impl Node {
                     }
                 },
                 Action::Close { code, reason, conn } => match resolve(&conn) {
-                    Some(h) => h.close(code, &reason),
+                    Some(h) if crate::protocol::frame::valid_close_code(code) => {
+                        h.close(code, &reason)
+                    }
+                    Some(h) => {
+                        tracing::warn!(tenant = %tenant.name, code, "policy asked for an invalid close code; closing with 1008");
+                        h.close(1008, &reason);
+                    }
                     None => {
                         tracing::debug!(tenant = %tenant.name, ?conn, "close: no such connection")
                     }

@@ -368,3 +368,45 @@ pub mod raw {
         Message::Frame(Frame::from_payload(header, payload.to_vec()))
     }
 }
+
+/// Send a WebSocket upgrade request by hand and return the whole HTTP response text
+/// (for handshakes the server refuses; the connection is closed after reading).
+pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra_headers: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::new();
+    // Read until the body announced by content-length is complete (or the server closes).
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if out.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}

@@ -139,6 +139,10 @@ async fn client_close_is_echoed_and_policy_close_uses_its_code() -> Result<()> {
     let mut c = ws(relay.addr("ws"), "/").await?;
     c.send(json!({"event": "close", "code": 4001})).await?;
     assert_eq!(c.ended_within(WAIT).await?, Ended::Close(4001));
+    // A code that may not be sent (1005) becomes 1008 rather than a malformed close frame.
+    let mut c = ws(relay.addr("ws"), "/").await?;
+    c.send(json!({"event": "close", "code": 1005})).await?;
+    assert_eq!(c.ended_within(WAIT).await?, Ended::Close(1008));
     relay
         .eventually("all closed", |r| r.metric("connections_open") == 0)
         .await?;

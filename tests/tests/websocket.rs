@@ -209,3 +209,43 @@ routes = [{ path = "/a", tenant = "a" }, { path = "/b", tenant = "b" }]
     in_a.expect_silence(Duration::from_millis(200)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn policy_rejection_reaches_the_client_as_http() -> Result<()> {
+    let relay = TestRelay::start(&demo_config("settings = { require_user = true }")).await?;
+    let resp = raw_upgrade(relay.addr("ws"), "/", "").await?;
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("x-relay-error: user required"),
+        "{resp}"
+    );
+    assert!(
+        resp.ends_with(r#"{"error":"a user query parameter is required"}"#),
+        "{resp}"
+    );
+    assert_eq!(relay.metric("handshakes_rejected"), 1);
+    // With a user the same policy accepts.
+    let mut c = ws(relay.addr("ws"), "/?user=ok").await?;
+    c.send(json!({"event": "whoami"})).await?;
+    assert_eq!(c.recv().await?["user"], "ok");
+    Ok(())
+}
+
+#[tokio::test]
+async fn allowed_origins_are_enforced_for_browsers() -> Result<()> {
+    let cfg = demo_config("").replace(
+        "name = \"ws\"\nkind = \"ws\"",
+        "name = \"ws\"\nkind = \"ws\"\nallowed_origins = [\"https://app.example\"]",
+    );
+    let relay = TestRelay::start(&cfg).await?;
+    let resp = raw_upgrade(relay.addr("ws"), "/", "Origin: https://evil.example\r\n").await?;
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(resp.ends_with("origin not allowed\n"), "{resp}");
+    let resp = raw_upgrade(relay.addr("ws"), "/", "Origin: https://app.example\r\n").await?;
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    // Non-browser clients send no Origin and are allowed.
+    let resp = raw_upgrade(relay.addr("ws"), "/", "").await?;
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    Ok(())
+}

@@ -6,7 +6,7 @@
 //! `{"event":"emit","room":"r","data":…,"exclude_self":true}` (or `rooms`, `user`, `conn`, `broadcast`),
 //! `{"event":"login","user":"u"}`, `{"event":"presence","room":"r"}`, `{"event":"whoami"}`,
 //! `{"event":"close","code":4000}`.
-//! Handshake query: `user=u&rooms=a,b`. Setting `require_login = true` defers
+//! Handshake query: `user=u&rooms=a,b`. Settings: `require_user = true` refuses handshakes without `user` (401); `require_login = true` defers
 //! authentication to the `login` event (to exercise the authentication deadline).
 //! Ingress: `GET|POST <prefix>/push` with `room`/`rooms`/`user`/`conn`/`broadcast`,
 //! `event`, `data` (query, form or JSON body), `GET <prefix>/presence?room=r`;
@@ -27,6 +27,8 @@ use crate::protocol::Message;
 pub struct OpenPolicy {
     /// Defer authentication to a `login` event.
     pub require_login: bool,
+    /// Refuse handshakes without a `user` query parameter (HTTP 401).
+    pub require_user: bool,
 }
 
 impl OpenPolicy {
@@ -36,10 +38,11 @@ impl OpenPolicy {
         for (k, v) in settings {
             match (k.as_str(), v) {
                 ("require_login", toml::Value::Boolean(b)) => p.require_login = *b,
+                ("require_user", toml::Value::Boolean(b)) => p.require_user = *b,
                 _ => {
                     return Err(format!(
-                    "open policy: unknown or mistyped setting {k:?} (known: require_login = bool)"
-                ))
+                        "open policy: unknown or mistyped setting {k:?} (known: require_login, require_user; both bool)"
+                    ))
                 }
             }
         }
@@ -241,6 +244,14 @@ impl Policy for OpenPolicy {
             if self.require_login {
                 return Ok(HandshakeDecision::Defer { actions: vec![] });
             }
+            let user = req.query_param("user").filter(|u| !u.is_empty());
+            if self.require_user && user.is_none() {
+                return Ok(HandshakeDecision::Reject {
+                    status: 401,
+                    headers: vec![("x-relay-error".into(), "user required".into())],
+                    body: json!({"error": "a user query parameter is required"}).to_string(),
+                });
+            }
             let rooms = req
                 .query_param("rooms")
                 .map(|r| {
@@ -251,7 +262,7 @@ impl Policy for OpenPolicy {
                 })
                 .unwrap_or_default();
             Ok(HandshakeDecision::Accept {
-                user: req.query_param("user").filter(|u| !u.is_empty()),
+                user,
                 data: Value::Null,
                 rooms,
                 headers: vec![],

@@ -51,6 +51,11 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     encode(OP_CLOSE, &payload)
 }
 
+/// Whether a close code may be sent in a close frame (RFC 6455 §7.4).
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

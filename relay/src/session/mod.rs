@@ -205,11 +205,6 @@ fn error_close(e: &WebSocketError) -> Option<(u16, &'static str)> {
     }
 }
 
-/// Whether a close code may appear in a close frame (RFC 6455 §7.4).
-fn valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
 async fn read_loop<R: AsyncRead + Unpin>(
     rd: &mut WebSocketRead<R>,
     h: &Arc<ConnHandle>,
@@ -296,7 +291,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     1 => (Some(1002), frame::close(1002, "bad close frame")),
                     _ => {
                         let code = u16::from_be_bytes([payload[0], payload[1]]);
-                        if !valid_close_code(code) {
+                        if !frame::valid_close_code(code) {
                             (Some(1002), frame::close(1002, "invalid close code"))
                         } else if std::str::from_utf8(&payload[2..]).is_err() {
                             (

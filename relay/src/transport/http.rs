@@ -33,6 +33,8 @@ pub struct TcpListenerCtx {
     pub routes: Vec<(String, Arc<Tenant>)>,
     /// Serve HTTP ingress beside WebSocket.
     pub http_ingress: bool,
+    /// Allowed `Origin` values for WebSocket upgrades (empty: any).
+    pub allowed_origins: Vec<String>,
     /// Request body limit.
     pub max_body: usize,
     /// TLS handshake and request-head deadline.
@@ -67,12 +69,28 @@ impl TcpListenerCtx {
             kind,
             routes,
             http_ingress: http_ingress || kind == ListenerKind::Http,
+            allowed_origins: Vec::new(),
             max_body,
             handshake_timeout,
             max_per_ip,
             tls,
             per_ip: DashMap::new(),
             permits: Arc::new(Semaphore::new(max_connections)),
+        }
+    }
+
+    /// Whether a WebSocket upgrade's `Origin` is allowed (no header: not a browser, allowed).
+    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        match headers.get(hyper::header::ORIGIN).map(|v| v.to_str()) {
+            None => true,
+            Some(Ok(o)) => self
+                .allowed_origins
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(o)),
+            Some(Err(_)) => false,
         }
     }
 
@@ -252,6 +270,10 @@ async fn handle(
     if fastwebsockets::upgrade::is_upgrade_request(&req) {
         if !ctx.kind.websocket() {
             return text_response(400, "this listener does not accept WebSocket connections\n");
+        }
+        if !ctx.origin_allowed(req.headers()) {
+            Metrics::inc(&node.metrics.handshakes_rejected);
+            return text_response(403, "origin not allowed\n");
         }
         return crate::session::handshake(req, tenant, node, remote, tls, slot).await;
     }

@@ -201,9 +201,31 @@ pub struct TenantConfig {
     /// Frames waiting for one connection's socket; a client that lets it fill is closed (1013). Default 1024.
     #[serde(default = "defaults::outbound_queue")]
     pub outbound_queue: usize,
+    /// Bytes waiting for one connection's socket; beyond, the client is closed (1013). Default 4 MiB.
+    #[serde(default = "defaults::outbound_queue_bytes")]
+    pub outbound_queue_bytes: usize,
+    /// Rooms one connection may be in at once; further joins are refused. Default 1000.
+    #[serde(default = "defaults::max_rooms_per_connection")]
+    pub max_rooms_per_connection: usize,
     /// Source networks allowed to send UDP datagrams. Default loopback only.
     #[serde(default = "defaults::udp_allow")]
     pub udp_allow: Vec<IpNet>,
+    /// `wasm` policy: the plugin component, a path (relative to the config file) or
+    /// `bundled:<name>` for a plugin built from `plugins/` (e.g. `bundled:md5-sign`).
+    #[serde(default)]
+    pub plugin: Option<Spanned<String>>,
+    /// Wall-clock budget of one plugin call; past it the call fails. Default 5 ms.
+    #[serde(default = "defaults::plugin_deadline_ms")]
+    pub plugin_deadline_ms: u64,
+    /// Memory cap of one plugin instance. Default 32 MiB.
+    #[serde(default = "defaults::plugin_memory_mb")]
+    pub plugin_memory_mb: u64,
+    /// Idle plugin instances kept for reuse (concurrent calls get their own). Default 4.
+    #[serde(default = "defaults::plugin_instances")]
+    pub plugin_instances: usize,
+    /// How often the plugin file is checked for changes (hot reload). 0 = never. Default 1000 ms.
+    #[serde(default = "defaults::plugin_watch_ms")]
+    pub plugin_watch_ms: u64,
     /// Policy-specific settings (keys, secrets, options), handed to the policy as they are.
     #[serde(default)]
     pub settings: Option<Spanned<toml::Table>>,
@@ -248,11 +270,29 @@ mod defaults {
     pub fn ping_interval_ms() -> u64 {
         25_000
     }
+    pub fn plugin_deadline_ms() -> u64 {
+        5
+    }
+    pub fn plugin_memory_mb() -> u64 {
+        32
+    }
+    pub fn plugin_instances() -> usize {
+        4
+    }
+    pub fn plugin_watch_ms() -> u64 {
+        1000
+    }
     pub fn auth_timeout_ms() -> u64 {
         30_000
     }
     pub fn outbound_queue() -> usize {
         1024
+    }
+    pub fn outbound_queue_bytes() -> usize {
+        4 << 20
+    }
+    pub fn max_rooms_per_connection() -> usize {
+        1000
     }
     pub fn udp_allow() -> Vec<IpNet> {
         ["127.0.0.0/8", "::1/128"]
@@ -262,8 +302,8 @@ mod defaults {
     }
 }
 
-/// Policies built into the binary.
-pub const BUILTIN_POLICIES: &[&str] = &["open"];
+/// Policies: `open` (built in, development only) and `wasm` (a plugin per tenant).
+pub const BUILTIN_POLICIES: &[&str] = &["open", "wasm"];
 
 impl Config {
     /// Parse and validate the embedded default configuration.
@@ -370,6 +410,8 @@ impl Config {
             for (field, value) in [
                 ("max_message_bytes", t.max_message_bytes),
                 ("outbound_queue", t.outbound_queue),
+                ("outbound_queue_bytes", t.outbound_queue_bytes),
+                ("max_rooms_per_connection", t.max_rooms_per_connection),
                 ("auth_timeout_ms", t.auth_timeout_ms as usize),
             ] {
                 if value == 0 {
@@ -385,6 +427,40 @@ impl Config {
                     let span = t.settings.as_ref().map_or(t.policy.span(), |s| s.span());
                     return self.err(Some(span), k("settings"), m);
                 }
+            }
+            match (t.policy.get_ref().as_str(), &t.plugin) {
+                ("wasm", None) => {
+                    return self.err(
+                        Some(t.policy.span()),
+                        k("plugin"),
+                        "the wasm policy needs `plugin` (a .wasm path or bundled:<name>)".into(),
+                    )
+                }
+                ("wasm", Some(p)) => {
+                    let path = self.plugin_path(p.get_ref());
+                    if !path.is_file() {
+                        return self.err(
+                            Some(p.span()),
+                            k("plugin"),
+                            format!("no plugin file at {}", path.display()),
+                        );
+                    }
+                }
+                (_, Some(p)) => {
+                    return self.err(
+                        Some(p.span()),
+                        k("plugin"),
+                        "`plugin` needs policy = \"wasm\"".into(),
+                    )
+                }
+                _ => {}
+            }
+            if t.plugin_deadline_ms == 0 || t.plugin_memory_mb == 0 {
+                return self.err(
+                    Some(t.name.span()),
+                    k("plugin_deadline_ms"),
+                    "plugin_deadline_ms and plugin_memory_mb must be greater than 0".into(),
+                );
             }
             if t.event_field.is_empty() {
                 return self.err(
@@ -541,6 +617,14 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Where a tenant's `plugin` value points: `bundled:<name>` or a path relative to the config file.
+    pub fn plugin_path(&self, plugin: &str) -> PathBuf {
+        match plugin.strip_prefix("bundled:") {
+            Some(name) => crate::plugin::bundled(name),
+            None => self.resolve(Path::new(plugin)),
+        }
     }
 
     /// The tenant named `name`.

@@ -16,6 +16,8 @@
 //! - [`protocol`]: wire profiles (codecs) and WebSocket frame encoding.
 //! - [`hub`]: sharded rooms, users and connections; fan-out; presence.
 //! - [`policy`]: the policy seam (four hooks, actions) and the built-in `open` policy.
+//! - [`plugin`]: the WASM plugin host (wasmtime components), the production policy.
+//! - [`store`]: storage seams (the tenant key-value store plugins use).
 //! - [`ingress`]: HTTP push and UDP datagrams.
 //! - [`cluster`]: the broker seam and its in-memory loop-back.
 //! - [`metrics`]: counters, rendered for `/metrics`.
@@ -27,10 +29,12 @@ pub mod hub;
 pub mod ingress;
 pub mod metrics;
 pub mod node;
+pub mod plugin;
 pub mod policy;
 pub mod protocol;
 pub mod session;
 pub mod shutdown;
+pub mod store;
 pub mod tenant;
 pub mod transport;
 
@@ -47,7 +51,7 @@ use config::ListenerKind;
 pub use error::Error;
 use node::Node;
 use shutdown::Shutdown;
-use tenant::Tenant;
+use tenant::{Tenant, TenantDeps};
 use transport::http::TcpListenerCtx;
 
 /// A started relay: its bound addresses and the handle to stop it.
@@ -90,30 +94,80 @@ fn raise_fd_limit() {
     }
 }
 
+fn config_error(config: &Config, key: String, message: String) -> config::ConfigError {
+    config::ConfigError {
+        file: config
+            .source
+            .path
+            .as_ref()
+            .map_or("<embedded>".into(), |p| p.display().to_string()),
+        line: None,
+        key,
+        message,
+    }
+}
+
+/// Build every tenant (loading, compiling and initialising WASM plugins).
+fn build_tenants(
+    config: &Config,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<HashMap<String, Arc<Tenant>>, Error> {
+    let mut tenants = HashMap::new();
+    for t in &config.tenants {
+        let deps = TenantDeps {
+            cache_dir: config.server.data_dir.join("plugin-cache"),
+            plugin_path: t.plugin.as_ref().map(|p| config.plugin_path(p.get_ref())),
+            metrics: metrics.clone(),
+        };
+        let tenant = Tenant::new(t.clone(), deps)
+            .map_err(|m| config_error(config, format!("tenant {:?}", t.name.get_ref()), m))?;
+        tenants.insert(t.name.get_ref().clone(), Arc::new(tenant));
+    }
+    Ok(tenants)
+}
+
+/// Everything `relay check` verifies beyond [`Config::validate`]: plugins compile,
+/// fit the contract, import nothing forbidden and accept their settings.
+pub fn check(config: &Config) -> Result<(), Error> {
+    build_tenants(config, &Arc::new(metrics::Metrics::default())).map(|_| ())
+}
+
+/// Poll a tenant's plugin file and reload it when it changes.
+async fn watch_plugin(
+    tenant: Arc<Tenant>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let policy = tenant.policy.clone();
+        let _ = tokio::task::spawn_blocking(move || policy.reload_if_changed()).await;
+    }
+}
+
 /// Bind every listener and start serving. Returns once all sockets are bound.
 pub async fn start(config: Config) -> Result<Running, Error> {
     raise_fd_limit();
     let shutdown = Shutdown::new();
-    let mut tenants = HashMap::new();
-    for t in &config.tenants {
-        let tenant = Tenant::new(t.clone()).map_err(|message| config::ConfigError {
-            file: config
-                .source
-                .path
-                .as_ref()
-                .map_or("<embedded>".into(), |p| p.display().to_string()),
-            line: None,
-            key: format!("tenant {:?}", t.name.get_ref()),
-            message,
-        })?;
-        tenants.insert(t.name.get_ref().clone(), Arc::new(tenant));
-    }
+    let metrics = Arc::new(metrics::Metrics::default());
+    let tenants = build_tenants(&config, &metrics)?;
     let node = Arc::new(Node {
         tenants,
         broker: Arc::new(cluster::LocalBroker),
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics,
         shutdown: shutdown.clone(),
     });
+    for tenant in node.tenants.values() {
+        if tenant.config.plugin_watch_ms > 0 && tenant.config.policy.get_ref() == "wasm" {
+            let every = Duration::from_millis(tenant.config.plugin_watch_ms);
+            shutdown
+                .tracker
+                .spawn(watch_plugin(tenant.clone(), every, shutdown.token.clone()));
+        }
+    }
     let mut addrs = HashMap::new();
     for l in &config.listeners {
         let name = l.name.get_ref().clone();

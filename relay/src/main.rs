@@ -80,7 +80,10 @@ fn main() -> ExitCode {
     init_logs(cli.log_format);
     let result = match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config),
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match Config::load(&config)
+            .map_err(relay::Error::from)
+            .and_then(|c| relay::check(&c).map(|_| c))
+        {
             Ok(c) => {
                 println!(
                     "{}: ok ({} listeners, {} tenants)",
@@ -132,6 +135,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         if path.is_none() {
             print_tour(&config, &running);
         }
+        let node = running.node.clone();
+        tokio::spawn(reload_on_sighup(node));
         wait_for_signal().await;
         tracing::info!("shutting down: closing connections after their queued messages");
         if !running.stop().await {
@@ -166,6 +171,26 @@ fn print_tour(config: &Config, running: &relay::Running) {
     if let Some(a) = find(ListenerKind::Udp) {
         println!("  UDP push:   send a datagram {{\"room\":\"lobby\",\"data\":\"hi\"}} to {a}; the reply says how many are online");
     }
+}
+
+/// SIGHUP reloads every tenant's WASM plugin (a bad new version is rejected; the old one stays).
+async fn reload_on_sighup(node: std::sync::Arc<relay::node::Node>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let n = node.clone();
+            match tokio::task::spawn_blocking(move || n.reload_plugins(None)).await {
+                Ok(r) => tracing::info!(result = %r, "SIGHUP: plugins reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = node;
 }
 
 async fn wait_for_signal() {

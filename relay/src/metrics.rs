@@ -56,6 +56,22 @@ metrics! {
     udp_denied: AtomicU64,
     /// Publications handed to the broker.
     publications: AtomicU64,
+    /// Actions relay cannot carry out yet (store_offline, webhook), dropped.
+    actions_dropped: AtomicU64,
+    /// Plugin calls that trapped, ran past their deadline or exceeded memory.
+    plugin_traps: AtomicU64,
+    /// Plugin calls whose result was malformed (bad JSON, invalid status, ...).
+    plugin_malformed: AtomicU64,
+    /// Plugin instances created (and initialised).
+    plugin_instances: AtomicU64,
+    /// Plugins compiled from source (cache misses).
+    plugin_compiles: AtomicU64,
+    /// Plugins loaded from the compiled cache.
+    plugin_cache_hits: AtomicU64,
+    /// Successful plugin reloads.
+    plugin_reloads: AtomicU64,
+    /// Rejected plugin reloads (the old plugin stayed).
+    plugin_reload_failures: AtomicU64,
 }
 
 impl Metrics {

@@ -50,6 +50,24 @@ impl Node {
         self.broker.publish(p, self)
     }
 
+    /// Reload the plugins of every tenant (or of `only`); blocking (compiles).
+    /// Returns, per tenant, `{"ok":true,"loaded":...}` or `{"ok":false,"error":...}`.
+    pub fn reload_plugins(&self, only: Option<&str>) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (name, t) in &self.tenants {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let r = match t.policy.reload() {
+                None => continue,
+                Some(Ok(hash)) => serde_json::json!({"ok": true, "loaded": hash}),
+                Some(Err(e)) => serde_json::json!({"ok": false, "error": e}),
+            };
+            out.insert(name.clone(), r);
+        }
+        serde_json::Value::Object(out)
+    }
+
     /// What a policy sees of a connection.
     pub fn conn_info(h: &ConnHandle) -> ConnInfo {
         let (user, data) = match h.state.lock() {
@@ -96,7 +114,13 @@ impl Node {
                     self.publish(tenant, target, message, exclude);
                 }
                 Action::Join { rooms, conn } => match resolve(&conn) {
-                    Some(h) => rooms.iter().for_each(|r| tenant.hub.join(&h, r)),
+                    Some(h) => {
+                        for r in &rooms {
+                            if let Err(e) = tenant.hub.join(&h, r) {
+                                tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused");
+                            }
+                        }
+                    }
                     None => {
                         tracing::debug!(tenant = %tenant.name, ?conn, "join: no such connection")
                     }
@@ -121,6 +145,14 @@ impl Node {
                         tracing::debug!(tenant = %tenant.name, ?conn, "set_identity: no such connection")
                     }
                 },
+                Action::StoreOffline { user, .. } => {
+                    Metrics::inc(&self.metrics.actions_dropped);
+                    tracing::warn!(tenant = %tenant.name, %user, "store_offline is not carried out yet (no durable store): dropped");
+                }
+                Action::Webhook { url, .. } => {
+                    Metrics::inc(&self.metrics.actions_dropped);
+                    tracing::warn!(tenant = %tenant.name, %url, "webhook is not carried out yet (no webhook queue): dropped");
+                }
                 Action::Close { code, reason, conn } => match resolve(&conn) {
                     Some(h) if crate::protocol::frame::valid_close_code(code) => {
                         h.close(code, &reason)

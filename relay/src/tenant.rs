@@ -2,10 +2,17 @@
 
 use std::sync::Arc;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use crate::config::{TenantConfig, WireProfile};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::plugin::policy::PluginEnv;
+use crate::plugin::{PluginLimits, WasmPolicy};
 use crate::policy::{open::OpenPolicy, Policy};
 use crate::protocol::{json::WsJson, Codec};
+use crate::store::{KvStore, MemoryKv};
 
 /// One tenant. Nothing in one tenant can reach another's hub: every route,
 /// action and publication names its tenant, and each tenant owns its hub.
@@ -15,7 +22,9 @@ pub struct Tenant {
     /// Its configuration (limits, timeouts, settings).
     pub config: TenantConfig,
     /// Its connections, rooms and users.
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
+    /// Its key-value store (plugins' `kv-*`).
+    pub kv: Arc<MemoryKv>,
     /// Its decisions.
     pub policy: Arc<dyn Policy>,
     /// Its WebSocket wire profile.
@@ -28,11 +37,43 @@ impl std::fmt::Debug for Tenant {
     }
 }
 
+/// What building a tenant needs besides its config.
+pub struct TenantDeps {
+    /// Where compiled plugins are cached.
+    pub cache_dir: PathBuf,
+    /// The resolved plugin file, for the wasm policy.
+    pub plugin_path: Option<PathBuf>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
 impl Tenant {
-    /// Build a tenant from its (validated) config.
-    pub fn new(config: TenantConfig) -> Result<Self, String> {
+    /// Build a tenant from its (validated) config. Blocking: a wasm policy is compiled
+    /// (or loaded from the cache), instantiated and initialised here.
+    pub fn new(config: TenantConfig, deps: TenantDeps) -> Result<Self, String> {
+        let name: Arc<str> = Arc::from(config.name.get_ref().as_str());
+        let hub = Arc::new(Hub::new(config.max_rooms_per_connection));
+        let kv = Arc::new(MemoryKv::new());
         let policy: Arc<dyn Policy> = match config.policy.get_ref().as_str() {
             "open" => Arc::new(OpenPolicy::from_settings(&config.settings())?),
+            "wasm" => {
+                let path = deps.plugin_path.ok_or("the wasm policy needs `plugin`")?;
+                Arc::new(WasmPolicy::load(PluginEnv {
+                    tenant: name.clone(),
+                    path,
+                    cache_dir: deps.cache_dir,
+                    settings: config.settings(),
+                    limits: PluginLimits {
+                        deadline: Duration::from_millis(config.plugin_deadline_ms),
+                        memory_bytes: usize::try_from(config.plugin_memory_mb << 20)
+                            .unwrap_or(usize::MAX),
+                        max_idle: config.plugin_instances,
+                    },
+                    kv: kv.clone() as Arc<dyn KvStore>,
+                    hub: hub.clone(),
+                    metrics: deps.metrics,
+                })?)
+            }
             other => return Err(format!("unknown policy {other:?}")),
         };
         let codec: Arc<dyn Codec> = match config.profile {
@@ -41,9 +82,10 @@ impl Tenant {
             }),
         };
         Ok(Tenant {
-            name: Arc::from(config.name.get_ref().as_str()),
+            name,
             config,
-            hub: Hub::new(),
+            hub,
+            kv,
             policy,
             codec,
         })

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -82,6 +82,8 @@ pub struct ConnState {
     pub data: Value,
     /// Rooms joined.
     pub rooms: HashSet<Arc<str>>,
+    /// Set when the hub has forgotten the connection: it may not join rooms or users again.
+    pub closed: bool,
 }
 
 /// The hub's handle on a connection: everything fan-out needs, nothing more.
@@ -97,8 +99,11 @@ pub struct ConnHandle {
     pub kill: CancellationToken,
     /// Cancelled once a close frame is queued: the session then waits for the peer's close.
     pub closing: CancellationToken,
-    kill_code: AtomicU16,
+    close_code: AtomicU16,
     authenticated: AtomicBool,
+    /// Bytes queued and not yet taken by the writer.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
     /// Identity and rooms.
     pub state: Mutex<ConnState>,
     metrics: Arc<Metrics>,
@@ -114,12 +119,13 @@ impl fmt::Debug for ConnHandle {
 }
 
 impl ConnHandle {
-    /// A handle and the receiving end of its bounded queue (`capacity` frames).
+    /// A handle and the receiving end of its queue, bounded to `capacity` frames and `max_bytes` bytes.
     pub fn new(
         id: ConnId,
         remote: SocketAddr,
         codec: Arc<dyn Codec>,
         capacity: usize,
+        max_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
@@ -130,35 +136,57 @@ impl ConnHandle {
             tx,
             kill: CancellationToken::new(),
             closing: CancellationToken::new(),
-            kill_code: AtomicU16::new(1013),
+            close_code: AtomicU16::new(1013),
             authenticated: AtomicBool::new(false),
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes: max_bytes,
             state: Mutex::new(ConnState::default()),
             metrics,
         });
         (h, rx)
     }
 
-    /// Queue bytes without waiting. A full queue means the client does not keep up:
-    /// it is disconnected with 1013 and counted, and `false` is returned.
+    /// Queue bytes without waiting. A full queue (frames or bytes) means the client does not
+    /// keep up: it is disconnected with 1013 and counted, and `false` is returned. Nothing is
+    /// queued after a close frame.
     #[inline]
     pub fn send(&self, bytes: Bytes) -> bool {
+        if self.closing.is_cancelled() {
+            return false;
+        }
+        let n = bytes.len();
+        if self.queued_bytes.fetch_add(n, Ordering::Relaxed) + n > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
+            self.abort(1013);
+            return false;
+        }
         match self.tx.try_send(Outbound::Frame(bytes)) {
             Ok(()) => {
                 Metrics::inc(&self.metrics.frames_queued);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.abort(1013);
+            Err(e) => {
+                self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.abort(1013);
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// The writer took `n` bytes off the queue.
+    #[inline]
+    pub fn dequeued(&self, n: usize) {
+        self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Abort: drop what is queued, send a close frame with `code` if the socket allows, disconnect.
     pub fn abort(&self, code: u16) {
         if !self.kill.is_cancelled() {
-            self.kill_code.store(code, Ordering::Relaxed);
+            if !self.closing.is_cancelled() {
+                self.close_code.store(code, Ordering::Relaxed);
+            }
             if code == 1013 {
                 Metrics::inc(&self.metrics.slow_consumers);
                 tracing::warn!(conn = %self.id, "slow consumer: outbound queue full, disconnecting (1013)");
@@ -167,9 +195,9 @@ impl ConnHandle {
         }
     }
 
-    /// The close code chosen by [`abort`](Self::abort).
-    pub fn kill_code(&self) -> u16 {
-        self.kill_code.load(Ordering::Relaxed)
+    /// The close code of this connection's close frame (queued or aborting).
+    pub fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Relaxed)
     }
 
     /// Queue a close frame after everything already queued; the session ends once the peer answers.
@@ -180,9 +208,14 @@ impl ConnHandle {
         self.send_close(frame::close(code, reason), code);
     }
 
-    /// Queue an already encoded close frame (`code` is used if the queue is full and we must abort).
+    /// Queue an already encoded close frame carrying `code`.
     pub fn send_close(&self, frame: Bytes, code: u16) {
+        if self.closing.is_cancelled() {
+            return;
+        }
+        self.close_code.store(code, Ordering::Relaxed);
         self.closing.cancel();
+        self.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed);
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::Close(frame)) {
             self.abort(code);
         }

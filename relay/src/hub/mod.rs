@@ -56,18 +56,44 @@ pub trait Presence: Send + Sync {
     fn connection_exists(&self, conn: &str) -> bool;
 }
 
+/// Longest room or user name accepted, in bytes.
+pub const MAX_NAME: usize = 256;
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    /// The room name is empty or longer than [`MAX_NAME`].
+    BadName,
+    /// The connection is in `max_rooms` rooms already.
+    TooManyRooms,
+    /// The connection is gone.
+    Closed,
+}
+
 /// Connections, rooms and users of one tenant.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     conns: DashMap<ConnId, Arc<ConnHandle>>,
     rooms: DashMap<Arc<str>, Members>,
     users: DashMap<Arc<str>, Members>,
+    max_rooms: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(1000)
+    }
 }
 
 impl Hub {
-    /// An empty hub.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty hub allowing each connection in at most `max_rooms` rooms.
+    pub fn new(max_rooms: usize) -> Self {
+        Hub {
+            conns: DashMap::new(),
+            rooms: DashMap::new(),
+            users: DashMap::new(),
+            max_rooms,
+        }
     }
 
     /// Add a connection.
@@ -79,7 +105,10 @@ impl Hub {
     pub fn unregister(&self, h: &ConnHandle) -> Vec<Arc<str>> {
         self.conns.remove(&h.id);
         let (user, rooms) = match h.state.lock() {
-            Ok(mut s) => (s.user.take(), std::mem::take(&mut s.rooms)),
+            Ok(mut s) => {
+                s.closed = true;
+                (s.user.take(), std::mem::take(&mut s.rooms))
+            }
             Err(_) => (None, HashSet::new()),
         };
         if let Some(u) = user {
@@ -98,14 +127,26 @@ impl Hub {
     }
 
     /// Put a connection in a room (no-op if already there).
-    pub fn join(&self, h: &Arc<ConnHandle>, room: &str) {
-        let Ok(mut s) = h.state.lock() else { return };
+    pub fn join(&self, h: &Arc<ConnHandle>, room: &str) -> Result<(), JoinError> {
+        if room.is_empty() || room.len() > MAX_NAME {
+            return Err(JoinError::BadName);
+        }
+        let Ok(mut s) = h.state.lock() else {
+            return Err(JoinError::Closed);
+        };
+        if s.closed {
+            return Err(JoinError::Closed);
+        }
         if s.rooms.contains(room) {
-            return;
+            return Ok(());
+        }
+        if s.rooms.len() >= self.max_rooms {
+            return Err(JoinError::TooManyRooms);
         }
         let room: Arc<str> = Arc::from(room);
         s.rooms.insert(room.clone());
         self.rooms.entry(room).or_default().insert(h.id, h.clone());
+        Ok(())
     }
 
     /// Take a connection out of a room.
@@ -119,7 +160,7 @@ impl Hub {
     /// Bind a connection to a user (or unbind with `None`), replacing any earlier user.
     pub fn set_user(&self, h: &Arc<ConnHandle>, user: Option<&str>) {
         let Ok(mut s) = h.state.lock() else { return };
-        if s.user.as_deref() == user {
+        if s.closed || s.user.as_deref() == user || user.is_some_and(|u| u.len() > MAX_NAME) {
             return;
         }
         if let Some(old) = s.user.take() {
@@ -235,6 +276,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             codec,
             4,
+            1 << 20,
             Arc::new(Metrics::default()),
         );
         hub.register(h.clone());
@@ -253,14 +295,13 @@ mod tests {
 
     #[test]
     fn rooms_users_exclusion() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         let (a, _ra) = conn(&hub);
         let (b, _rb) = conn(&hub);
         let (c, _rc) = conn(&hub);
-        hub.join(&a, "r");
-        hub.join(&b, "r");
-        hub.join(&b, "s");
-        hub.join(&c, "s");
+        for (h, r) in [(&a, "r"), (&b, "r"), (&b, "s"), (&c, "s")] {
+            hub.join(h, r).unwrap();
+        }
         hub.set_user(&a, Some("u"));
         hub.set_user(&c, Some("u"));
         let m = OutMessage::new(Message::data(json!({"x": 1})));
@@ -288,7 +329,7 @@ mod tests {
 
     #[test]
     fn full_queue_aborts_with_1013() {
-        let hub = Hub::new();
+        let hub = Hub::default();
         let (a, _ra) = conn(&hub);
         let m = OutMessage::new(Message::data(json!(1)));
         for _ in 0..4 {
@@ -296,6 +337,53 @@ mod tests {
         }
         assert_eq!(hub.deliver(&Target::Tenant, &m, None), 0);
         assert!(a.kill.is_cancelled());
-        assert_eq!(a.kill_code(), 1013);
+        assert_eq!(a.close_code(), 1013);
+    }
+
+    #[test]
+    fn unregistered_connections_cannot_rejoin() {
+        let hub = Hub::default();
+        let (a, _ra) = conn(&hub);
+        let found = hub.connection(a.id).unwrap();
+        hub.unregister(&a);
+        assert_eq!(hub.join(&found, "r"), Err(JoinError::Closed));
+        hub.set_user(&found, Some("u"));
+        assert_eq!(hub.room_count("r"), 0);
+        assert!(hub.user_connections("u").is_empty());
+    }
+
+    #[test]
+    fn room_limits() {
+        let hub = Hub::new(2);
+        let (a, _ra) = conn(&hub);
+        assert_eq!(hub.join(&a, ""), Err(JoinError::BadName));
+        assert_eq!(
+            hub.join(&a, &"x".repeat(MAX_NAME + 1)),
+            Err(JoinError::BadName)
+        );
+        hub.join(&a, "1").unwrap();
+        hub.join(&a, "2").unwrap();
+        hub.join(&a, "2").unwrap();
+        assert_eq!(hub.join(&a, "3"), Err(JoinError::TooManyRooms));
+    }
+
+    #[test]
+    fn queue_is_bounded_in_bytes_too() {
+        let hub = Hub::default();
+        let codec = Arc::new(WsJson {
+            event_field: "event".into(),
+        });
+        let (h, _rx) = ConnHandle::new(
+            ConnId::random(),
+            "127.0.0.1:1".parse().unwrap(),
+            codec,
+            1000,
+            100,
+            Arc::new(Metrics::default()),
+        );
+        hub.register(h.clone());
+        assert!(h.send(bytes::Bytes::from(vec![0u8; 60])));
+        assert!(!h.send(bytes::Bytes::from(vec![0u8; 60])));
+        assert!(h.kill.is_cancelled());
     }
 }

@@ -65,7 +65,7 @@ pub async fn handle(
         remote,
         body,
     };
-    let out = match tenant.policy.on_ingress(&ireq, &tenant.hub).await {
+    let out = match tenant.policy.on_ingress(&ireq, &*tenant.hub).await {
         Ok(out) => out,
         Err(e) => {
             Metrics::inc(&node.metrics.policy_errors);

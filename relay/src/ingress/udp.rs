@@ -61,7 +61,7 @@ pub async fn serve(
                 remote: peer,
                 body,
             };
-            match tenant.policy.on_ingress(&req, &tenant.hub).await {
+            match tenant.policy.on_ingress(&req, &*tenant.hub).await {
                 Ok(out) => {
                     node2.execute(&tenant, None, out.actions);
                     if !out.body.is_empty() {

@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use crate::error::PolicyError;
 use crate::hub::{Presence, Target};
-use crate::protocol::{ClientEvent, Message};
+pub use crate::protocol::ClientEvent;
+use crate::protocol::Message;
 
 /// A boxed future returned by policy hooks.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -224,6 +225,25 @@ pub enum Action {
         #[serde(default)]
         conn: Option<String>,
     },
+    /// Keep a message for an offline user. Not carried out yet (needs the durable
+    /// store): relay logs it, counts it in `actions_dropped` and drops it.
+    StoreOffline {
+        /// The user.
+        user: String,
+        /// The message.
+        message: Message,
+    },
+    /// Call a URL. Not carried out yet (needs the webhook queue): logged, counted, dropped.
+    Webhook {
+        /// `GET` or `POST`.
+        method: String,
+        /// Absolute URL.
+        url: String,
+        /// Request headers.
+        headers: Vec<(String, String)>,
+        /// Request body.
+        body: String,
+    },
     /// Close a connection with a code, after what is already queued for it.
     Close {
         /// WebSocket close code.
@@ -269,6 +289,18 @@ pub trait Policy: Send + Sync + 'static {
                 Vec::new(),
             ))
         })
+    }
+
+    /// Reload the policy's code (WASM plugins); `None` if this policy cannot reload.
+    /// Blocking: call it off the async runtime. `Ok` carries a description of what is loaded now.
+    fn reload(&self) -> Option<Result<String, String>> {
+        None
+    }
+
+    /// Reload if the policy's file changed since it was loaded; `None` when unchanged or not reloadable.
+    /// Blocking: call it off the async runtime.
+    fn reload_if_changed(&self) -> Option<Result<String, String>> {
+        None
     }
 
     /// A connection ended.

@@ -167,10 +167,7 @@ impl OpenPolicy {
                 }]
             }
             "presence" => match o.get("room").and_then(Value::as_str) {
-                Some(r) => vec![reply(json!({
-                    "event": "presence", "room": r,
-                    "count": presence.room_count(r), "members": presence.room_members(r),
-                }))],
+                Some(r) => vec![reply(presence_json(r, presence, Some("presence")))],
                 None => error("presence needs \"room\""),
             },
             "whoami" => vec![reply(
@@ -228,6 +225,20 @@ impl OpenPolicy {
             }],
         )
     }
+}
+
+/// Most members listed in a presence answer (the count is always exact).
+const MAX_MEMBERS_LISTED: usize = 1000;
+
+fn presence_json(room: &str, presence: &dyn Presence, event: Option<&str>) -> Value {
+    let mut members = presence.room_members(room);
+    let truncated = members.len() > MAX_MEMBERS_LISTED;
+    members.truncate(MAX_MEMBERS_LISTED);
+    let mut v = json!({"room": room, "count": presence.room_count(room), "members": members, "truncated": truncated});
+    if let (Some(e), Value::Object(o)) = (event, &mut v) {
+        o.insert("event".into(), Value::String(e.into()));
+    }
+    v
 }
 
 fn bad_request(msg: String) -> IngressOutcome {
@@ -327,11 +338,9 @@ impl Policy for OpenPolicy {
                         .find(|(k, _)| k == "room")
                         .map(|(_, v)| v);
                     Ok(match room {
-                        Some(r) => IngressOutcome::json(
-                            200,
-                            &json!({"room": r, "count": presence.room_count(&r), "members": presence.room_members(&r)}),
-                            vec![],
-                        ),
+                        Some(r) => {
+                            IngressOutcome::json(200, &presence_json(&r, presence, None), vec![])
+                        }
                         None => bad_request("need ?room=".into()),
                     })
                 }

@@ -45,7 +45,7 @@ pub async fn handshake(
         remote,
         tls,
     };
-    let decision = match tenant.policy.on_handshake(&hreq, &tenant.hub).await {
+    let decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
         Ok(d) => d,
         Err(e) => {
             Metrics::inc(&node.metrics.policy_errors);
@@ -124,12 +124,13 @@ async fn run<S>(
         remote,
         tenant.codec.clone(),
         tenant.config.outbound_queue,
+        tenant.config.outbound_queue_bytes,
         metrics.clone(),
     );
     tenant.hub.register(h.clone());
-    metrics
-        .connections_open
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Whatever happens below (even a panic in a hook), the hub forgets the connection
+    // and the gauge comes down.
+    let _guard = SessionGuard::new(tenant.clone(), h.clone(), metrics.clone());
     Metrics::inc(&metrics.connections_total);
     let writer = node
         .shutdown
@@ -151,7 +152,9 @@ async fn run<S>(
                 s.data = data;
             }
             for r in &rooms {
-                tenant.hub.join(&h, r);
+                if let Err(e) = tenant.hub.join(&h, r) {
+                    tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused");
+                }
             }
             h.set_authenticated();
             node.execute(&tenant, Some(&h), actions);
@@ -165,7 +168,7 @@ async fn run<S>(
 
     let ci = Node::conn_info(&h);
     tenant.hub.unregister(&h);
-    match tenant.policy.on_disconnect(&ci, &info, &tenant.hub).await {
+    match tenant.policy.on_disconnect(&ci, &info, &*tenant.hub).await {
         Ok(actions) => node.execute(&tenant, None, actions),
         Err(e) => {
             Metrics::inc(&metrics.policy_errors);
@@ -180,10 +183,32 @@ async fn run<S>(
     if tokio::time::timeout(CLOSE_WAIT, writer).await.is_err() {
         abort.abort();
     }
-    metrics
-        .connections_open
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(tenant = %tenant.name, conn = %h.id, code = ?info.code, reason = %info.reason, "disconnected");
+}
+
+/// Unregisters the connection and lowers the open-connections gauge when the session ends.
+struct SessionGuard {
+    tenant: Arc<Tenant>,
+    h: Arc<ConnHandle>,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionGuard {
+    fn new(tenant: Arc<Tenant>, h: Arc<ConnHandle>, metrics: Arc<Metrics>) -> Self {
+        metrics
+            .connections_open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SessionGuard { tenant, h, metrics }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.tenant.hub.unregister(&self.h);
+        self.metrics
+            .connections_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn info(code: Option<u16>, reason: &str) -> DisconnectInfo {
@@ -218,7 +243,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut last_rx = Instant::now();
     let mut pinged_at: Option<Instant> = None;
     let mut close_deadline: Option<Instant> = None;
-    let mut sent_code: Option<u16> = None;
     let mut fragments: Option<(OpCode, Vec<u8>)> = None;
     let shutdown = node.shutdown.token.clone();
     let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
@@ -234,27 +258,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
             tokio::select! {
                 biased;
                 r = &mut read => break r,
-                _ = h.kill.cancelled() => return info(Some(h.kill_code()), "aborted"),
+                _ = h.kill.cancelled() => return info(Some(h.close_code()), "aborted"),
                 _ = sleep_until(close_deadline.unwrap_or(far)), if close_deadline.is_some() => {
-                    return info(sent_code, "no close reply from peer");
+                    return info(Some(h.close_code()), "no close reply from peer");
                 }
                 _ = h.closing.cancelled(), if close_deadline.is_none() => {
                     close_deadline = Some(Instant::now() + CLOSE_WAIT);
                 }
                 _ = shutdown.cancelled(), if !h.closing.is_cancelled() => {
-                    sent_code = Some(1001);
                     h.close(1001, "server shutting down");
                 }
                 _ = sleep_until(auth_deadline), if !h.is_authenticated() && !h.closing.is_cancelled() => {
                     if !h.is_authenticated() {
                         Metrics::inc(&m.auth_timeouts);
-                        sent_code = Some(1008);
                         h.close(1008, "authentication timeout");
                     }
                 }
                 _ = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() && !h.closing.is_cancelled() => {
                     Metrics::inc(&m.idle_timeouts);
-                    sent_code = Some(1001);
                     h.close(1001, "idle timeout");
                 }
                 _ = sleep_until(ping_at.unwrap_or(far)), if ping_at.is_some() && !h.closing.is_cancelled() => {
@@ -272,7 +293,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         h.close(code, reason);
                         info(Some(code), reason)
                     }
-                    None => info(sent_code, "connection lost"),
+                    None => info(
+                        h.closing.is_cancelled().then(|| h.close_code()),
+                        "connection lost",
+                    ),
                 };
             }
         };
@@ -280,11 +304,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
         pinged_at = None;
         let (fin, opcode) = (frame.fin, frame.opcode);
         let payload: Vec<u8> = frame.payload.to_vec();
+        if matches!(opcode, OpCode::Close | OpCode::Pong) && payload.len() > 125 {
+            Metrics::inc(&m.protocol_errors);
+            h.close(1002, "control frame too long");
+            return info(Some(1002), "control frame too long");
+        }
         match opcode {
             OpCode::Close => {
                 if h.closing.is_cancelled() {
                     // The peer answered our close: done.
-                    return info(sent_code, "closed");
+                    return info(Some(h.close_code()), "closed");
                 }
                 let (code, reply) = match payload.len() {
                     0 => (None, frame::encode(frame::OP_CLOSE, b"")),
@@ -361,7 +390,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         Metrics::inc(&m.messages_in);
         let event = tenant.codec.decode_text(text);
         let conn = Node::conn_info(h);
-        match tenant.policy.on_event(&conn, &event, &tenant.hub).await {
+        match tenant.policy.on_event(&conn, &event, &*tenant.hub).await {
             Ok(actions) => node.execute(tenant, Some(h), actions),
             Err(e) => {
                 Metrics::inc(&m.policy_errors);

@@ -38,12 +38,20 @@ pub async fn run<W: AsyncWrite + Unpin>(
     loop {
         let n = tokio::select! {
             biased;
-            _ = h.kill.cancelled() => return abort(&mut w, &[], &h).await,
+            _ = h.kill.cancelled() => return abort(&mut w, &[], &h, false).await,
             n = rx.recv_many(&mut batch, BATCH) => n,
         };
         if n == 0 {
             return;
         }
+        let taken: usize = batch
+            .iter()
+            .map(|o| match o {
+                Outbound::Frame(b) | Outbound::Close(b) => b.len(),
+            })
+            .sum();
+        h.dequeued(taken);
+        let has_close = batch.iter().any(|o| matches!(o, Outbound::Close(_)));
         let mut close = false;
         buf.clear();
         let mut result = Ok(());
@@ -91,7 +99,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             Err(Stop::Killed(tail)) => {
                 // Finishing the partly written chunk keeps the stream well-formed, so the
                 // close frame can follow it.
-                return abort(&mut w, &tail, &h).await;
+                return abort(&mut w, &tail, &h, has_close).await;
             }
             Err(Stop::Io) => return,
         }
@@ -122,9 +130,14 @@ async fn write_all<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Best effort within [`ABORT_GRACE`]: finish the partial chunk, send the abort's close frame, shut down.
-async fn abort<W: AsyncWrite + Unpin>(w: &mut W, tail: &[u8], h: &ConnHandle) {
-    let close = frame::close(h.kill_code(), "");
+/// Best effort within [`ABORT_GRACE`]: finish the partial chunk, send the abort's close frame
+/// (unless the chunk already carries one: a second close frame is a protocol error), shut down.
+async fn abort<W: AsyncWrite + Unpin>(w: &mut W, tail: &[u8], h: &ConnHandle, close_sent: bool) {
+    let close = if close_sent {
+        bytes::Bytes::new()
+    } else {
+        frame::close(h.close_code(), "")
+    };
     let _ = tokio::time::timeout(ABORT_GRACE, async {
         w.write_all(tail).await?;
         w.write_all(&close).await?;

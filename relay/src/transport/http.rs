@@ -97,8 +97,10 @@ impl TcpListenerCtx {
     /// The tenant for a path and the path relative to its prefix.
     pub fn route(&self, path: &str) -> Option<(&Arc<Tenant>, String)> {
         self.routes.iter().find_map(|(prefix, t)| {
-            let rest = path.strip_prefix(prefix.trim_end_matches('/'))?;
-            if rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/') {
+            let p = prefix.trim_end_matches('/');
+            let rest = path.strip_prefix(p)?;
+            // `/p/` must not match `/push`: the prefix ends at a path segment boundary.
+            if p.is_empty() || rest.is_empty() || rest.starts_with('/') {
                 let rel = if rest.starts_with('/') {
                     rest.to_owned()
                 } else {
@@ -263,6 +265,9 @@ async fn handle(
         );
         return r;
     }
+    if path == "/admin/reload" && ctx.kind == ListenerKind::Http {
+        return admin_reload(&req, &node, remote).await;
+    }
     let Some((tenant, rel)) = ctx.route(&path) else {
         return text_response(404, &format!("no route for {path}\n"));
     };
@@ -297,6 +302,41 @@ async fn handle(
     r
 }
 
+/// `POST /admin/reload[?tenant=name]`, from loopback only: reload WASM plugins now.
+async fn admin_reload(
+    req: &Request<Incoming>,
+    node: &Arc<Node>,
+    remote: SocketAddr,
+) -> Response<Full<Bytes>> {
+    if !remote.ip().to_canonical().is_loopback() {
+        return text_response(403, "admin endpoints answer loopback clients only\n");
+    }
+    if req.method() != hyper::Method::POST {
+        return text_response(405, "use POST\n");
+    }
+    let only = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "tenant")
+            .map(|(_, v)| v.into_owned())
+    });
+    let node = node.clone();
+    let result = tokio::task::spawn_blocking(move || node.reload_plugins(only.as_deref())).await;
+    match result {
+        Ok(v) => {
+            let failed = v
+                .as_object()
+                .is_some_and(|o| o.values().any(|r| r["ok"] == false));
+            let mut r = text_response(if failed { 422 } else { 200 }, &v.to_string());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text_response(500, &format!("reload failed: {e}\n")),
+    }
+}
+
 /// A plain-text response (or whatever body is given) with a status; invalid statuses become 500.
 pub fn text_response(status: u16, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
@@ -314,4 +354,50 @@ pub fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
                 .map(|v| (k.as_str().to_owned(), v.to_owned()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, DEFAULT_CONFIG};
+
+    #[test]
+    fn routes_match_whole_path_segments() {
+        let config = Config::parse(DEFAULT_CONFIG, None).expect("default config");
+        let tenant = |n: &str| {
+            let mut c = config.tenants[0].clone();
+            c.name = toml::Spanned::new(0..0, n.to_owned());
+            let deps = crate::tenant::TenantDeps {
+                cache_dir: "unused".into(),
+                plugin_path: None,
+                metrics: Default::default(),
+            };
+            Arc::new(Tenant::new(c, deps).expect("tenant"))
+        };
+        let ctx = TcpListenerCtx::new(
+            "t".into(),
+            ListenerKind::Http,
+            vec![
+                ("/p/".into(), tenant("a")),
+                ("/".into(), tenant("b")),
+                ("/api".into(), tenant("c")),
+            ],
+            true,
+            1,
+            Duration::from_secs(1),
+            1,
+            1,
+            None,
+        );
+        let r = |p: &str| ctx.route(p).map(|(t, rel)| (t.name.to_string(), rel));
+        assert_eq!(
+            r("/push"),
+            Some(("b".into(), "/push".into())),
+            "/p/ must not capture /push"
+        );
+        assert_eq!(r("/p/push"), Some(("a".into(), "/push".into())));
+        assert_eq!(r("/p"), Some(("a".into(), "/".into())));
+        assert_eq!(r("/api/x"), Some(("c".into(), "/x".into())));
+        assert_eq!(r("/apix"), Some(("b".into(), "/apix".into())));
+    }
 }

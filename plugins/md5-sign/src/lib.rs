@@ -1,0 +1,77 @@
+//! Example auth plugin. A client connects with
+//! `?user=U&ts=UNIX_SECONDS&sign=md5(U + ts + key)` (lowercase hex); the
+//! handshake is accepted if the sign matches, `ts` is within `window_secs`
+//! (default 300) of now, and the sign was not used before (kept in the
+//! tenant's key-value store until it could no longer be valid). Clients may
+//! join rooms with `{"event":"join","room":"r"}` and emit with
+//! `{"event":"emit","room":"r","data":...}`.
+//!
+//! Settings: `key` (required), `window_secs`.
+
+use md5::{Digest, Md5};
+use relay_plugin_sdk::serde_json::{json, Value};
+use relay_plugin_sdk::*;
+use std::sync::OnceLock;
+
+struct Settings {
+    key: String,
+    window: u64,
+}
+
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+struct Md5Sign;
+
+fn hex_md5(s: &str) -> String {
+    Md5::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn refuse(why: &str) -> HandshakeDecision {
+    reject(401, why)
+}
+
+impl Plugin for Md5Sign {
+    fn init(settings: &str) -> Result<(), String> {
+        let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;
+        let key = v["key"].as_str().filter(|k| !k.is_empty()).ok_or("settings.key (string) is required")?;
+        let window = v["window_secs"].as_u64().unwrap_or(300);
+        let _ = SETTINGS.set(Settings { key: key.to_owned(), window });
+        Ok(())
+    }
+
+    fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
+        let cfg = SETTINGS.get().ok_or("not initialised")?;
+        let (Some(user), Some(ts), Some(sign)) =
+            (query_param(&req.query, "user"), query_param(&req.query, "ts"), query_param(&req.query, "sign"))
+        else {
+            return Ok(refuse("user, ts and sign are required"));
+        };
+        let Ok(t) = ts.parse::<u64>() else { return Ok(refuse("ts must be unix seconds")) };
+        let now = host::now_ms() / 1000;
+        if t.abs_diff(now) > cfg.window {
+            return Ok(refuse("ts outside the allowed window"));
+        }
+        if hex_md5(&format!("{user}{ts}{}", cfg.key)) != sign.to_ascii_lowercase() {
+            return Ok(refuse("bad sign"));
+        }
+        if !host::kv_set_if_absent(&format!("sign:{sign}"), b"", Some((cfg.window * 2) as u32)) {
+            return Ok(refuse("sign already used"));
+        }
+        Ok(accept(Some(user), vec![]))
+    }
+
+    fn on_event(conn: ConnInfo, ev: ClientEvent) -> Result<Vec<Action>, String> {
+        let data: Value = ev.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(Value::Null);
+        let room = data["room"].as_str().unwrap_or_default().to_owned();
+        Ok(match ev.name.as_deref() {
+            Some("join") if !room.is_empty() => vec![join(vec![room.clone()]), reply(&json!({"event": "joined", "room": room}))],
+            Some("emit") if !room.is_empty() => vec![emit(
+                Target::Rooms(vec![room]),
+                &json!({"event": "message", "from": conn.user, "data": data["data"]}),
+            )],
+            _ => vec![reply(&json!({"event": "error", "error": "use join or emit with a room"}))],
+        })
+    }
+}
+
+relay_plugin_sdk::plugin!(Md5Sign);

@@ -1,0 +1,208 @@
+//! Write relay plugins in Rust.
+//!
+//! A plugin implements [`Plugin`] (only `on_handshake` is required; the other
+//! hooks default to doing nothing) and exports it with [`plugin!`]:
+//!
+//! ```ignore
+//! use relay_plugin_sdk::*;
+//!
+//! struct Hello;
+//! impl Plugin for Hello {
+//!     fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
+//!         match query_param(&req.query, "user") {
+//!             Some(user) => Ok(accept(Some(user), vec![])),
+//!             None => Ok(reject(401, "user required")),
+//!         }
+//!     }
+//!     fn on_event(conn: ConnInfo, ev: ClientEvent) -> Result<Vec<Action>, String> {
+//!         Ok(vec![reply(&serde_json::json!({"echo": ev.text}))])
+//!     }
+//! }
+//! relay_plugin_sdk::plugin!(Hello);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
+//! `target/wasm32-wasip2/release/` is the component relay loads. The
+//! contract itself, documented item by item, is `wit/plugin.wit`.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin",
+        default_bindings_module: "relay_plugin_sdk::bindings",
+    });
+}
+
+pub use bindings::relay::plugin::host::Level;
+pub use bindings::relay::plugin::types::{
+    Accept, Action, ClientEvent, Close, ConnInfo, DisconnectInfo, Emit, HandshakeDecision, HandshakeRequest,
+    HttpRequest, Identity, IngressOutcome, IngressRequest, IngressSource, Membership, Message, Offline, Pair, Reject,
+    Target, Webhook,
+};
+pub use serde_json;
+
+/// A tenant's plugin. Every hook runs under relay's deadline and memory cap.
+pub trait Plugin {
+    /// Once per instance, with the tenant's `settings` as JSON text.
+    fn init(_settings: &str) -> Result<(), String> {
+        Ok(())
+    }
+    /// A WebSocket handshake: accept, defer authentication, or reject.
+    fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String>;
+    /// A client message.
+    fn on_event(_conn: ConnInfo, _event: ClientEvent) -> Result<Vec<Action>, String> {
+        Ok(Vec::new())
+    }
+    /// A backend push over HTTP or UDP. Default: 404.
+    fn on_ingress(_req: IngressRequest) -> Result<IngressOutcome, String> {
+        Ok(respond(404, &serde_json::json!({"error": "not found"}), Vec::new()))
+    }
+    /// A connection ended.
+    fn on_disconnect(_conn: ConnInfo, _info: DisconnectInfo) -> Result<Vec<Action>, String> {
+        Ok(Vec::new())
+    }
+}
+
+/// Export a [`Plugin`] implementation as the component's `plugin` world.
+#[macro_export]
+macro_rules! plugin {
+    ($plugin:ty) => {
+        struct __RelayPluginExport;
+        impl $crate::bindings::Guest for __RelayPluginExport {
+            fn init(settings: String) -> Result<(), String> {
+                <$plugin as $crate::Plugin>::init(&settings)
+            }
+            fn on_handshake(req: $crate::HandshakeRequest) -> Result<$crate::HandshakeDecision, String> {
+                <$plugin as $crate::Plugin>::on_handshake(req)
+            }
+            fn on_event(conn: $crate::ConnInfo, event: $crate::ClientEvent) -> Result<Vec<$crate::Action>, String> {
+                <$plugin as $crate::Plugin>::on_event(conn, event)
+            }
+            fn on_ingress(req: $crate::IngressRequest) -> Result<$crate::IngressOutcome, String> {
+                <$plugin as $crate::Plugin>::on_ingress(req)
+            }
+            fn on_disconnect(
+                conn: $crate::ConnInfo,
+                info: $crate::DisconnectInfo,
+            ) -> Result<Vec<$crate::Action>, String> {
+                <$plugin as $crate::Plugin>::on_disconnect(conn, info)
+            }
+        }
+        $crate::bindings::__export_plugin!(__RelayPluginExport with_types_in $crate::bindings);
+    };
+}
+
+/// Host services: logging, time, randomness, the tenant's key-value store, presence.
+pub mod host {
+    pub use crate::bindings::relay::plugin::host::*;
+
+    /// Log at info level.
+    pub fn info(msg: &str) {
+        log(super::Level::Info, msg)
+    }
+
+    /// Log at warn level.
+    pub fn warn(msg: &str) {
+        log(super::Level::Warn, msg)
+    }
+}
+
+/// First value of a query parameter in a raw (URL-encoded) query string, decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query_pairs(query).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// All parameters of a URL-encoded string (`a=1&b=x%20y`), decoded (`+` is a space).
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (url_decode(k), url_decode(v))
+        })
+        .collect()
+}
+
+/// Percent-decode (and `+` → space); invalid escapes are kept as they are.
+pub fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A header's value (names are lowercase).
+pub fn header<'a>(headers: &'a [Pair], name: &str) -> Option<&'a str> {
+    headers.iter().find(|p| p.name.eq_ignore_ascii_case(name)).map(|p| p.value.as_str())
+}
+
+/// A message whose data is `value` serialized as JSON.
+pub fn message(value: &serde_json::Value) -> Message {
+    Message { event: None, data: value.to_string() }
+}
+
+/// Reply to the connection the hook is about.
+pub fn reply(value: &serde_json::Value) -> Action {
+    Action::Reply(message(value))
+}
+
+/// Emit to a target.
+pub fn emit(target: Target, value: &serde_json::Value) -> Action {
+    Action::Emit(Emit { target, message: message(value), exclude_sender: false })
+}
+
+/// Join rooms (the hook's connection).
+pub fn join(rooms: Vec<String>) -> Action {
+    Action::Join(Membership { rooms, conn: None })
+}
+
+/// Identify the hook's connection as `user` (marks it authenticated).
+pub fn identify(user: &str) -> Action {
+    Action::SetIdentity(Identity { user: Some(user.to_owned()), data: None, conn: None })
+}
+
+/// Close the hook's connection.
+pub fn close(code: u16, reason: &str) -> Action {
+    Action::Close(Close { code, reason: reason.to_owned(), conn: None })
+}
+
+/// Accept a handshake as `user`, joining `rooms`.
+pub fn accept(user: Option<String>, rooms: Vec<String>) -> HandshakeDecision {
+    HandshakeDecision::Accept(Accept { user, data: None, rooms, headers: Vec::new(), actions: Vec::new() })
+}
+
+/// Reject a handshake with a status and a plain-text body.
+pub fn reject(status: u16, body: &str) -> HandshakeDecision {
+    HandshakeDecision::Reject(Reject { status, headers: Vec::new(), body: body.to_owned() })
+}
+
+/// An ingress response with a JSON body.
+pub fn respond(status: u16, body: &serde_json::Value, actions: Vec<Action>) -> IngressOutcome {
+    IngressOutcome {
+        status,
+        headers: vec![Pair { name: "content-type".into(), value: "application/json".into() }],
+        body: body.to_string().into_bytes(),
+        actions,
+    }
+}

@@ -1,0 +1,122 @@
+//! The test plugin relay's end-to-end tests load. It behaves like a small
+//! chat policy and misbehaves on request, so the sandbox can be proven:
+//!
+//! - handshake: `?user=u` accepts as `u` (joining `?rooms=a,b`); `?reject=1`
+//!   rejects with 403; `?defer=1` defers to a `login` event; `?trap=1` panics.
+//! - events (`{"event": ...}`): `echo`, `whoami`, `login`, `emit` (to `room`),
+//!   `kv-set`/`kv-get`/`kv-once`, `now`, `random`, `version`, and the misbehaviours
+//!   `trap`, `loop`, `alloc` (`mb` megabytes), `bad-json`, `print`.
+//! - ingress: `POST /push` `{"room","data"}`; `GET /version`.
+//! - settings: `{"version": "..."}` is reported by `version`; `{"fail_init": true}` fails init.
+
+use relay_plugin_sdk::serde_json::{json, Value};
+use relay_plugin_sdk::*;
+use std::sync::OnceLock;
+
+static VERSION: OnceLock<String> = OnceLock::new();
+
+struct Testkit;
+
+fn version() -> String {
+    VERSION.get().cloned().unwrap_or_default()
+}
+
+impl Plugin for Testkit {
+    fn init(settings: &str) -> Result<(), String> {
+        let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;
+        if v["fail_init"] == json!(true) {
+            return Err("init failed as asked (fail_init)".into());
+        }
+        let _ = VERSION.set(v["version"].as_str().unwrap_or("1").to_owned());
+        Ok(())
+    }
+
+    fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
+        if query_param(&req.query, "trap").is_some() {
+            panic!("trap in handshake, as asked");
+        }
+        if query_param(&req.query, "reject").is_some() {
+            return Ok(HandshakeDecision::Reject(Reject {
+                status: 403,
+                headers: vec![Pair { name: "message".into(), value: "error auth".into() }],
+                body: String::new(),
+            }));
+        }
+        if query_param(&req.query, "defer").is_some() {
+            return Ok(HandshakeDecision::Defer(vec![reply(&json!({"event": "hello", "login": "required"}))]));
+        }
+        let rooms = query_param(&req.query, "rooms")
+            .map(|r| r.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mut decision = accept(query_param(&req.query, "user"), rooms);
+        if let HandshakeDecision::Accept(a) = &mut decision {
+            a.headers.push(Pair { name: "x-plugin-version".into(), value: version() });
+        }
+        Ok(decision)
+    }
+
+    fn on_event(conn: ConnInfo, ev: ClientEvent) -> Result<Vec<Action>, String> {
+        let data: Value = ev.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(Value::Null);
+        let s = |k: &str| data[k].as_str().unwrap_or_default().to_owned();
+        Ok(match ev.name.as_deref().unwrap_or_default() {
+            "echo" => vec![reply(&json!({"event": "echo", "text": ev.text}))],
+            "whoami" => vec![reply(&json!({"event": "whoami", "conn": conn.id, "user": conn.user, "authenticated": conn.authenticated}))],
+            "login" => vec![identify(&s("user")), reply(&json!({"event": "login", "ok": true}))],
+            "emit" => vec![emit(Target::Rooms(vec![s("room")]), &json!({"event": "message", "data": data["data"]}))],
+            "version" => vec![reply(&json!({"event": "version", "version": version()}))],
+            "kv-set" => {
+                host::kv_set(&s("key"), s("value").as_bytes(), data["ttl"].as_u64().map(|t| t as u32));
+                vec![reply(&json!({"event": "kv-set", "ok": true}))]
+            }
+            "kv-get" => {
+                let v = host::kv_get(&s("key")).map(|b| String::from_utf8_lossy(&b).into_owned());
+                vec![reply(&json!({"event": "kv-get", "value": v}))]
+            }
+            "kv-once" => {
+                let fresh = host::kv_set_if_absent(&s("key"), b"1", Some(60));
+                vec![reply(&json!({"event": "kv-once", "fresh": fresh}))]
+            }
+            "now" => vec![reply(&json!({"event": "now", "ms": host::now_ms()}))],
+            "random" => vec![reply(&json!({"event": "random", "bytes": host::random_bytes(16)}))],
+            "presence" => vec![reply(&json!({"event": "presence", "count": host::room_count(&s("room"))}))],
+            "print" => {
+                println!("hello from the plugin's stdout");
+                eprintln!("hello from the plugin's stderr");
+                vec![reply(&json!({"event": "print"}))]
+            }
+            "trap" => panic!("trap in on-event, as asked"),
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mb = data["mb"].as_u64().unwrap_or(64) as usize;
+                let v = vec![1u8; mb << 20];
+                vec![reply(&json!({"event": "alloc", "len": std::hint::black_box(v).len()}))]
+            }
+            "bad-json" => vec![Action::Reply(Message { event: None, data: "{not json".into() })],
+            other => vec![reply(&json!({"event": "error", "error": format!("unknown event {other:?}")}))],
+        })
+    }
+
+    fn on_ingress(req: IngressRequest) -> Result<IngressOutcome, String> {
+        let path = match &req.source {
+            IngressSource::Http(h) => h.path.clone(),
+            IngressSource::Udp => "/push".into(),
+        };
+        match path.as_str() {
+            "/push" => {
+                let v: Value = serde_json::from_slice(&req.body).map_err(|e| format!("body: {e}"))?;
+                let room = v["room"].as_str().unwrap_or_default().to_owned();
+                let online = host::room_count(&room);
+                Ok(respond(200, &json!({"ok": true, "online": online}), vec![emit(Target::Rooms(vec![room]), &json!({"event": "message", "data": v["data"]}))]))
+            }
+            "/version" => Ok(respond(200, &json!({"version": version()}), vec![])),
+            _ => Ok(respond(404, &json!({"error": "not found"}), vec![])),
+        }
+    }
+}
+
+relay_plugin_sdk::plugin!(Testkit);

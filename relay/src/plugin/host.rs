@@ -1,0 +1,162 @@
+//! The host side of the `relay:plugin/host` interface, and each store's state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::relay::plugin::host::{self, Level};
+use crate::hub::{Hub, Presence};
+use crate::store::KvStore;
+
+/// Keys longer than this are refused by `kv-*` (the call traps).
+pub const MAX_KEY: usize = 1024;
+/// Values longer than this are refused by `kv-set` (the call traps).
+pub const MAX_VALUE: usize = 1 << 20;
+/// Largest `random-bytes` request.
+pub const MAX_RANDOM: u32 = 1024;
+/// Bytes of stdout/stderr a store may hold before its instance is recycled.
+pub const STDIO_CAPACITY: usize = 64 << 10;
+
+/// What one plugin instance's store holds: an empty WASI context, limits, and
+/// the tenant's services.
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) kv: Arc<dyn KvStore>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) stdout: MemoryOutputPipe,
+    pub(crate) stderr: MemoryOutputPipe,
+    /// How much of stdout/stderr has already gone to the log.
+    pub(crate) logged: (usize, usize),
+    /// Log lines written by this call (rate limit).
+    pub(crate) log_lines: u32,
+}
+
+/// Log lines a plugin may write per call; more are counted but dropped.
+pub const MAX_LOG_LINES_PER_CALL: u32 = 20;
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    /// Fresh state: no environment, arguments, stdin or preopens; stdout and
+    /// stderr are in-memory pipes drained into relay's log after each call.
+    pub fn new(tenant: Arc<str>, kv: Arc<dyn KvStore>, hub: Arc<Hub>, limits: StoreLimits) -> Self {
+        let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            tenant,
+            kv,
+            hub,
+            stdout,
+            stderr,
+            logged: (0, 0),
+            log_lines: 0,
+        }
+    }
+
+    /// Send new stdout/stderr output to the log (at most 1 KiB per stream per call).
+    /// Returns `false` when the pipes are nearly full and the instance should be recycled.
+    pub fn drain_stdio(&mut self) -> bool {
+        for (pipe, seen, name) in [
+            (&self.stdout, &mut self.logged.0, "stdout"),
+            (&self.stderr, &mut self.logged.1, "stderr"),
+        ] {
+            let all = pipe.contents();
+            if all.len() > *seen {
+                let new = &all[*seen..];
+                let shown = &new[..new.len().min(1024)];
+                tracing::info!(tenant = %self.tenant, stream = name, truncated = new.len() > shown.len(), "plugin: {}", String::from_utf8_lossy(shown).trim_end());
+                *seen = all.len();
+            }
+        }
+        self.log_lines = 0;
+        self.logged.0 < STDIO_CAPACITY * 3 / 4 && self.logged.1 < STDIO_CAPACITY * 3 / 4
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES_PER_CALL {
+            return;
+        }
+        let t = &self.tenant;
+        match level {
+            Level::Trace => tracing::trace!(tenant = %t, "plugin: {message}"),
+            Level::Debug => tracing::debug!(tenant = %t, "plugin: {message}"),
+            Level::Info => tracing::info!(tenant = %t, "plugin: {message}"),
+            Level::Warn => tracing::warn!(tenant = %t, "plugin: {message}"),
+            Level::Error => tracing::error!(tenant = %t, "plugin: {message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn random_bytes(&mut self, len: u32) -> Vec<u8> {
+        let mut v = vec![0u8; len.min(MAX_RANDOM) as usize];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut v);
+        v
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.kv.get(&key)
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_secs: Option<u32>) {
+        if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
+            self.kv
+                .set(&key, value, ttl_secs.map(|s| Duration::from_secs(s.into())));
+        } else {
+            tracing::warn!(tenant = %self.tenant, "plugin: kv-set refused: key over 1 KiB or value over 1 MiB");
+        }
+    }
+
+    fn kv_set_if_absent(&mut self, key: String, value: Vec<u8>, ttl_secs: Option<u32>) -> bool {
+        if key.len() > MAX_KEY || value.len() > MAX_VALUE {
+            tracing::warn!(tenant = %self.tenant, "plugin: kv-set-if-absent refused: key over 1 KiB or value over 1 MiB");
+            return false;
+        }
+        self.kv
+            .set_if_absent(&key, value, ttl_secs.map(|s| Duration::from_secs(s.into())))
+    }
+
+    fn kv_delete(&mut self, key: String) -> bool {
+        self.kv.delete(&key)
+    }
+
+    fn room_count(&mut self, room: String) -> u32 {
+        self.hub.room_count(&room) as u32
+    }
+
+    fn user_connections(&mut self, user: String) -> Vec<String> {
+        self.hub.user_connections(&user)
+    }
+
+    fn connection_exists(&mut self, conn: String) -> bool {
+        self.hub.connection_exists(&conn)
+    }
+}

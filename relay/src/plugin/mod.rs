@@ -1,0 +1,23 @@
+//! The WASM plugin host: the production implementation of the policy seam.
+//!
+//! - [`bindings`]: host bindings of `wit/plugin.wit` (the only `bindgen!`).
+//! - [`runtime`]: one engine, the linker, the compiled-component cache, the import allow-list.
+//! - [`host`]: the `relay:plugin/host` imports and each store's state.
+//! - [`convert`]: WIT values ↔ relay's policy types, validating what plugins return.
+//! - [`policy`]: [`WasmPolicy`]: per-tenant instance pool, limits, deadlines, hot reload.
+
+pub mod bindings;
+pub mod convert;
+pub mod host;
+pub mod policy;
+pub mod runtime;
+
+pub use policy::{PluginLimits, WasmPolicy};
+
+/// Directory of the plugins bundled in `plugins/`, built by relay's build script.
+pub const BUNDLED_DIR: &str = env!("RELAY_PLUGINS_DIR");
+
+/// Path of a bundled plugin by crate name (`md5-sign` → `<dir>/md5_sign.wasm`).
+pub fn bundled(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(BUNDLED_DIR).join(format!("{}.wasm", name.replace('-', "_")))
+}

@@ -1,0 +1,449 @@
+//! [`WasmPolicy`]: a tenant's plugin behind the policy seam.
+//!
+//! Each call takes an idle instance from the tenant's pool (or instantiates
+//! one from the pre-linked component and runs `init`), sets its deadline, and
+//! runs on tokio's blocking pool so a slow plugin never stalls the network
+//! threads. A call that traps, times out, exceeds memory or returns malformed
+//! data fails alone; its instance is dropped. Reload swaps the whole loaded
+//! plugin (component, pool) atomically; calls in flight finish on the old one.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+
+use super::bindings::{Plugin, PluginPre};
+use super::convert;
+use super::host::HostState;
+use super::runtime::{self, Runtime};
+use crate::error::PolicyError;
+use crate::hub::{Hub, Presence};
+use crate::metrics::Metrics;
+use crate::policy::{
+    Action, BoxFuture, ClientEvent, ConnInfo, DisconnectInfo, HandshakeDecision, HandshakeRequest,
+    IngressOutcome, IngressRequest, Policy,
+};
+use crate::store::KvStore;
+
+/// Sandbox limits of a tenant's plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginLimits {
+    /// Wall-clock budget of one hook call. Default 5 ms.
+    pub deadline: Duration,
+    /// Linear memory cap per instance. Default 32 MiB.
+    pub memory_bytes: usize,
+    /// Idle instances kept per tenant. Default 4.
+    pub max_idle: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            deadline: Duration::from_millis(5),
+            memory_bytes: 32 << 20,
+            max_idle: 4,
+        }
+    }
+}
+
+/// Deadline for `init` (it may parse settings or warm caches).
+const INIT_DEADLINE: Duration = Duration::from_secs(1);
+
+struct Instance {
+    store: Store<HostState>,
+    plugin: Plugin,
+}
+
+/// One loaded version of a plugin.
+struct Loaded {
+    pre: PluginPre<HostState>,
+    hash: String,
+    idle: Mutex<Vec<Instance>>,
+    modified: Option<SystemTime>,
+}
+
+enum CallError {
+    /// The instance trapped, timed out or ran out of memory.
+    Trap(String),
+    /// The plugin returned an error value.
+    Plugin(String),
+    /// The plugin returned data relay cannot use.
+    Malformed(String),
+}
+
+/// What a plugin is loaded from and with: everything but the loaded version.
+struct Spec {
+    tenant: Arc<str>,
+    path: PathBuf,
+    cache_dir: PathBuf,
+    settings: String,
+    limits: PluginLimits,
+    kv: Arc<dyn KvStore>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+struct Inner {
+    spec: Spec,
+    current: RwLock<Arc<Loaded>>,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Spec;
+    fn deref(&self) -> &Spec {
+        &self.spec
+    }
+}
+
+/// A tenant's WASM plugin as its policy.
+pub struct WasmPolicy {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WasmPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmPolicy")
+            .field("tenant", &self.inner.tenant)
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// Everything a plugin needs from its tenant.
+pub struct PluginEnv {
+    /// Tenant name.
+    pub tenant: Arc<str>,
+    /// The `.wasm` file.
+    pub path: PathBuf,
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
+    /// The tenant's `settings` table.
+    pub settings: toml::Table,
+    /// Sandbox limits.
+    pub limits: PluginLimits,
+    /// The tenant's key-value store.
+    pub kv: Arc<dyn KvStore>,
+    /// The tenant's hub (presence queries).
+    pub hub: Arc<Hub>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl WasmPolicy {
+    /// Compile (or load from cache), check imports, instantiate once and run `init`.
+    /// Blocking: compiling takes a while the first time.
+    pub fn load(env: PluginEnv) -> Result<Self, String> {
+        let settings =
+            serde_json::to_string(&env.settings).map_err(|e| format!("settings: {e}"))?;
+        let rt = runtime::runtime()?;
+        let spec = Spec {
+            tenant: env.tenant,
+            path: env.path,
+            cache_dir: env.cache_dir,
+            settings,
+            limits: env.limits,
+            kv: env.kv,
+            hub: env.hub,
+            metrics: env.metrics,
+        };
+        let loaded = spec.prepare(rt)?;
+        Ok(WasmPolicy {
+            inner: Arc::new(Inner {
+                spec,
+                current: RwLock::new(Arc::new(loaded)),
+            }),
+        })
+    }
+
+    /// SHA-256 of the plugin file currently loaded.
+    pub fn hash(&self) -> String {
+        self.inner.current().hash.clone()
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        hook: &'static str,
+        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> Result<R, CallError> + Send + 'static,
+    ) -> Result<R, PolicyError> {
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || inner.call(hook, f)).await {
+            Ok(r) => r,
+            Err(e) => Err(PolicyError {
+                tenant: self.inner.tenant.to_string(),
+                message: format!("{hook}: {e}"),
+            }),
+        }
+    }
+}
+
+impl Spec {
+    fn err(&self, message: String) -> PolicyError {
+        PolicyError {
+            tenant: self.tenant.to_string(),
+            message,
+        }
+    }
+
+    /// Read, compile, check and pre-link the plugin file, and prove it with one `init`.
+    fn prepare(&self, rt: &Runtime) -> Result<Loaded, String> {
+        let path = &self.path;
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let wasm = std::fs::read(path)
+            .map_err(|e| format!("cannot read plugin {}: {e}", path.display()))?;
+        let compiled = runtime::compile(rt, &wasm, &self.cache_dir)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Metrics::inc(if compiled.cached {
+            &self.metrics.plugin_cache_hits
+        } else {
+            &self.metrics.plugin_compiles
+        });
+        let forbidden = runtime::forbidden_imports(&rt.engine, &compiled.component);
+        if !forbidden.is_empty() {
+            return Err(format!(
+                "{}: imports {} which relay does not provide (plugins get the relay:plugin/host imports and only {})",
+                path.display(),
+                forbidden.join(", "),
+                runtime::ALLOWED_WASI.join(", ")
+            ));
+        }
+        let pre = rt
+            .linker
+            .instantiate_pre(&compiled.component)
+            .and_then(PluginPre::new)
+            .map_err(|e| {
+                format!(
+                    "{}: does not fit the relay:plugin world: {e:#}",
+                    path.display()
+                )
+            })?;
+        let loaded = Loaded {
+            pre,
+            hash: compiled.hash,
+            idle: Mutex::new(Vec::new()),
+            modified,
+        };
+        let first = self
+            .instantiate(rt, &loaded)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Ok(mut idle) = loaded.idle.lock() {
+            idle.push(first);
+        }
+        tracing::info!(tenant = %self.tenant, plugin = %path.display(), hash = %&loaded.hash[..12], cached = compiled.cached, "plugin loaded");
+        Ok(loaded)
+    }
+
+    /// A new instance with its own store, limits and `init` already run.
+    fn instantiate(&self, rt: &Runtime, loaded: &Loaded) -> Result<Instance, String> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .table_elements(100_000)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState::new(
+            self.tenant.clone(),
+            self.kv.clone(),
+            self.hub.clone(),
+            limits,
+        );
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(ticks(INIT_DEADLINE));
+        let plugin = loaded
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("instantiation failed: {}", describe(&e)))?;
+        match plugin.call_init(&mut store, &self.settings) {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => return Err(format!("init refused the settings: {msg}")),
+            Err(e) => return Err(format!("init failed: {}", describe(&e))),
+        }
+        store.data_mut().drain_stdio();
+        Metrics::inc(&self.metrics.plugin_instances);
+        Ok(Instance { store, plugin })
+    }
+}
+
+impl Inner {
+    fn current(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn call<R>(
+        &self,
+        hook: &'static str,
+        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> Result<R, CallError>,
+    ) -> Result<R, PolicyError> {
+        let rt = runtime::runtime().map_err(|e| self.err(e))?;
+        let loaded = self.current();
+        let taken = loaded.idle.lock().ok().and_then(|mut v| v.pop());
+        let mut inst = match taken {
+            Some(i) => i,
+            None => self.instantiate(rt, &loaded).map_err(|e| {
+                Metrics::inc(&self.metrics.plugin_traps);
+                self.err(format!("{hook}: {e}"))
+            })?,
+        };
+        inst.store.set_epoch_deadline(ticks(self.limits.deadline));
+        let result = f(&inst.plugin, &mut inst.store);
+        let reusable = inst.store.data_mut().drain_stdio();
+        let keep = |inst: Instance| {
+            if reusable {
+                if let Ok(mut idle) = loaded.idle.lock() {
+                    if idle.len() < self.limits.max_idle {
+                        idle.push(inst);
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(v) => {
+                keep(inst);
+                Ok(v)
+            }
+            Err(CallError::Plugin(msg)) => {
+                keep(inst);
+                Err(self.err(format!("{hook} returned an error: {msg}")))
+            }
+            Err(CallError::Malformed(msg)) => {
+                Metrics::inc(&self.metrics.plugin_malformed);
+                tracing::warn!(tenant = %self.tenant, hook, error = %msg, "plugin returned malformed data; instance discarded");
+                Err(self.err(format!("{hook} returned malformed data: {msg}")))
+            }
+            Err(CallError::Trap(msg)) => {
+                Metrics::inc(&self.metrics.plugin_traps);
+                tracing::warn!(tenant = %self.tenant, hook, error = %msg, "plugin call failed; instance discarded");
+                Err(self.err(format!("{hook}: {msg}")))
+            }
+        }
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        let rt = runtime::runtime()?;
+        match self.prepare(rt) {
+            Ok(loaded) => {
+                let hash = loaded.hash.clone();
+                match self.current.write() {
+                    Ok(mut g) => *g = Arc::new(loaded),
+                    Err(p) => *p.into_inner() = Arc::new(loaded),
+                }
+                Metrics::inc(&self.metrics.plugin_reloads);
+                tracing::info!(tenant = %self.tenant, hash = %&hash[..12], "plugin reloaded; new calls use it");
+                Ok(hash)
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.plugin_reload_failures);
+                tracing::error!(tenant = %self.tenant, error = %e, "plugin reload rejected; the previous version stays");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_nanos() / runtime::TICK.as_nanos()).max(1) as u64
+}
+
+/// A clear description of why a call failed.
+fn describe(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "exceeded its deadline".into(),
+        Some(Trap::UnreachableCodeReached) => {
+            "trapped: unreachable code reached (a panic in the plugin?)".into()
+        }
+        Some(t) => format!("trapped: {t}"),
+        None => {
+            let s = format!("{e:#}");
+            if s.contains("growing memory") || s.contains("memory") && s.contains("limit") {
+                format!("exceeded its memory limit ({s})")
+            } else {
+                s
+            }
+        }
+    }
+}
+
+fn trap(e: wasmtime::Error) -> CallError {
+    CallError::Trap(describe(&e))
+}
+
+/// Map a hook's raw result through a checked conversion.
+fn checked<W, R>(
+    raw: wasmtime::Result<Result<W, String>>,
+    conv: impl FnOnce(W) -> Result<R, String>,
+) -> Result<R, CallError> {
+    match raw {
+        Err(e) => Err(trap(e)),
+        Ok(Err(msg)) => Err(CallError::Plugin(msg)),
+        Ok(Ok(w)) => conv(w).map_err(CallError::Malformed),
+    }
+}
+
+impl Policy for WasmPolicy {
+    fn on_handshake<'a>(
+        &'a self,
+        req: &'a HandshakeRequest,
+        _presence: &'a dyn Presence,
+    ) -> BoxFuture<'a, Result<HandshakeDecision, PolicyError>> {
+        let arg = convert::handshake_request(req);
+        Box::pin(self.call("on-handshake", move |p, s| {
+            checked(p.call_on_handshake(s, &arg), convert::decision)
+        }))
+    }
+
+    fn on_event<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+        event: &'a ClientEvent,
+        _presence: &'a dyn Presence,
+    ) -> BoxFuture<'a, Result<Vec<Action>, PolicyError>> {
+        let (c, e) = (convert::conn_info(conn), convert::client_event(event));
+        Box::pin(self.call("on-event", move |p, s| {
+            checked(p.call_on_event(s, &c, &e), convert::actions)
+        }))
+    }
+
+    fn on_ingress<'a>(
+        &'a self,
+        req: &'a IngressRequest,
+        _presence: &'a dyn Presence,
+    ) -> BoxFuture<'a, Result<IngressOutcome, PolicyError>> {
+        let arg = convert::ingress_request(req);
+        Box::pin(self.call("on-ingress", move |p, s| {
+            checked(p.call_on_ingress(s, &arg), convert::outcome)
+        }))
+    }
+
+    fn on_disconnect<'a>(
+        &'a self,
+        conn: &'a ConnInfo,
+        info: &'a DisconnectInfo,
+        _presence: &'a dyn Presence,
+    ) -> BoxFuture<'a, Result<Vec<Action>, PolicyError>> {
+        let (c, i) = (convert::conn_info(conn), convert::disconnect_info(info));
+        Box::pin(self.call("on-disconnect", move |p, s| {
+            checked(p.call_on_disconnect(s, &c, &i), convert::actions)
+        }))
+    }
+
+    fn reload(&self) -> Option<Result<String, String>> {
+        Some(self.inner.reload())
+    }
+
+    fn reload_if_changed(&self) -> Option<Result<String, String>> {
+        let now = std::fs::metadata(&self.inner.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if now.is_some() && now != self.inner.current().modified {
+            Some(self.inner.reload())
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The process-wide wasmtime engine, the linker (host imports plus the few
+//! WASI interfaces Rust's std needs), the on-disk cache of compiled
+//! components, and the import allow-list.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasData, Linker, ResourceTable};
+use wasmtime::{Config, Engine};
+
+use super::bindings;
+use super::host::HostState;
+
+/// Epoch ticks per second: the granularity of call deadlines.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// WASI interfaces a plugin may import (Rust's std for `wasm32-wasip2` imports
+/// some even when the plugin does no I/O). They are satisfied with an empty
+/// context: no environment, arguments, stdin or preopens; stdout/stderr go to the log.
+pub const ALLOWED_WASI: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:io/error",
+    "wasi:io/streams",
+    "wasi:io/poll",
+];
+
+/// The engine and linker every tenant shares.
+pub struct Runtime {
+    /// One engine for the process (epoch interruption on).
+    pub engine: Engine,
+    /// Host imports + allowed WASI.
+    pub linker: Linker<HostState>,
+}
+
+struct HasIo;
+impl HasData for HasIo {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+struct HasHost;
+impl HasData for HasHost {
+    type Data<'a> = &'a mut HostState;
+}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+/// The shared runtime, created on first use (and its epoch ticker thread started).
+pub fn runtime() -> Result<&'static Runtime, String> {
+    RUNTIME.get_or_init(build).as_ref().map_err(Clone::clone)
+}
+
+fn build() -> Result<Runtime, String> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
+    let mut linker: Linker<HostState> = Linker::new(&engine);
+    let link = |r: wasmtime::Result<()>| r.map_err(|e| format!("linking host imports: {e:#}"));
+    link(bindings::relay::plugin::host::add_to_linker::<
+        HostState,
+        HasHost,
+    >(&mut linker, |s| s))?;
+    {
+        use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+        use wasmtime_wasi::p2::bindings::{cli, sync};
+        let l = &mut linker;
+        link(cli::environment::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        link(cli::exit::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        link(cli::stdin::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        link(cli::stdout::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        link(cli::stderr::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        link(wasmtime_wasi::p2::bindings::io::error::add_to_linker::<
+            HostState,
+            HasIo,
+        >(l, |s| &mut s.table))?;
+        link(sync::io::poll::add_to_linker::<HostState, HasIo>(l, |s| {
+            &mut s.table
+        }))?;
+        link(sync::io::streams::add_to_linker::<HostState, HasIo>(
+            l,
+            |s| &mut s.table,
+        ))?;
+    }
+    let ticker = engine.weak();
+    std::thread::Builder::new()
+        .name("relay-wasm-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(TICK);
+            match ticker.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => return,
+            }
+        })
+        .map_err(|e| format!("epoch thread: {e}"))?;
+    Ok(Runtime { engine, linker })
+}
+
+/// Every import of `component` that relay does not provide, by name.
+pub fn forbidden_imports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| {
+            let base = name.split('@').next().unwrap_or(name);
+            !(base.starts_with("relay:plugin/") || ALLOWED_WASI.contains(&base))
+        })
+        .collect()
+}
+
+/// A compiled component and where it came from.
+pub struct Compiled {
+    /// The component.
+    pub component: Component,
+    /// SHA-256 of the `.wasm` file (hex).
+    pub hash: String,
+    /// Whether it was loaded from the on-disk cache rather than compiled.
+    pub cached: bool,
+}
+
+/// Compile `wasm` (or load it from `cache_dir`, keyed by the file's hash and the
+/// engine's compatibility hash, so a restart does not recompile).
+pub fn compile(rt: &Runtime, wasm: &[u8], cache_dir: &Path) -> Result<Compiled, String> {
+    let hash = hex::encode(Sha256::digest(wasm));
+    let mut key = Sha256::new();
+    key.update(hash.as_bytes());
+    {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        rt.engine.precompile_compatibility_hash().hash(&mut h);
+        key.update(h.finish().to_le_bytes());
+    }
+    let file: PathBuf = cache_dir.join(format!("{}.cwasm", hex::encode(key.finalize())));
+    if file.exists() {
+        // SAFETY: the file was written by `Component::serialize` of this same engine
+        // configuration (its name includes the engine's compatibility hash) into relay's
+        // own data directory; wasmtime also checks the header and refuses a mismatch.
+        match unsafe { Component::deserialize_file(&rt.engine, &file) } {
+            Ok(component) => {
+                return Ok(Compiled {
+                    component,
+                    hash,
+                    cached: true,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring unusable compiled-plugin cache entry")
+            }
+        }
+    }
+    let component =
+        Component::new(&rt.engine, wasm).map_err(|e| format!("not a valid component: {e:#}"))?;
+    match component.serialize() {
+        Ok(bytes) => {
+            let tmp = file.with_extension("tmp");
+            let written = std::fs::create_dir_all(cache_dir)
+                .and_then(|_| std::fs::write(&tmp, bytes))
+                .and_then(|_| std::fs::rename(&tmp, &file));
+            if let Err(e) = written {
+                tracing::warn!(dir = %cache_dir.display(), error = %e, "cannot write the compiled-plugin cache");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot serialize compiled plugin"),
+    }
+    Ok(Compiled {
+        component,
+        hash,
+        cached: false,
+    })
+}

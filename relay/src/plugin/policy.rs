@@ -87,6 +87,9 @@ struct Spec {
 struct Inner {
     spec: Spec,
     current: RwLock<Arc<Loaded>>,
+    /// Modification time of the last file a reload was attempted from (so a broken
+    /// file is tried once, not on every watch tick).
+    attempted: Mutex<Option<SystemTime>>,
 }
 
 impl std::ops::Deref for Inner {
@@ -152,6 +155,7 @@ impl WasmPolicy {
             inner: Arc::new(Inner {
                 spec,
                 current: RwLock::new(Arc::new(loaded)),
+                attempted: Mutex::new(None),
             }),
         })
     }
@@ -439,11 +443,17 @@ impl Policy for WasmPolicy {
     fn reload_if_changed(&self) -> Option<Result<String, String>> {
         let now = std::fs::metadata(&self.inner.path)
             .and_then(|m| m.modified())
-            .ok();
-        if now.is_some() && now != self.inner.current().modified {
-            Some(self.inner.reload())
-        } else {
-            None
+            .ok()?;
+        if Some(now) == self.inner.current().modified {
+            return None;
         }
+        {
+            let mut attempted = self.inner.attempted.lock().ok()?;
+            if *attempted == Some(now) {
+                return None;
+            }
+            *attempted = Some(now);
+        }
+        Some(self.inner.reload())
     }
 }

@@ -25,6 +25,11 @@ pub const ALLOWED_WASI: &[&str] = &[
     "wasi:cli/stdin",
     "wasi:cli/stdout",
     "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
     "wasi:io/error",
     "wasi:io/streams",
     "wasi:io/poll",
@@ -87,6 +92,27 @@ fn build() -> Result<Runtime, String> {
             HostState::cli,
         ))?;
         link(cli::stderr::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        // No terminals: these answer "not a terminal".
+        link(cli::terminal_input::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        link(cli::terminal_output::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        link(cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        link(cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(
+            l,
+            HostState::cli,
+        ))?;
+        link(cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(
             l,
             HostState::cli,
         ))?;

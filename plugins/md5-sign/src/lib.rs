@@ -23,7 +23,10 @@ static SETTINGS: OnceLock<Settings> = OnceLock::new();
 struct Md5Sign;
 
 fn hex_md5(s: &str) -> String {
-    Md5::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn refuse(why: &str) -> HandshakeDecision {
@@ -33,20 +36,30 @@ fn refuse(why: &str) -> HandshakeDecision {
 impl Plugin for Md5Sign {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;
-        let key = v["key"].as_str().filter(|k| !k.is_empty()).ok_or("settings.key (string) is required")?;
+        let key = v["key"]
+            .as_str()
+            .filter(|k| !k.is_empty())
+            .ok_or("settings.key (string) is required")?;
         let window = v["window_secs"].as_u64().unwrap_or(300);
-        let _ = SETTINGS.set(Settings { key: key.to_owned(), window });
+        let _ = SETTINGS.set(Settings {
+            key: key.to_owned(),
+            window,
+        });
         Ok(())
     }
 
     fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
         let cfg = SETTINGS.get().ok_or("not initialised")?;
-        let (Some(user), Some(ts), Some(sign)) =
-            (query_param(&req.query, "user"), query_param(&req.query, "ts"), query_param(&req.query, "sign"))
-        else {
+        let (Some(user), Some(ts), Some(sign)) = (
+            query_param(&req.query, "user"),
+            query_param(&req.query, "ts"),
+            query_param(&req.query, "sign"),
+        ) else {
             return Ok(refuse("user, ts and sign are required"));
         };
-        let Ok(t) = ts.parse::<u64>() else { return Ok(refuse("ts must be unix seconds")) };
+        let Ok(t) = ts.parse::<u64>() else {
+            return Ok(refuse("ts must be unix seconds"));
+        };
         let now = host::now_ms() / 1000;
         if t.abs_diff(now) > cfg.window {
             return Ok(refuse("ts outside the allowed window"));
@@ -61,15 +74,24 @@ impl Plugin for Md5Sign {
     }
 
     fn on_event(conn: ConnInfo, ev: ClientEvent) -> Result<Vec<Action>, String> {
-        let data: Value = ev.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(Value::Null);
+        let data: Value = ev
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(Value::Null);
         let room = data["room"].as_str().unwrap_or_default().to_owned();
         Ok(match ev.name.as_deref() {
-            Some("join") if !room.is_empty() => vec![join(vec![room.clone()]), reply(&json!({"event": "joined", "room": room}))],
+            Some("join") if !room.is_empty() => vec![
+                join(vec![room.clone()]),
+                reply(&json!({"event": "joined", "room": room})),
+            ],
             Some("emit") if !room.is_empty() => vec![emit(
                 Target::Rooms(vec![room]),
                 &json!({"event": "message", "from": conn.user, "data": data["data"]}),
             )],
-            _ => vec![reply(&json!({"event": "error", "error": "use join or emit with a room"}))],
+            _ => vec![reply(
+                &json!({"event": "error", "error": "use join or emit with a room"}),
+            )],
         })
     }
 }

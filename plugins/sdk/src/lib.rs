@@ -26,6 +26,7 @@
 //! contract itself, documented item by item, is `wit/plugin.wit`.
 
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
         world: "plugin",
@@ -38,9 +39,9 @@ pub mod bindings {
 
 pub use bindings::relay::plugin::host::Level;
 pub use bindings::relay::plugin::types::{
-    Accept, Action, ClientEvent, Close, ConnInfo, DisconnectInfo, Emit, HandshakeDecision, HandshakeRequest,
-    HttpRequest, Identity, IngressOutcome, IngressRequest, IngressSource, Membership, Message, Offline, Pair, Reject,
-    Target, Webhook,
+    Accept, Action, ClientEvent, Close, ConnInfo, DisconnectInfo, Emit, HandshakeDecision,
+    HandshakeRequest, HttpRequest, Identity, IngressOutcome, IngressRequest, IngressSource,
+    Membership, Message, Offline, Pair, Reject, Target, Webhook,
 };
 pub use serde_json;
 
@@ -58,7 +59,11 @@ pub trait Plugin {
     }
     /// A backend push over HTTP or UDP. Default: 404.
     fn on_ingress(_req: IngressRequest) -> Result<IngressOutcome, String> {
-        Ok(respond(404, &serde_json::json!({"error": "not found"}), Vec::new()))
+        Ok(respond(
+            404,
+            &serde_json::json!({"error": "not found"}),
+            Vec::new(),
+        ))
     }
     /// A connection ended.
     fn on_disconnect(_conn: ConnInfo, _info: DisconnectInfo) -> Result<Vec<Action>, String> {
@@ -112,7 +117,10 @@ pub mod host {
 
 /// First value of a query parameter in a raw (URL-encoded) query string, decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query_pairs(query).into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    query_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
 }
 
 /// All parameters of a URL-encoded string (`a=1&b=x%20y`), decoded (`+` is a space).
@@ -154,12 +162,18 @@ pub fn url_decode(s: &str) -> String {
 
 /// A header's value (names are lowercase).
 pub fn header<'a>(headers: &'a [Pair], name: &str) -> Option<&'a str> {
-    headers.iter().find(|p| p.name.eq_ignore_ascii_case(name)).map(|p| p.value.as_str())
+    headers
+        .iter()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+        .map(|p| p.value.as_str())
 }
 
 /// A message whose data is `value` serialized as JSON.
 pub fn message(value: &serde_json::Value) -> Message {
-    Message { event: None, data: value.to_string() }
+    Message {
+        event: None,
+        data: value.to_string(),
+    }
 }
 
 /// Reply to the connection the hook is about.
@@ -169,7 +183,11 @@ pub fn reply(value: &serde_json::Value) -> Action {
 
 /// Emit to a target.
 pub fn emit(target: Target, value: &serde_json::Value) -> Action {
-    Action::Emit(Emit { target, message: message(value), exclude_sender: false })
+    Action::Emit(Emit {
+        target,
+        message: message(value),
+        exclude_sender: false,
+    })
 }
 
 /// Join rooms (the hook's connection).
@@ -179,29 +197,50 @@ pub fn join(rooms: Vec<String>) -> Action {
 
 /// Identify the hook's connection as `user` (marks it authenticated).
 pub fn identify(user: &str) -> Action {
-    Action::SetIdentity(Identity { user: Some(user.to_owned()), data: None, conn: None })
+    Action::SetIdentity(Identity {
+        user: Some(user.to_owned()),
+        data: None,
+        conn: None,
+    })
 }
 
 /// Close the hook's connection.
 pub fn close(code: u16, reason: &str) -> Action {
-    Action::Close(Close { code, reason: reason.to_owned(), conn: None })
+    Action::Close(Close {
+        code,
+        reason: reason.to_owned(),
+        conn: None,
+    })
 }
 
 /// Accept a handshake as `user`, joining `rooms`.
 pub fn accept(user: Option<String>, rooms: Vec<String>) -> HandshakeDecision {
-    HandshakeDecision::Accept(Accept { user, data: None, rooms, headers: Vec::new(), actions: Vec::new() })
+    HandshakeDecision::Accept(Accept {
+        user,
+        data: None,
+        rooms,
+        headers: Vec::new(),
+        actions: Vec::new(),
+    })
 }
 
 /// Reject a handshake with a status and a plain-text body.
 pub fn reject(status: u16, body: &str) -> HandshakeDecision {
-    HandshakeDecision::Reject(Reject { status, headers: Vec::new(), body: body.to_owned() })
+    HandshakeDecision::Reject(Reject {
+        status,
+        headers: Vec::new(),
+        body: body.to_owned(),
+    })
 }
 
 /// An ingress response with a JSON body.
 pub fn respond(status: u16, body: &serde_json::Value, actions: Vec<Action>) -> IngressOutcome {
     IngressOutcome {
         status,
-        headers: vec![Pair { name: "content-type".into(), value: "application/json".into() }],
+        headers: vec![Pair {
+            name: "content-type".into(),
+            value: "application/json".into(),
+        }],
         body: body.to_string().into_bytes(),
         actions,
     }

@@ -38,34 +38,63 @@ impl Plugin for Testkit {
         if query_param(&req.query, "reject").is_some() {
             return Ok(HandshakeDecision::Reject(Reject {
                 status: 403,
-                headers: vec![Pair { name: "message".into(), value: "error auth".into() }],
+                headers: vec![Pair {
+                    name: "message".into(),
+                    value: "error auth".into(),
+                }],
                 body: String::new(),
             }));
         }
         if query_param(&req.query, "defer").is_some() {
-            return Ok(HandshakeDecision::Defer(vec![reply(&json!({"event": "hello", "login": "required"}))]));
+            return Ok(HandshakeDecision::Defer(vec![reply(
+                &json!({"event": "hello", "login": "required"}),
+            )]));
         }
         let rooms = query_param(&req.query, "rooms")
-            .map(|r| r.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .map(|r| {
+                r.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         let mut decision = accept(query_param(&req.query, "user"), rooms);
         if let HandshakeDecision::Accept(a) = &mut decision {
-            a.headers.push(Pair { name: "x-plugin-version".into(), value: version() });
+            a.headers.push(Pair {
+                name: "x-plugin-version".into(),
+                value: version(),
+            });
         }
         Ok(decision)
     }
 
     fn on_event(conn: ConnInfo, ev: ClientEvent) -> Result<Vec<Action>, String> {
-        let data: Value = ev.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(Value::Null);
+        let data: Value = ev
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(Value::Null);
         let s = |k: &str| data[k].as_str().unwrap_or_default().to_owned();
         Ok(match ev.name.as_deref().unwrap_or_default() {
             "echo" => vec![reply(&json!({"event": "echo", "text": ev.text}))],
-            "whoami" => vec![reply(&json!({"event": "whoami", "conn": conn.id, "user": conn.user, "authenticated": conn.authenticated}))],
-            "login" => vec![identify(&s("user")), reply(&json!({"event": "login", "ok": true}))],
-            "emit" => vec![emit(Target::Rooms(vec![s("room")]), &json!({"event": "message", "data": data["data"]}))],
+            "whoami" => vec![reply(
+                &json!({"event": "whoami", "conn": conn.id, "user": conn.user, "authenticated": conn.authenticated}),
+            )],
+            "login" => vec![
+                identify(&s("user")),
+                reply(&json!({"event": "login", "ok": true})),
+            ],
+            "emit" => vec![emit(
+                Target::Rooms(vec![s("room")]),
+                &json!({"event": "message", "data": data["data"]}),
+            )],
             "version" => vec![reply(&json!({"event": "version", "version": version()}))],
             "kv-set" => {
-                host::kv_set(&s("key"), s("value").as_bytes(), data["ttl"].as_u64().map(|t| t as u32));
+                host::kv_set(
+                    &s("key"),
+                    s("value").as_bytes(),
+                    data["ttl"].as_u64().map(|t| t as u32),
+                );
                 vec![reply(&json!({"event": "kv-set", "ok": true}))]
             }
             "kv-get" => {
@@ -77,8 +106,12 @@ impl Plugin for Testkit {
                 vec![reply(&json!({"event": "kv-once", "fresh": fresh}))]
             }
             "now" => vec![reply(&json!({"event": "now", "ms": host::now_ms()}))],
-            "random" => vec![reply(&json!({"event": "random", "bytes": host::random_bytes(16)}))],
-            "presence" => vec![reply(&json!({"event": "presence", "count": host::room_count(&s("room"))}))],
+            "random" => vec![reply(
+                &json!({"event": "random", "bytes": host::random_bytes(16)}),
+            )],
+            "presence" => vec![reply(
+                &json!({"event": "presence", "count": host::room_count(&s("room"))}),
+            )],
             "print" => {
                 println!("hello from the plugin's stdout");
                 eprintln!("hello from the plugin's stderr");
@@ -94,10 +127,17 @@ impl Plugin for Testkit {
             "alloc" => {
                 let mb = data["mb"].as_u64().unwrap_or(64) as usize;
                 let v = vec![1u8; mb << 20];
-                vec![reply(&json!({"event": "alloc", "len": std::hint::black_box(v).len()}))]
+                vec![reply(
+                    &json!({"event": "alloc", "len": std::hint::black_box(v).len()}),
+                )]
             }
-            "bad-json" => vec![Action::Reply(Message { event: None, data: "{not json".into() })],
-            other => vec![reply(&json!({"event": "error", "error": format!("unknown event {other:?}")}))],
+            "bad-json" => vec![Action::Reply(Message {
+                event: None,
+                data: "{not json".into(),
+            })],
+            other => vec![reply(
+                &json!({"event": "error", "error": format!("unknown event {other:?}")}),
+            )],
         })
     }
 
@@ -108,10 +148,18 @@ impl Plugin for Testkit {
         };
         match path.as_str() {
             "/push" => {
-                let v: Value = serde_json::from_slice(&req.body).map_err(|e| format!("body: {e}"))?;
+                let v: Value =
+                    serde_json::from_slice(&req.body).map_err(|e| format!("body: {e}"))?;
                 let room = v["room"].as_str().unwrap_or_default().to_owned();
                 let online = host::room_count(&room);
-                Ok(respond(200, &json!({"ok": true, "online": online}), vec![emit(Target::Rooms(vec![room]), &json!({"event": "message", "data": v["data"]}))]))
+                Ok(respond(
+                    200,
+                    &json!({"ok": true, "online": online}),
+                    vec![emit(
+                        Target::Rooms(vec![room]),
+                        &json!({"event": "message", "data": v["data"]}),
+                    )],
+                ))
             }
             "/version" => Ok(respond(200, &json!({"version": version()}), vec![])),
             _ => Ok(respond(404, &json!({"error": "not found"}), vec![])),

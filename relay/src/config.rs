@@ -71,7 +71,8 @@ pub struct ConfigSource {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Directory for generated dev certificates and (later) the store. Default `relay-data`.
+    /// Directory for generated dev certificates, compiled plugins and (later) the store;
+    /// relative to the config file (the working directory for the embedded default). Default `relay-data`.
     pub data_dir: PathBuf,
     /// How long shutdown waits for queues to drain and close frames to go out. Default 5000 ms.
     pub shutdown_grace_ms: u64,
@@ -625,6 +626,11 @@ impl Config {
             Some(name) => crate::plugin::bundled(name),
             None => self.resolve(Path::new(plugin)),
         }
+    }
+
+    /// The data directory (relative to the config file's directory, like every path in it).
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.server.data_dir)
     }
 
     /// The tenant named `name`.

@@ -115,7 +115,7 @@ fn build_tenants(
     let mut tenants = HashMap::new();
     for t in &config.tenants {
         let deps = TenantDeps {
-            cache_dir: config.server.data_dir.join("plugin-cache"),
+            cache_dir: config.data_dir().join("plugin-cache"),
             plugin_path: t.plugin.as_ref().map(|p| config.plugin_path(p.get_ref())),
             metrics: metrics.clone(),
         };
@@ -207,7 +207,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                     }
                     _ => {
                         let d = transport::tls::ensure_dev_certs(
-                            &config.server.data_dir.join("dev-certs"),
+                            &config.data_dir().join("dev-certs"),
                             false,
                         )?;
                         (d.cert, d.key)

@@ -128,6 +128,10 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let running = relay::start(config.clone()).await?;
+        // Install the SIGHUP handler before announcing anything: SIGHUP's default action kills.
+        #[cfg(unix)]
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("SIGHUP handler")?;
         for l in &config.listeners {
             let addr = running.addr(l.name.get_ref());
             tracing::info!(listener = %l.name.get_ref(), kind = ?l.kind, %addr, "listening");
@@ -135,8 +139,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         if path.is_none() {
             print_tour(&config, &running);
         }
-        let node = running.node.clone();
-        tokio::spawn(reload_on_sighup(node));
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(running.node.clone(), hup));
         wait_for_signal().await;
         tracing::info!("shutting down: closing connections after their queued messages");
         if !running.stop().await {
@@ -162,7 +166,7 @@ fn print_tour(config: &Config, running: &relay::Running) {
         println!(
             "  TLS:        wss://localhost:{}/  (trust {}/dev-certs/ca.pem)",
             a.port(),
-            config.server.data_dir.display()
+            config.data_dir().display()
         );
     }
     if let Some(a) = find(ListenerKind::Http) {
@@ -174,23 +178,18 @@ fn print_tour(config: &Config, running: &relay::Running) {
 }
 
 /// SIGHUP reloads every tenant's WASM plugin (a bad new version is rejected; the old one stays).
-async fn reload_on_sighup(node: std::sync::Arc<relay::node::Node>) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let n = node.clone();
-            match tokio::task::spawn_blocking(move || n.reload_plugins(None)).await {
-                Ok(r) => tracing::info!(result = %r, "SIGHUP: plugins reloaded"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
-            }
+#[cfg(unix)]
+async fn reload_on_sighup(
+    node: std::sync::Arc<relay::node::Node>,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    while hup.recv().await.is_some() {
+        let n = node.clone();
+        match tokio::task::spawn_blocking(move || n.reload_plugins(None)).await {
+            Ok(r) => tracing::info!(result = %r, "SIGHUP: plugins reloaded"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
         }
     }
-    #[cfg(not(unix))]
-    let _ = node;
 }
 
 async fn wait_for_signal() {

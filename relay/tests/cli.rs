@@ -202,3 +202,54 @@ fn serve_stops_gracefully_on_sigterm() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
 }
+
+#[test]
+fn sighup_reloads_plugins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndata_dir = {:?}\n[[tenant]]\nname = \"t\"\npolicy = \"wasm\"\nplugin = \"bundled:testkit\"\nplugin_watch_ms = 0\n[[listener]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .expect("write");
+    let mut child = relay()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relay");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for = |what: &str| -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains(what) => return true,
+                _ => {}
+            }
+        }
+        false
+    };
+    assert!(wait_for("listening"), "relay did not start");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let reloaded = wait_for("SIGHUP: plugins reloaded");
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = child.wait();
+    assert!(reloaded, "no reload logged after SIGHUP");
+}

@@ -437,3 +437,59 @@ async fn hot_reload_swaps_plugins_without_dropping_connections() -> Result<()> {
     assert_eq!(s, 405);
     Ok(())
 }
+
+#[tokio::test]
+async fn tenants_have_their_own_store_and_keep_serving_while_another_misbehaves() -> Result<()> {
+    let relay = TestRelay::start(&format!(
+        "{}{}{}",
+        plugin_tenant("t1", "bundled:testkit", "plugin_deadline_ms = 2000"),
+        plugin_tenant("t2", "bundled:testkit", ""),
+        r#"
+[[listener]]
+name = "ws"
+kind = "ws"
+bind = "127.0.0.1:0"
+routes = [{ path = "/a", tenant = "t1" }, { path = "/b", tenant = "t2" }]
+"#
+    ))
+    .await?;
+    let mut a = ws(relay.addr("ws"), "/a?user=x").await?;
+    let mut b = ws(relay.addr("ws"), "/b?user=x").await?;
+    a.send(json!({"event": "kv-set", "key": "shared-name", "value": "t1's"}))
+        .await?;
+    assert_eq!(a.recv().await?["ok"], true);
+    b.send(json!({"event": "kv-get", "key": "shared-name"}))
+        .await?;
+    assert_eq!(
+        b.recv().await?["value"],
+        Value::Null,
+        "t2 cannot see t1's keys"
+    );
+    a.send(json!({"event": "kv-get", "key": "shared-name"}))
+        .await?;
+    assert_eq!(
+        a.recv().await?["value"],
+        "t1's",
+        "and t1's keys persist across calls"
+    );
+
+    // t1's plugin spins for its whole 2 s deadline; t2 answers meanwhile.
+    a.send(json!({"event": "loop"})).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    b.send(json!({"event": "echo"})).await?;
+    assert_eq!(b.recv().await?["event"], "echo");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "t2 waited {:?} for t1's loop",
+        started.elapsed()
+    );
+    relay
+        .eventually("t1's loop hit its deadline", |r| {
+            r.metric("plugin_traps") == 1
+        })
+        .await?;
+    a.send(json!({"event": "echo"})).await?;
+    assert_eq!(a.recv().await?["event"], "echo");
+    Ok(())
+}

@@ -8,7 +8,6 @@
 //!
 //! Settings: `key` (required), `window_secs`.
 
-use md5::{Digest, Md5};
 use relay_plugin_sdk::serde_json::{json, Value};
 use relay_plugin_sdk::*;
 use std::sync::OnceLock;
@@ -21,13 +20,6 @@ struct Settings {
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
 
 struct Md5Sign;
-
-fn hex_md5(s: &str) -> String {
-    Md5::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn refuse(why: &str) -> HandshakeDecision {
     reject(401, why)
@@ -60,14 +52,18 @@ impl Plugin for Md5Sign {
         let Ok(t) = ts.parse::<u64>() else {
             return Ok(refuse("ts must be unix seconds"));
         };
-        let now = host::now_ms() / 1000;
-        if t.abs_diff(now) > cfg.window {
+        if !replay::within_window(t as i64, cfg.window) {
             return Ok(refuse("ts outside the allowed window"));
         }
-        if hex_md5(&format!("{user}{ts}{}", cfg.key)) != sign.to_ascii_lowercase() {
+        let expected = sign::md5_hex(format!("{user}{ts}{}", cfg.key).as_bytes());
+        if !sign::verify(&expected, &sign) {
             return Ok(refuse("bad sign"));
         }
-        if !host::kv_set_if_absent(&format!("sign:{sign}"), b"", Some((cfg.window * 2) as u32)) {
+        if !replay::first_use(
+            "handshake",
+            &sign.to_ascii_lowercase(),
+            (cfg.window * 2) as u32,
+        ) {
             return Ok(refuse("sign already used"));
         }
         Ok(accept(Some(user), vec![]))

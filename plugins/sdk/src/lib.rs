@@ -115,6 +115,45 @@ pub mod host {
     }
 }
 
+/// Signature helpers: digests, hex, and comparison in constant time.
+pub mod sign {
+    use md5::{Digest, Md5};
+    use subtle::ConstantTimeEq;
+
+    /// Lowercase hex of `bytes`.
+    pub fn hex(bytes: &[u8]) -> String {
+        hex::encode(bytes)
+    }
+
+    /// `md5(data)` as lowercase hex, the form every seed scheme uses.
+    pub fn md5_hex(data: &[u8]) -> String {
+        hex::encode(Md5::digest(data))
+    }
+
+    /// Compare a received signature with the expected one without leaking, through
+    /// timing, how many leading characters matched. ASCII case is ignored (hex).
+    pub fn verify(expected: &str, received: &str) -> bool {
+        let (a, b) = (expected.to_ascii_lowercase(), received.to_ascii_lowercase());
+        a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    }
+}
+
+/// Replay defence: timestamp windows and one-time nonces kept in the tenant's store.
+pub mod replay {
+    /// Whether `ts_secs` (Unix seconds) is within `window_secs` of the host's clock.
+    pub fn within_window(ts_secs: i64, window_secs: u64) -> bool {
+        let now = (crate::host::now_ms() / 1000) as i64;
+        now.abs_diff(ts_secs) <= window_secs
+    }
+
+    /// `true` the first time `nonce` is presented within `ttl_secs` (per `scope`), `false`
+    /// on every reuse. Backed by the tenant's key-value store, so it holds across
+    /// instances; pick `ttl_secs` at least as long as the nonce could be valid.
+    pub fn first_use(scope: &str, nonce: &str, ttl_secs: u32) -> bool {
+        crate::host::kv_set_if_absent(&format!("replay:{scope}:{nonce}"), b"", Some(ttl_secs))
+    }
+}
+
 /// First value of a query parameter in a raw (URL-encoded) query string, decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query_pairs(query)
@@ -123,7 +162,8 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// All parameters of a URL-encoded string (`a=1&b=x%20y`), decoded (`+` is a space).
+/// All parameters of a URL-encoded string (`a=1&b=x%20y`: a query or an
+/// `application/x-www-form-urlencoded` body), decoded (`+` is a space).
 pub fn query_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
@@ -158,6 +198,11 @@ pub fn url_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parameters of a form body (`application/x-www-form-urlencoded`); invalid UTF-8 is replaced.
+pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    query_pairs(&String::from_utf8_lossy(body))
 }
 
 /// A header's value (names are lowercase).

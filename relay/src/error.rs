@@ -32,6 +32,9 @@ pub enum Error {
     /// TLS material could not be loaded or generated.
     #[error("tls: {0}")]
     Tls(String),
+    /// The embedded store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::sled::StoreError),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -107,16 +107,19 @@ fn config_error(config: &Config, key: String, message: String) -> config::Config
     }
 }
 
-/// Build every tenant (loading, compiling and initialising WASM plugins).
+/// Build every tenant (loading, compiling and initialising WASM plugins); `kv_for`
+/// gives each tenant its key-value store.
 fn build_tenants(
     config: &Config,
     metrics: &Arc<metrics::Metrics>,
+    kv_for: &dyn Fn(&str) -> Result<Arc<dyn store::KvStore>, Error>,
 ) -> Result<HashMap<String, Arc<Tenant>>, Error> {
     let mut tenants = HashMap::new();
     for t in &config.tenants {
         let deps = TenantDeps {
             cache_dir: config.data_dir().join("plugin-cache"),
             plugin_path: t.plugin.as_ref().map(|p| config.plugin_path(p.get_ref())),
+            kv: kv_for(t.name.get_ref())?,
             metrics: metrics.clone(),
         };
         let tenant = Tenant::new(t.clone(), deps)
@@ -128,8 +131,25 @@ fn build_tenants(
 
 /// Everything `relay check` verifies beyond [`Config::validate`]: plugins compile,
 /// fit the contract, import nothing forbidden and accept their settings.
+/// (It does not open the store, which a running relay holds locked.)
 pub fn check(config: &Config) -> Result<(), Error> {
-    build_tenants(config, &Arc::new(metrics::Metrics::default())).map(|_| ())
+    let memory = |_: &str| -> Result<Arc<dyn store::KvStore>, Error> {
+        Ok(Arc::new(store::MemoryKv::new()))
+    };
+    build_tenants(config, &Arc::new(metrics::Metrics::default()), &memory).map(|_| ())
+}
+
+/// Drop expired keys from the tenants' key-value stores every minute.
+async fn purge_expired_keys(node: Arc<Node>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        for t in node.tenants.values() {
+            t.kv.purge_expired();
+        }
+    }
 }
 
 /// Poll a tenant's plugin file and reload it when it changes.
@@ -153,13 +173,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     raise_fd_limit();
     let shutdown = Shutdown::new();
     let metrics = Arc::new(metrics::Metrics::default());
-    let tenants = build_tenants(&config, &metrics)?;
+    let db = store::sled::SledStore::open(&config.data_dir().join("store"))?;
+    let sled_kv = |tenant: &str| -> Result<Arc<dyn store::KvStore>, Error> {
+        let kv = db
+            .kv(tenant)
+            .map_err(|e| Error::Io(std::io::Error::other(format!("store: {e}"))))?;
+        Ok(Arc::new(kv))
+    };
+    let tenants = build_tenants(&config, &metrics, &sled_kv)?;
     let node = Arc::new(Node {
         tenants,
         broker: Arc::new(cluster::LocalBroker),
         metrics,
         shutdown: shutdown.clone(),
     });
+    shutdown
+        .tracker
+        .spawn(purge_expired_keys(node.clone(), shutdown.token.clone()));
     for tenant in node.tenants.values() {
         if tenant.config.plugin_watch_ms > 0 && tenant.config.policy.get_ref() == "wasm" {
             let every = Duration::from_millis(tenant.config.plugin_watch_ms);

@@ -12,7 +12,7 @@ use crate::plugin::policy::PluginEnv;
 use crate::plugin::{PluginLimits, WasmPolicy};
 use crate::policy::{open::OpenPolicy, Policy};
 use crate::protocol::{json::WsJson, Codec};
-use crate::store::{KvStore, MemoryKv};
+use crate::store::KvStore;
 
 /// One tenant. Nothing in one tenant can reach another's hub: every route,
 /// action and publication names its tenant, and each tenant owns its hub.
@@ -24,7 +24,7 @@ pub struct Tenant {
     /// Its connections, rooms and users.
     pub hub: Arc<Hub>,
     /// Its key-value store (plugins' `kv-*`).
-    pub kv: Arc<MemoryKv>,
+    pub kv: Arc<dyn KvStore>,
     /// Its decisions.
     pub policy: Arc<dyn Policy>,
     /// Its WebSocket wire profile.
@@ -43,6 +43,8 @@ pub struct TenantDeps {
     pub cache_dir: PathBuf,
     /// The resolved plugin file, for the wasm policy.
     pub plugin_path: Option<PathBuf>,
+    /// The tenant's key-value store.
+    pub kv: Arc<dyn KvStore>,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -53,7 +55,7 @@ impl Tenant {
     pub fn new(config: TenantConfig, deps: TenantDeps) -> Result<Self, String> {
         let name: Arc<str> = Arc::from(config.name.get_ref().as_str());
         let hub = Arc::new(Hub::new(config.max_rooms_per_connection));
-        let kv = Arc::new(MemoryKv::new());
+        let kv = deps.kv.clone();
         let policy: Arc<dyn Policy> = match config.policy.get_ref().as_str() {
             "open" => Arc::new(OpenPolicy::from_settings(&config.settings())?),
             "wasm" => {
@@ -69,7 +71,7 @@ impl Tenant {
                             .unwrap_or(usize::MAX),
                         max_idle: config.plugin_instances,
                     },
-                    kv: kv.clone() as Arc<dyn KvStore>,
+                    kv: kv.clone(),
                     hub: hub.clone(),
                     metrics: deps.metrics,
                 })?)

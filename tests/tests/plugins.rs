@@ -493,3 +493,34 @@ routes = [{ path = "/a", tenant = "t1" }, { path = "/b", tenant = "t2" }]
     assert_eq!(a.recv().await?["event"], "echo");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_key_value_store_survives_a_restart() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let text = format!(
+        "[server]\ndata_dir = {:?}\n{}{}",
+        dir.path().display().to_string(),
+        plugin_tenant("t", "bundled:testkit", ""),
+        listeners("t")
+    );
+    let first =
+        relay::start(Config::parse(&text, None).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+    let mut c = ws(first.addr("ws"), "/").await?;
+    c.send(json!({"event": "kv-set", "key": "token:123456", "value": "abc"}))
+        .await?;
+    assert_eq!(c.recv().await?["ok"], true);
+    c.close(1000).await?;
+    assert!(first.stop().await);
+
+    let second =
+        relay::start(Config::parse(&text, None).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+    let mut c = ws(second.addr("ws"), "/").await?;
+    c.send(json!({"event": "kv-get", "key": "token:123456"}))
+        .await?;
+    assert_eq!(
+        c.recv().await?["value"],
+        "abc",
+        "kept in the sled store across the restart"
+    );
+    Ok(())
+}

@@ -160,6 +160,30 @@ impl WasmPolicy {
         })
     }
 
+    /// Run the handshake hook on the calling thread (no hop to the blocking pool).
+    /// For benchmarks and callers that are already off the async runtime.
+    pub fn handshake_blocking(
+        &self,
+        req: &HandshakeRequest,
+    ) -> Result<HandshakeDecision, PolicyError> {
+        let arg = convert::handshake_request(req);
+        self.inner.call("on-handshake", move |p, s| {
+            checked(p.call_on_handshake(s, &arg), convert::decision)
+        })
+    }
+
+    /// Create (and `init`) `n` fresh instances and drop them; returns how long that took.
+    /// For measuring instantiation cost.
+    pub fn instantiate_many(&self, n: usize) -> Result<Duration, String> {
+        let rt = runtime::runtime()?;
+        let loaded = self.inner.current();
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            drop(self.inner.instantiate(rt, &loaded)?);
+        }
+        Ok(start.elapsed())
+    }
+
     /// SHA-256 of the plugin file currently loaded.
     pub fn hash(&self) -> String {
         self.inner.current().hash.clone()

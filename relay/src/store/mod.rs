@@ -1,6 +1,7 @@
-//! Storage seams. Today: the tenant-scoped key-value store plugins use.
-//! The in-memory implementation serves until the sled store (durable
-//! messages issue) implements the same trait.
+//! Storage: the tenant-scoped key-value store plugins use, behind [`KvStore`],
+//! durable on [`sled`](self::sled) (the default) or in memory.
+
+pub mod sled;
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ pub trait KvStore: Send + Sync + 'static {
     fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> bool;
     /// Delete `key`; `true` if it existed (and had not expired).
     fn delete(&self, key: &str) -> bool;
+    /// Drop expired entries (called periodically).
+    fn purge_expired(&self) {}
 }
 
 /// In-memory key-value store (not durable: lost on restart).
@@ -28,12 +31,6 @@ impl MemoryKv {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Drop expired entries (called now and then so TTL keys do not pile up).
-    pub fn purge_expired(&self) {
-        let now = Instant::now();
-        self.map.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
     }
 }
 
@@ -73,6 +70,11 @@ impl KvStore for MemoryKv {
 
     fn delete(&self, key: &str) -> bool {
         self.map.remove(key).is_some_and(|(_, (_, exp))| live(&exp))
+    }
+
+    fn purge_expired(&self) {
+        let now = Instant::now();
+        self.map.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
     }
 }
 

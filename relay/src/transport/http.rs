@@ -370,6 +370,7 @@ mod tests {
             let deps = crate::tenant::TenantDeps {
                 cache_dir: "unused".into(),
                 plugin_path: None,
+                kv: Arc::new(crate::store::MemoryKv::new()),
                 metrics: Default::default(),
             };
             Arc::new(Tenant::new(c, deps).expect("tenant"))

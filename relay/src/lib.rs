@@ -107,12 +107,15 @@ fn config_error(config: &Config, key: String, message: String) -> config::Config
     }
 }
 
+/// Gives a tenant (by name) its key-value store.
+type KvFactory<'a> = dyn Fn(&str) -> Result<Arc<dyn store::KvStore>, Error> + 'a;
+
 /// Build every tenant (loading, compiling and initialising WASM plugins); `kv_for`
 /// gives each tenant its key-value store.
 fn build_tenants(
     config: &Config,
     metrics: &Arc<metrics::Metrics>,
-    kv_for: &dyn Fn(&str) -> Result<Arc<dyn store::KvStore>, Error>,
+    kv_for: &KvFactory<'_>,
 ) -> Result<HashMap<String, Arc<Tenant>>, Error> {
     let mut tenants = HashMap::new();
     for t in &config.tenants {

@@ -221,7 +221,7 @@ pub struct TenantConfig {
     /// Memory cap of one plugin instance. Default 32 MiB.
     #[serde(default = "defaults::plugin_memory_mb")]
     pub plugin_memory_mb: u64,
-    /// Idle plugin instances kept for reuse (concurrent calls get their own). Default 4.
+    /// Plugin instances per tenant: at most this many calls run at once (more wait their turn). Default 4.
     #[serde(default = "defaults::plugin_instances")]
     pub plugin_instances: usize,
     /// How often the plugin file is checked for changes (hot reload). 0 = never. Default 1000 ms.

@@ -171,7 +171,8 @@ async fn event_and_ingress_hooks_use_host_imports() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+// Multi-threaded like relay's own runtime: calls then run in place (block_in_place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misbehaving_plugin_call_fails_alone() -> Result<()> {
     let relay = testkit("plugin_deadline_ms = 200\nplugin_memory_mb = 16").await?;
     let mut c = ws(relay.addr("ws"), "/?user=u").await?;
@@ -217,7 +218,7 @@ async fn a_misbehaving_plugin_call_fails_alone() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_stdout_does_not_break_it() -> Result<()> {
     let relay = testkit("").await?;
     let mut c = ws(relay.addr("ws"), "/").await?;

@@ -33,7 +33,8 @@ pub struct PluginLimits {
     pub deadline: Duration,
     /// Linear memory cap per instance. Default 32 MiB.
     pub memory_bytes: usize,
-    /// Idle instances kept per tenant. Default 4.
+    /// Instances per tenant: at most this many calls run at once (others wait their
+    /// turn), each on its own instance, kept for reuse. Default 4.
     pub max_idle: usize,
 }
 
@@ -90,6 +91,9 @@ struct Inner {
     /// Modification time of the last file a reload was attempted from (so a broken
     /// file is tried once, not on every watch tick).
     attempted: Mutex<Option<SystemTime>>,
+    /// One permit per instance: calls beyond `plugin_instances` wait for one instead of
+    /// creating (and throwing away) more instances.
+    permits: tokio::sync::Semaphore,
 }
 
 impl std::ops::Deref for Inner {
@@ -151,11 +155,13 @@ impl WasmPolicy {
             metrics: env.metrics,
         };
         let loaded = spec.prepare(rt)?;
+        let max_idle = spec.limits.max_idle;
         Ok(WasmPolicy {
             inner: Arc::new(Inner {
                 spec,
                 current: RwLock::new(Arc::new(loaded)),
                 attempted: Mutex::new(None),
+                permits: tokio::sync::Semaphore::new(max_idle.max(1)),
             }),
         })
     }
@@ -194,7 +200,20 @@ impl WasmPolicy {
         hook: &'static str,
         f: impl FnOnce(&Plugin, &mut Store<HostState>) -> Result<R, CallError> + Send + 'static,
     ) -> Result<R, PolicyError> {
+        let Ok(_permit) = self.inner.permits.acquire().await else {
+            return Err(self.inner.err(format!("{hook}: plugin pool closed")));
+        };
         let inner = self.inner.clone();
+        // On a multi-threaded runtime the call runs here, the worker handing its other
+        // tasks to a sibling meanwhile (block_in_place): no cross-thread hop. Elsewhere
+        // (a current-thread runtime) it goes to the blocking pool. Either way the call is
+        // off the async context, which WASI's synchronous streams require.
+        if matches!(
+            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread)
+        ) {
+            return tokio::task::block_in_place(move || inner.call(hook, f));
+        }
         match tokio::task::spawn_blocking(move || inner.call(hook, f)).await {
             Ok(r) => r,
             Err(e) => Err(PolicyError {

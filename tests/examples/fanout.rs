@@ -91,8 +91,12 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let data = tempfile::tempdir()?;
     let config = relay::Config::parse(
-        r#"
+        &format!(
+            r#"
+[server]
+data_dir = {:?}
 [[tenant]]
 name = "bench"
 policy = "open"
@@ -105,8 +109,10 @@ kind = "ws"
 bind = "127.0.0.1:0"
 max_connections = 20000
 max_connections_per_ip = 20000
-routes = [{ path = "/", tenant = "bench" }]
+routes = [{{ path = "/", tenant = "bench" }}]
 "#,
+            data.path().display().to_string()
+        ),
         None,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;

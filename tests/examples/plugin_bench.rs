@@ -206,13 +206,17 @@ name = "signed"
 policy = "wasm"
 plugin = "bundled:md5-sign"
 settings = {{ key = "{KEY}" }}
+[[tenant]]
+name = "kit"
+policy = "wasm"
+plugin = "bundled:testkit"
 [[listener]]
 name = "ws"
 kind = "ws"
 bind = "127.0.0.1:0"
 max_connections = 20000
 max_connections_per_ip = 20000
-routes = [{{ path = "/open", tenant = "open" }}, {{ path = "/signed", tenant = "signed" }}]
+routes = [{{ path = "/open", tenant = "open" }}, {{ path = "/signed", tenant = "signed" }}, {{ path = "/kit", tenant = "kit" }}]
 "#,
         dir.path().display().to_string()
     );
@@ -222,16 +226,20 @@ routes = [{{ path = "/open", tenant = "open" }}, {{ path = "/signed", tenant = "
         // Warm up both paths, then alternate to share the machine's noise.
         handshake_storm(addr, "/open", 200, 4, false).await;
         handshake_storm(addr, "/signed", 200, 4, true).await;
-        let (mut open, mut signed) = (0.0, 0.0);
+        handshake_storm(addr, "/kit", 200, 4, false).await;
+        let (mut open, mut signed, mut kit) = (0.0, 0.0, 0.0);
         for _ in 0..2 {
             open += handshake_storm(addr, "/open", conns / 2, conc, false).await;
             signed += handshake_storm(addr, "/signed", conns / 2, conc, true).await;
+            kit += handshake_storm(addr, "/kit", conns / 2, conc, false).await;
         }
         println!(
-            "handshakes/s ({conns} each, {conc} concurrent): open {:.0} | wasm md5-sign {:.0} | wasm/open {:.0}%",
+            "handshakes/s ({conns} each, {conc} concurrent): open {:.0} | wasm md5-sign {:.0} ({:.0}% of open) | wasm testkit, no signature or store write {:.0} ({:.0}%)",
             open / 2.0,
             signed / 2.0,
-            100.0 * signed / open
+            100.0 * signed / open,
+            kit / 2.0,
+            100.0 * kit / open
         );
         anyhow::Ok(())
     })?;

@@ -139,38 +139,89 @@ fn certs_dev_writes_a_ca_and_a_server_pair() {
     }
 }
 
+/// `relay serve` on a config written to a temp dir, with its log lines on a channel.
+struct Served {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// `tenant` is the `[[tenant]]` table; one http listener on a free port serves it.
+    fn start(tenant: &str) -> Served {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("relay.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\ndata_dir = {:?}\n{tenant}[[listener]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n",
+                dir.path().display().to_string()
+            ),
+        )
+        .expect("write config");
+        let mut child = relay()
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn relay");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Served {
+            child,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    /// The first log line containing `what`, within 60 s.
+    fn wait_for(&self, what: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains(what) => return Some(line),
+                Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        None
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn serve_stops_gracefully_on_sigterm() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\ndata_dir = {:?}\n{TENANT}[[listener]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n",
-            dir.path().display().to_string()
-        ),
-    )
-    .expect("write");
-    let mut child = relay()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn relay");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    // Find the bound address in the "listening" log line.
-    let addr = loop {
-        let line = lines.next().expect("relay exited early").expect("read log");
-        if let Some(i) = line.find("addr=") {
-            break line[i + 5..]
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-        }
-    };
+    let mut relay = Served::start(TENANT);
+    let line = relay.wait_for("listening").expect("relay did not start");
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
     let mut s = TcpStream::connect(&addr).expect("connect");
     s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .expect("write");
@@ -181,15 +232,14 @@ fn serve_stops_gracefully_on_sigterm() {
         "{resp}"
     );
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    relay.signal("-TERM");
+    assert!(
+        relay.wait_for("shutting down").is_some(),
+        "no shutdown logged"
+    );
     let start = Instant::now();
     let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
+        if let Some(st) = relay.child.try_wait().expect("wait") {
             break st;
         }
         assert!(
@@ -199,57 +249,15 @@ fn serve_stops_gracefully_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
 }
 
 #[test]
 fn sighup_reloads_plugins() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\ndata_dir = {:?}\n[[tenant]]\nname = \"t\"\npolicy = \"wasm\"\nplugin = \"bundled:testkit\"\nplugin_watch_ms = 0\n[[listener]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n",
-            dir.path().display().to_string()
-        ),
-    )
-    .expect("write");
-    let mut child = relay()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn relay");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let wait_for = |what: &str| -> bool {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains(what) => return true,
-                _ => {}
-            }
-        }
-        false
-    };
-    assert!(wait_for("listening"), "relay did not start");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let reloaded = wait_for("SIGHUP: plugins reloaded");
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let _ = child.wait();
-    assert!(reloaded, "no reload logged after SIGHUP");
+    let relay = Served::start("[[tenant]]\nname = \"t\"\npolicy = \"wasm\"\nplugin = \"bundled:testkit\"\nplugin_watch_ms = 0\n");
+    assert!(relay.wait_for("listening").is_some(), "relay did not start");
+    relay.signal("-HUP");
+    assert!(
+        relay.wait_for("SIGHUP: plugins reloaded").is_some(),
+        "no reload logged after SIGHUP"
+    );
 }

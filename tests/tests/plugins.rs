@@ -52,6 +52,17 @@ tenant = "{tenant}"
     )
 }
 
+/// A testkit tenant whose data (store, compiled cache) lives in `dir`, for restart tests.
+async fn testkit_in(dir: &std::path::Path) -> Result<Running> {
+    let text = format!(
+        "[server]\ndata_dir = {:?}\n{}{}",
+        dir.display().to_string(),
+        plugin_tenant("t", "bundled:testkit", ""),
+        listeners("t")
+    );
+    Ok(relay::start(Config::parse(&text, None).map_err(|e| anyhow::anyhow!("{e}"))?).await?)
+}
+
 async fn testkit(extra: &str) -> Result<TestRelay> {
     TestRelay::start(&format!(
         "{}{}",
@@ -229,45 +240,32 @@ async fn plugin_stdout_does_not_break_it() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn forbidden_imports_and_bad_settings_are_refused_at_load() -> Result<()> {
-    let err = TestRelay::start(&format!(
+/// The error a relay with this one plugin tenant fails to start with.
+async fn load_error(plugin: &str, extra: &str) -> String {
+    TestRelay::start(&format!(
         "{}{}",
-        plugin_tenant("t", "bundled:fs-intruder", ""),
+        plugin_tenant("t", plugin, extra),
         listeners("t")
     ))
     .await
     .err()
     .map(|e| format!("{e:#}"))
-    .unwrap_or_default();
+    .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn forbidden_imports_and_bad_settings_are_refused_at_load() -> Result<()> {
+    let err = load_error("bundled:fs-intruder", "").await;
     assert!(
         err.contains("wasi:filesystem"),
         "the refusal names the import: {err}"
     );
-
-    let err = TestRelay::start(&format!(
-        "{}{}",
-        plugin_tenant("t", "bundled:testkit", "settings = { fail_init = true }"),
-        listeners("t")
-    ))
-    .await
-    .err()
-    .map(|e| format!("{e:#}"))
-    .unwrap_or_default();
+    let err = load_error("bundled:testkit", "settings = { fail_init = true }").await;
     assert!(
         err.contains("init refused the settings: init failed as asked"),
         "{err}"
     );
-
-    let err = TestRelay::start(&format!(
-        "{}{}",
-        plugin_tenant("t", "bundled:md5-sign", ""),
-        listeners("t")
-    ))
-    .await
-    .err()
-    .map(|e| format!("{e:#}"))
-    .unwrap_or_default();
+    let err = load_error("bundled:md5-sign", "").await;
     assert!(err.contains("settings.key (string) is required"), "{err}");
     Ok(())
 }
@@ -275,14 +273,7 @@ async fn forbidden_imports_and_bad_settings_are_refused_at_load() -> Result<()> 
 #[tokio::test]
 async fn compiled_plugins_are_cached_on_disk() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let text = format!(
-        "[server]\ndata_dir = {:?}\n{}{}",
-        dir.path().display().to_string(),
-        plugin_tenant("t", "bundled:testkit", ""),
-        listeners("t")
-    );
-    let first =
-        relay::start(Config::parse(&text, None).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+    let first = testkit_in(dir.path()).await?;
     let m = |r: &Running, name: &str| {
         r.node
             .metrics
@@ -300,8 +291,7 @@ async fn compiled_plugins_are_cached_on_disk() -> Result<()> {
         .filter_map(|e| e.ok())
         .collect();
     assert_eq!(cached.len(), 1, "one compiled artefact");
-    let second =
-        relay::start(Config::parse(&text, None).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+    let second = testkit_in(dir.path()).await?;
     assert_eq!(
         (
             m(&second, "plugin_compiles"),
@@ -498,14 +488,7 @@ routes = [{ path = "/a", tenant = "t1" }, { path = "/b", tenant = "t2" }]
 #[tokio::test]
 async fn the_key_value_store_survives_a_restart() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let text = format!(
-        "[server]\ndata_dir = {:?}\n{}{}",
-        dir.path().display().to_string(),
-        plugin_tenant("t", "bundled:testkit", ""),
-        listeners("t")
-    );
-    let first =
-        relay::start(Config::parse(&text, None).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+    let first = testkit_in(dir.path()).await?;
     let mut c = ws(first.addr("ws"), "/").await?;
     c.send(json!({"event": "kv-set", "key": "token:123456", "value": "abc"}))
         .await?;
@@ -513,8 +496,7 @@ async fn the_key_value_store_survives_a_restart() -> Result<()> {
     c.close(1000).await?;
     assert!(first.stop().await);
 
-    let second =
-        relay::start(Config::parse(&text, None).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+    let second = testkit_in(dir.path()).await?;
     let mut c = ws(second.addr("ws"), "/").await?;
     c.send(json!({"event": "kv-get", "key": "token:123456"}))
         .await?;

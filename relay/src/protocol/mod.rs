@@ -3,6 +3,7 @@
 
 pub mod frame;
 pub mod json;
+pub mod socketio;
 
 use std::sync::OnceLock;
 

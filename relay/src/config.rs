@@ -144,7 +144,7 @@ pub struct ListenerConfig {
     /// Open connections (TCP) allowed at once on this listener. Default 10000.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
-    /// Open connections allowed at once from one IP address. Default 1000.
+    /// Open connections allowed at once from one IPv4 address or IPv6 /64. Default 1000.
     #[serde(default = "defaults::max_connections_per_ip")]
     pub max_connections_per_ip: usize,
     /// Time allowed for the TLS handshake and the HTTP request head (slowloris guard). Default 10000 ms.

@@ -131,6 +131,18 @@ impl Drop for ConnSlot {
     }
 }
 
+/// The address a connection counts against for `max_connections_per_ip`: the IPv4
+/// address, or the IPv6 /64 (one subscriber usually holds a whole /64).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 fn take_slot(ctx: &Arc<TcpListenerCtx>, ip: IpAddr) -> Result<ConnSlot, &'static str> {
     let permit = ctx
         .permits
@@ -168,7 +180,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TcpListenerCtx>, node: Arc<No
                 }
             },
         };
-        let ip = remote.ip().to_canonical();
+        let ip = limit_key(remote.ip());
         let slot = match take_slot(&ctx, ip) {
             Ok(s) => s,
             Err(why) => {
@@ -360,6 +372,15 @@ pub fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use crate::config::{Config, DEFAULT_CONFIG};
+
+    #[test]
+    fn per_ip_limits_group_ipv6_by_64() {
+        let k = |s: &str| limit_key(s.parse().unwrap()).to_string();
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::");
+        assert_eq!(k("::ffff:10.1.2.3"), "10.1.2.3");
+        assert_eq!(k("127.0.0.2"), "127.0.0.2");
+    }
 
     #[test]
     fn routes_match_whole_path_segments() {

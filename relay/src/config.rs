@@ -171,6 +171,10 @@ pub enum WireProfile {
     /// Raw WebSocket text frames carrying JSON.
     #[serde(rename = "ws-json")]
     WsJson,
+    /// Socket.IO (protocol v4 on Engine.IO v4, and v2 on Engine.IO v3: socket.io-client
+    /// 1.x–4.x) over HTTP long-polling and WebSocket.
+    #[serde(rename = "socket.io")]
+    SocketIo,
 }
 
 /// `[[tenant]]`: an isolated application.
@@ -196,6 +200,13 @@ pub struct TenantConfig {
     /// Send a WebSocket ping after this much silence, so live clients answer. 0 = never. Default 25000 ms.
     #[serde(default = "defaults::ping_interval_ms")]
     pub ping_interval_ms: u64,
+    /// socket.io: how long a client may take to answer a ping (v4) or to send its next one
+    /// (v3, after `ping_interval_ms`) before it is disconnected. Default 20000 ms.
+    #[serde(default = "defaults::ping_timeout_ms")]
+    pub ping_timeout_ms: u64,
+    /// socket.io: the namespaces clients may connect to (at most 8). Default `["/"]`.
+    #[serde(default = "defaults::namespaces")]
+    pub namespaces: Vec<String>,
     /// Close a connection not authenticated within this long (1008). Default 30000 ms.
     #[serde(default = "defaults::auth_timeout_ms")]
     pub auth_timeout_ms: u64,
@@ -270,6 +281,12 @@ mod defaults {
     }
     pub fn ping_interval_ms() -> u64 {
         25_000
+    }
+    pub fn ping_timeout_ms() -> u64 {
+        20_000
+    }
+    pub fn namespaces() -> Vec<String> {
+        vec!["/".into()]
     }
     pub fn plugin_deadline_ms() -> u64 {
         5
@@ -469,6 +486,33 @@ impl Config {
                     k("event_field"),
                     "must not be empty".into(),
                 );
+            }
+            if t.profile == WireProfile::SocketIo {
+                if t.ping_interval_ms == 0 || t.ping_timeout_ms == 0 {
+                    return self.err(
+                        Some(t.name.span()),
+                        k("ping_interval_ms"),
+                        "socket.io needs ping_interval_ms and ping_timeout_ms greater than 0"
+                            .into(),
+                    );
+                }
+                let mut seen = HashSet::new();
+                if t.namespaces.is_empty() || t.namespaces.len() > crate::protocol::MAX_NAMESPACES {
+                    return self.err(
+                        Some(t.name.span()),
+                        k("namespaces"),
+                        format!("give 1 to {} namespaces", crate::protocol::MAX_NAMESPACES),
+                    );
+                }
+                for n in &t.namespaces {
+                    if !n.starts_with('/') || n.contains([',', '?', '#']) || !seen.insert(n) {
+                        return self.err(
+                            Some(t.name.span()),
+                            k("namespaces"),
+                            format!("{n:?}: a namespace starts with '/', has no ',', '?' or '#', and appears once"),
+                        );
+                    }
+                }
             }
         }
         let mut names = HashSet::new();

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::plugin::policy::PluginEnv;
 use crate::plugin::{PluginLimits, WasmPolicy};
 use crate::policy::{open::OpenPolicy, Policy};
-use crate::protocol::{json::WsJson, Codec};
+use crate::protocol::{json::WsJson, socketio::SioCodec, Codec, OutFormat};
 use crate::store::KvStore;
 
 /// One tenant. Nothing in one tenant can reach another's hub: every route,
@@ -27,8 +27,12 @@ pub struct Tenant {
     pub kv: Arc<dyn KvStore>,
     /// Its decisions.
     pub policy: Arc<dyn Policy>,
-    /// Its WebSocket wire profile.
+    /// Its WebSocket wire profile (socket.io: the first namespace's codec).
     pub codec: Arc<dyn Codec>,
+    /// socket.io: each namespace and its codec.
+    pub namespaces: Vec<(String, Arc<dyn Codec>)>,
+    /// socket.io: open Engine.IO sessions by id.
+    pub engine: crate::session::engineio::Sessions,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -78,8 +82,24 @@ impl Tenant {
             }
             other => return Err(format!("unknown policy {other:?}")),
         };
-        let codec: Arc<dyn Codec> = match config.profile {
-            WireProfile::WsJson => Arc::new(WsJson {
+        let namespaces: Vec<(String, Arc<dyn Codec>)> = match config.profile {
+            WireProfile::WsJson => Vec::new(),
+            WireProfile::SocketIo => config
+                .namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let c: Arc<dyn Codec> = Arc::new(SioCodec {
+                        nsp: n.clone(),
+                        format: OutFormat::socketio(i),
+                    });
+                    (n.clone(), c)
+                })
+                .collect(),
+        };
+        let codec: Arc<dyn Codec> = match namespaces.first() {
+            Some((_, c)) => c.clone(),
+            None => Arc::new(WsJson {
                 event_field: config.event_field.clone(),
             }),
         };
@@ -90,6 +110,8 @@ impl Tenant {
             kv,
             policy,
             codec,
+            namespaces,
+            engine: Default::default(),
         })
     }
 }

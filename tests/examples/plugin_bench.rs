@@ -55,6 +55,8 @@ fn request(i: usize) -> HandshakeRequest {
         ],
         remote: "127.0.0.1:1".parse().expect("addr"),
         tls: false,
+        namespace: None,
+        auth: None,
     }
 }
 

@@ -218,6 +218,7 @@ pub fn message(value: &serde_json::Value) -> Message {
     Message {
         event: None,
         data: value.to_string(),
+        ack: None,
     }
 }
 

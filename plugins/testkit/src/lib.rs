@@ -134,6 +134,7 @@ impl Plugin for Testkit {
             "bad-json" => vec![Action::Reply(Message {
                 event: None,
                 data: "{not json".into(),
+                ack: None,
             })],
             other => vec![reply(
                 &json!({"event": "error", "error": format!("unknown event {other:?}")}),

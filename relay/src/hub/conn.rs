@@ -67,10 +67,23 @@ impl serde::Serialize for ConnId {
 /// One item of a connection's outbound queue.
 #[derive(Debug)]
 pub enum Outbound {
-    /// Bytes to write as they are (one or more complete frames).
+    /// A message as the link's transport expects it: complete WebSocket frames (ws-json) or
+    /// Engine.IO packet records (Socket.IO, framed by the transport that writes them).
     Frame(Bytes),
+    /// Complete WebSocket control frames (ping, pong), written as they are; a polling
+    /// transport skips them.
+    Control(Bytes),
     /// A close frame: written after everything queued before it; the writer stops after it.
     Close(Bytes),
+}
+
+impl Outbound {
+    /// The bytes carried.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Outbound::Frame(b) | Outbound::Control(b) | Outbound::Close(b) => b,
+        }
+    }
 }
 
 /// Mutable state of a connection (identity, rooms), guarded by a short-lived lock.
@@ -86,64 +99,50 @@ pub struct ConnState {
     pub closed: bool,
 }
 
-/// The hub's handle on a connection: everything fan-out needs, nothing more.
-pub struct ConnHandle {
-    /// Unique id.
+/// The way to one client: a bounded outbound queue and the signals that end it. A
+/// WebSocket connection has one link and one [`ConnHandle`]; a Socket.IO client has one
+/// link shared by the handles of the namespaces it joined.
+pub struct Link {
+    /// Id used in log lines.
     pub id: ConnId,
-    /// Peer address.
-    pub remote: SocketAddr,
-    /// Encoder for this connection's wire profile.
-    pub codec: Arc<dyn Codec>,
     tx: mpsc::Sender<Outbound>,
     /// Cancelled to abort the connection now (slow consumer): the queue is dropped.
     pub kill: CancellationToken,
     /// Cancelled once a close frame is queued: the session then waits for the peer's close.
     pub closing: CancellationToken,
     close_code: AtomicU16,
-    authenticated: AtomicBool,
     /// Bytes queued and not yet taken by the writer.
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
-    /// Identity and rooms.
-    pub state: Mutex<ConnState>,
     metrics: Arc<Metrics>,
 }
 
-impl fmt::Debug for ConnHandle {
+impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnHandle")
-            .field("id", &self.id)
-            .field("remote", &self.remote)
-            .finish()
+        f.debug_struct("Link").field("id", &self.id).finish()
     }
 }
 
-impl ConnHandle {
-    /// A handle and the receiving end of its queue, bounded to `capacity` frames and `max_bytes` bytes.
+impl Link {
+    /// A link and the receiving end of its queue, bounded to `capacity` items and `max_bytes` bytes.
     pub fn new(
         id: ConnId,
-        remote: SocketAddr,
-        codec: Arc<dyn Codec>,
         capacity: usize,
         max_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let h = Arc::new(ConnHandle {
+        let l = Arc::new(Link {
             id,
-            remote,
-            codec,
             tx,
             kill: CancellationToken::new(),
             closing: CancellationToken::new(),
             close_code: AtomicU16::new(1013),
-            authenticated: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes: max_bytes,
-            state: Mutex::new(ConnState::default()),
             metrics,
         });
-        (h, rx)
+        (l, rx)
     }
 
     /// Queue bytes without waiting. A full queue (frames or bytes) means the client does not
@@ -151,16 +150,26 @@ impl ConnHandle {
     /// queued after a close frame.
     #[inline]
     pub fn send(&self, bytes: Bytes) -> bool {
+        self.push(Outbound::Frame(bytes))
+    }
+
+    /// Queue complete WebSocket control frames (see [`Outbound::Control`]).
+    pub fn send_control(&self, bytes: Bytes) -> bool {
+        self.push(Outbound::Control(bytes))
+    }
+
+    #[inline]
+    fn push(&self, item: Outbound) -> bool {
         if self.closing.is_cancelled() {
             return false;
         }
-        let n = bytes.len();
+        let n = item.bytes().len();
         if self.queued_bytes.fetch_add(n, Ordering::Relaxed) + n > self.max_queued_bytes {
             self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
             self.abort(1013);
             return false;
         }
-        match self.tx.try_send(Outbound::Frame(bytes)) {
+        match self.tx.try_send(item) {
             Ok(()) => {
                 Metrics::inc(&self.metrics.frames_queued);
                 true
@@ -219,6 +228,83 @@ impl ConnHandle {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::Close(frame)) {
             self.abort(code);
         }
+    }
+}
+
+/// The hub's handle on a connection (a Socket.IO namespace socket counts as one): everything
+/// fan-out needs, nothing more. It dereferences to its [`Link`].
+pub struct ConnHandle {
+    /// Unique id.
+    pub id: ConnId,
+    /// Peer address.
+    pub remote: SocketAddr,
+    /// Encoder for this connection's wire profile (and Socket.IO namespace).
+    pub codec: Arc<dyn Codec>,
+    /// The way to the client.
+    pub link: Arc<Link>,
+    authenticated: AtomicBool,
+    /// Identity and rooms.
+    pub state: Mutex<ConnState>,
+}
+
+impl std::ops::Deref for ConnHandle {
+    type Target = Link;
+    fn deref(&self) -> &Link {
+        &self.link
+    }
+}
+
+impl fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnHandle")
+            .field("id", &self.id)
+            .field("remote", &self.remote)
+            .finish()
+    }
+}
+
+impl ConnHandle {
+    /// A handle with its own link, and the receiving end of the link's queue, bounded to
+    /// `capacity` frames and `max_bytes` bytes.
+    pub fn new(
+        id: ConnId,
+        remote: SocketAddr,
+        codec: Arc<dyn Codec>,
+        capacity: usize,
+        max_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+        let (link, rx) = Link::new(id, capacity, max_bytes, metrics);
+        (Self::attach(id, remote, codec, link), rx)
+    }
+
+    /// A handle on an existing link (another Socket.IO namespace of the same client).
+    pub fn attach(
+        id: ConnId,
+        remote: SocketAddr,
+        codec: Arc<dyn Codec>,
+        link: Arc<Link>,
+    ) -> Arc<Self> {
+        Arc::new(ConnHandle {
+            id,
+            remote,
+            codec,
+            link,
+            authenticated: AtomicBool::new(false),
+            state: Mutex::new(ConnState::default()),
+        })
+    }
+
+    /// Close the connection after what is queued, telling the client first when its profile
+    /// has a way to (Socket.IO DISCONNECT). A Socket.IO client's whole connection closes.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self.closing.is_cancelled() {
+            return;
+        }
+        if let Some(p) = self.codec.disconnect_packet() {
+            self.link.send(p);
+        }
+        self.link.close(code, reason);
     }
 
     /// Whether the policy has identified this connection (or accepted it at handshake).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-pub use conn::{ConnHandle, ConnId, ConnState, Outbound};
+pub use conn::{ConnHandle, ConnId, ConnState, Link, Outbound};
 
 use crate::protocol::OutMessage;
 

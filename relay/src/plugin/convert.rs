@@ -45,6 +45,8 @@ pub fn handshake_request(r: &HandshakeRequest) -> w::HandshakeRequest {
         headers: pairs(&r.headers),
         remote: r.remote.to_string(),
         tls: r.tls,
+        namespace: r.namespace.clone(),
+        auth: r.auth.as_ref().map(Value::to_string),
     }
 }
 
@@ -65,6 +67,7 @@ pub fn client_event(e: &ClientEvent) -> w::ClientEvent {
         name: e.name.clone(),
         data: e.data.as_ref().map(Value::to_string),
         text: e.text.clone(),
+        ack: e.ack,
     }
 }
 
@@ -103,6 +106,7 @@ fn message(m: w::Message) -> Result<Message, String> {
     Ok(Message {
         event: m.event,
         data: parse_json("message data", &m.data)?,
+        ack: m.ack,
     })
 }
 

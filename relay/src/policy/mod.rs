@@ -38,6 +38,10 @@ pub struct HandshakeRequest {
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// Socket.IO: the namespace being connected to.
+    pub namespace: Option<String>,
+    /// Socket.IO: the CONNECT packet's auth payload.
+    pub auth: Option<Value>,
 }
 
 impl HandshakeRequest {

@@ -5,7 +5,13 @@
 //! `{"event":"join","room":"r"}`, `{"event":"leave","room":"r"}`,
 //! `{"event":"emit","room":"r","data":…,"exclude_self":true}` (or `rooms`, `user`, `conn`, `broadcast`),
 //! `{"event":"login","user":"u"}`, `{"event":"presence","room":"r"}`, `{"event":"whoami"}`,
-//! `{"event":"close","code":4000}`.
+//! `{"event":"close","code":4000}`, `{"event":"echo","data":…}` (replies with the data),
+//! `{"event":"ask","id":7,"data":…}` (sends `question` asking for an acknowledgement with
+//! id 7; the client's answer comes back as `answered`).
+//!
+//! Socket.IO clients emit the same objects as the first argument, with the event as the
+//! Socket.IO event name: `socket.emit("join", {room: "r"})`; replies are emitted as events
+//! named after their `event` field, or answer the client's ack callback when it gave one.
 //! Handshake query: `user=u&rooms=a,b`. Settings: `require_user = true` refuses handshakes without `user` (401); `require_login = true` defers
 //! authentication to the `login` event (to exercise the authentication deadline).
 //! Ingress: `GET|POST <prefix>/push` with `room`/`rooms`/`user`/`conn`/`broadcast`,
@@ -50,9 +56,15 @@ impl OpenPolicy {
     }
 }
 
+/// A reply; Socket.IO clients get it as an event named after its `event` field.
 fn reply(data: Value) -> Action {
+    let event = data.get("event").and_then(Value::as_str).map(str::to_owned);
     Action::Reply {
-        message: Message::data(data),
+        message: Message {
+            event,
+            data,
+            ack: None,
+        },
     }
 }
 
@@ -109,7 +121,20 @@ fn online(t: &Target, p: &dyn Presence) -> usize {
 
 impl OpenPolicy {
     fn event(&self, conn: &ConnInfo, ev: &ClientEvent, presence: &dyn Presence) -> Vec<Action> {
-        let Some(Value::Object(o)) = &ev.data else {
+        if ev.name.is_none() {
+            if let Some(id) = ev.ack {
+                // A Socket.IO client acknowledged a `question`.
+                let args = ev.data.clone().unwrap_or(Value::Null);
+                return vec![reply(json!({"event": "answered", "id": id, "args": args}))];
+            }
+        }
+        let o = match ev.data.as_ref() {
+            Some(Value::Object(o)) => Some(o),
+            // Socket.IO: the arguments; the first one is the object.
+            Some(Value::Array(a)) => a.first().and_then(Value::as_object),
+            _ => None,
+        };
+        let Some(o) = o else {
             return error("messages are JSON objects with an \"event\" field");
         };
         let name = ev.name.as_deref().unwrap_or("");
@@ -152,6 +177,7 @@ impl OpenPolicy {
                 };
                 let message = Message {
                     event: Some("message".into()),
+                    ack: None,
                     data: json!({
                         "event": "message",
                         "from": conn.id,
@@ -169,6 +195,19 @@ impl OpenPolicy {
             "presence" => match o.get("room").and_then(Value::as_str) {
                 Some(r) => vec![reply(presence_json(r, presence, Some("presence")))],
                 None => error("presence needs \"room\""),
+            },
+            "echo" => vec![reply(
+                json!({"event": "echo", "data": o.get("data").cloned().unwrap_or(Value::Null)}),
+            )],
+            "ask" => match o.get("id").and_then(Value::as_u64) {
+                Some(id) => vec![Action::Reply {
+                    message: Message {
+                        event: Some("question".into()),
+                        data: o.get("data").cloned().unwrap_or(Value::Null),
+                        ack: Some(id),
+                    },
+                }],
+                None => error("ask needs a numeric \"id\""),
             },
             "whoami" => vec![reply(
                 json!({"event": "whoami", "conn": conn.id, "user": conn.user}),
@@ -214,6 +253,7 @@ impl OpenPolicy {
         let message = Message {
             event: Some(event.clone()),
             data: json!({"event": event, "data": data}),
+            ack: None,
         };
         IngressOutcome::json(
             200,

@@ -34,6 +34,24 @@ pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Append one final, unmasked frame whose payload is the concatenation of `parts`.
+pub fn encode_parts_into(out: &mut Vec<u8>, opcode: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
 /// A text frame.
 pub fn text(payload: &[u8]) -> Bytes {
     encode(OP_TEXT, payload)

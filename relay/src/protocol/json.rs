@@ -14,7 +14,7 @@ pub struct WsJson {
 
 impl Codec for WsJson {
     fn format(&self) -> OutFormat {
-        OutFormat::WsJson
+        OutFormat::WS_JSON
     }
 
     fn decode_text(&self, text: String) -> ClientEvent {
@@ -24,7 +24,12 @@ impl Codec for WsJson {
             .and_then(|v| v.get(&self.event_field))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        ClientEvent { name, data, text }
+        ClientEvent {
+            name,
+            data,
+            text,
+            ack: None,
+        }
     }
 
     fn encode(&self, msg: &Message) -> Bytes {

@@ -18,13 +18,32 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
     /// The payload. ws-json sends a JSON string's contents as they are and anything else as JSON.
+    /// Socket.IO sends it as the event's one argument (none when `null`); objects
+    /// `{"$binary": "<base64>"}` inside it travel as binary attachments.
     pub data: Value,
+    /// Socket.IO: ask the client to acknowledge with this id; its answer reaches the event
+    /// hook as an event without a name carrying this `ack` id. Ignored by ws-json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<u64>,
 }
 
 impl Message {
     /// A message with no event name.
     pub fn data(data: Value) -> Self {
-        Self { event: None, data }
+        Self {
+            event: None,
+            data,
+            ack: None,
+        }
+    }
+
+    /// A named event.
+    pub fn event(event: &str, data: Value) -> Self {
+        Self {
+            event: Some(event.to_owned()),
+            data,
+            ack: None,
+        }
     }
 }
 
@@ -37,19 +56,31 @@ pub struct ClientEvent {
     pub data: Option<Value>,
     /// The raw text as received.
     pub text: String,
+    /// Socket.IO: the acknowledgement id. With a name, the client waits for an answer (the
+    /// hook's first reply is sent as the acknowledgement); without one, this is the client's
+    /// acknowledgement of a message the relay sent with this id.
+    pub ack: Option<u64>,
 }
 
-/// Every byte format a message can be encoded into; each encoding is made at most once per message.
+/// Every byte format a message can be encoded into; each encoding is made at most once per
+/// message. `0` is ws-json; `1 + i` is the Socket.IO packet for a tenant's namespace `i`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OutFormat {
-    /// A complete WebSocket text frame of the ws-json profile.
-    WsJson = 0,
-}
+pub struct OutFormat(u8);
 
 impl OutFormat {
+    /// A complete WebSocket text frame of the ws-json profile.
+    pub const WS_JSON: OutFormat = OutFormat(0);
     /// Number of formats (size of the per-message cache).
-    pub const COUNT: usize = 1;
+    pub const COUNT: usize = 1 + MAX_NAMESPACES;
+
+    /// Socket.IO packet records for namespace number `i` of the tenant (`i < MAX_NAMESPACES`).
+    pub fn socketio(i: usize) -> OutFormat {
+        OutFormat(1 + i.min(MAX_NAMESPACES - 1) as u8)
+    }
 }
+
+/// Most Socket.IO namespaces a tenant may serve.
+pub const MAX_NAMESPACES: usize = 8;
 
 /// Decoding and encoding of one wire profile.
 pub trait Codec: Send + Sync + 'static {
@@ -59,6 +90,12 @@ pub trait Codec: Send + Sync + 'static {
     fn decode_text(&self, text: String) -> ClientEvent;
     /// Encode a message into the complete bytes written to the socket.
     fn encode(&self, msg: &Message) -> Bytes;
+    /// What to send before closing a connection on the server's initiative, if the profile
+    /// has such a message (Socket.IO: the namespace's DISCONNECT, so the client does not
+    /// reconnect).
+    fn disconnect_packet(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 /// A message shared by every recipient: encoded lazily, once per format.
@@ -81,7 +118,7 @@ impl OutMessage {
     /// The bytes for `codec`, encoded on first use; later calls clone a reference.
     #[inline]
     pub fn encoded(&self, codec: &dyn Codec) -> Bytes {
-        self.cache[codec.format() as usize]
+        self.cache[codec.format().0 as usize]
             .get_or_init(|| codec.encode(&self.message))
             .clone()
     }

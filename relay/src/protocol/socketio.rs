@@ -1,6 +1,5 @@
 //! Engine.IO (v3 and v4) and Socket.IO packet codecs: pure functions over the
-//! wire strings, no I/O. Groundwork for the Socket.IO wire profile (the
-//! transports, sessions and hub integration are not written yet).
+//! wire strings, no I/O. The sessions and transports are in `session::engineio`.
 //!
 //! Engine.IO packet: one type digit (`0` open, `1` close, `2` ping, `3` pong,
 //! `4` message, `5` upgrade, `6` noop) and data. Polling payloads join packets
@@ -10,8 +9,13 @@
 //! packets `<attachments>-`, a namespace other than `/` followed by `,`, an
 //! optional ack id, then the JSON payload.
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
 use serde_json::Value;
 use thiserror::Error;
+
+use super::{ClientEvent, Codec, Message, OutFormat};
 
 /// A malformed packet or payload.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -124,36 +128,10 @@ pub fn encode_payload_v4(packets: &[EioPacket]) -> String {
 
 /// Engine.IO v3 text polling payload: `<len>:<packet>` repeated, `len` in UTF-16 units.
 pub fn decode_payload_v3(body: &str) -> Result<Vec<EioPacket>, CodecError> {
-    let mut out = Vec::new();
-    let mut rest = body;
-    while !rest.is_empty() {
-        let colon = rest
-            .find(':')
-            .ok_or(CodecError::Framing("missing ':' after length"))?;
-        let len: usize = rest[..colon]
-            .parse()
-            .map_err(|_| CodecError::Framing("length is not a number"))?;
-        let data = &rest[colon + 1..];
-        // Walk `len` UTF-16 code units into `data`.
-        let mut units = 0;
-        let mut end = data.len();
-        for (i, c) in data.char_indices() {
-            if units >= len {
-                end = i;
-                break;
-            }
-            units += c.len_utf16();
-        }
-        if units < len {
-            return Err(CodecError::Framing("length runs past the payload"));
-        }
-        if units > len {
-            return Err(CodecError::Framing("length splits a character"));
-        }
-        out.push(EioPacket::decode(&data[..end])?);
-        rest = &data[end..];
-    }
-    Ok(out)
+    split_payload_v3(body)?
+        .iter()
+        .map(|p| EioPacket::decode(p))
+        .collect()
 }
 
 /// Engine.IO v3 text polling payload.
@@ -308,6 +286,352 @@ impl SioPacket {
     }
 }
 
+/// Engine.IO packets queued for one client, as records: a tag byte (`t` text, `b` binary),
+/// the length as 4 big-endian bytes, then the bytes. Each transport frames them its own way
+/// (a WebSocket frame per packet, or a polling payload of either version).
+#[derive(Debug, Default)]
+pub struct RecordsBuf(Vec<u8>);
+
+impl RecordsBuf {
+    /// Append a text packet (type digit included).
+    pub fn text(&mut self, packet: &[u8]) -> &mut Self {
+        self.push(b't', packet)
+    }
+
+    /// Append a binary message packet (the bytes only).
+    pub fn binary(&mut self, data: &[u8]) -> &mut Self {
+        self.push(b'b', data)
+    }
+
+    fn push(&mut self, tag: u8, data: &[u8]) -> &mut Self {
+        self.0.push(tag);
+        self.0
+            .extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
+        self.0.extend_from_slice(data);
+        self
+    }
+
+    /// The records.
+    pub fn freeze(self) -> Bytes {
+        Bytes::from(self.0)
+    }
+}
+
+/// One text packet as records.
+pub fn text_record(packet: &str) -> Bytes {
+    let mut r = RecordsBuf::default();
+    r.text(packet.as_bytes());
+    r.freeze()
+}
+
+/// Iterator over records: `(is_binary, bytes)`. Stops at the first malformed record
+/// (records are made by [`RecordsBuf`] only).
+pub struct Records<'a>(&'a [u8]);
+
+impl<'a> Records<'a> {
+    /// Iterate over `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Records(buf)
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = (bool, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        let (&tag, rest) = self.0.split_first()?;
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let data = rest.get(4..4 + len)?;
+        self.0 = &rest[4 + len..];
+        Some((tag == b'b', data))
+    }
+}
+
+/// One Engine.IO packet received from a client: text, or binary message data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EioIn {
+    /// A text packet (type digit first).
+    Text(String),
+    /// The data of a binary message packet.
+    Binary(Vec<u8>),
+}
+
+/// Encode a polling response from queued records (each item holds one or more records).
+/// Returns the content type and the body.
+pub fn encode_poll<'a>(
+    items: impl IntoIterator<Item = &'a [u8]>,
+    v3: bool,
+    b64: bool,
+) -> (&'static str, Vec<u8>) {
+    let packets: Vec<(bool, &[u8])> = items.into_iter().flat_map(Records::new).collect();
+    const TEXT: &str = "text/plain; charset=UTF-8";
+    if !v3 {
+        let mut out = Vec::new();
+        for (i, (binary, data)) in packets.iter().enumerate() {
+            if i > 0 {
+                out.push(0x1e);
+            }
+            if *binary {
+                out.push(b'b');
+                out.extend_from_slice(B64.encode(data).as_bytes());
+            } else {
+                out.extend_from_slice(data);
+            }
+        }
+        return (TEXT, out);
+    }
+    let any_binary = packets.iter().any(|(b, _)| *b);
+    if any_binary && !b64 {
+        // v3 binary payload: per packet 0 (string) or 1 (binary), the length as decimal
+        // digit bytes, 255, then the packet (binary packets start with the type byte 4).
+        let mut out = Vec::new();
+        for (binary, data) in &packets {
+            let len = data.len() + usize::from(*binary);
+            out.push(u8::from(*binary));
+            out.extend(len.to_string().bytes().map(|d| d - b'0'));
+            out.push(255);
+            if *binary {
+                out.push(4);
+            }
+            out.extend_from_slice(data);
+        }
+        return ("application/octet-stream", out);
+    }
+    let mut out = String::new();
+    for (binary, data) in &packets {
+        let packet = if *binary {
+            format!("b4{}", B64.encode(data))
+        } else {
+            String::from_utf8_lossy(data).into_owned()
+        };
+        out.push_str(&packet.encode_utf16().count().to_string());
+        out.push(':');
+        out.push_str(&packet);
+    }
+    (TEXT, out.into_bytes())
+}
+
+/// Decode a polling request body (a client's POST) of either version.
+pub fn decode_poll(body: &[u8], v3: bool, binary_body: bool) -> Result<Vec<EioIn>, CodecError> {
+    if v3 && binary_body {
+        return decode_binary_payload_v3(body);
+    }
+    let text = std::str::from_utf8(body).map_err(|_| CodecError::Framing("body is not UTF-8"))?;
+    let parts: Vec<String> = if v3 {
+        split_payload_v3(text)?
+    } else {
+        text.split('\x1e').map(str::to_owned).collect()
+    };
+    parts
+        .into_iter()
+        .map(|p| {
+            let b64 = if v3 {
+                p.strip_prefix("b4")
+            } else {
+                p.strip_prefix('b')
+            };
+            match b64 {
+                Some(b) => B64
+                    .decode(b)
+                    .map(EioIn::Binary)
+                    .map_err(|_| CodecError::Framing("bad base64 in binary packet")),
+                None if p.is_empty() => Err(CodecError::Empty),
+                None => Ok(EioIn::Text(p)),
+            }
+        })
+        .collect()
+}
+
+fn split_payload_v3(body: &str) -> Result<Vec<String>, CodecError> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let colon = rest
+            .find(':')
+            .ok_or(CodecError::Framing("missing ':' after length"))?;
+        let len: usize = rest[..colon]
+            .parse()
+            .map_err(|_| CodecError::Framing("length is not a number"))?;
+        let data = &rest[colon + 1..];
+        let mut units = 0;
+        let mut end = data.len();
+        for (i, c) in data.char_indices() {
+            if units >= len {
+                end = i;
+                break;
+            }
+            units += c.len_utf16();
+        }
+        if units < len {
+            return Err(CodecError::Framing("length runs past the payload"));
+        }
+        if units > len {
+            return Err(CodecError::Framing("length splits a character"));
+        }
+        out.push(data[..end].to_owned());
+        rest = &data[end..];
+    }
+    Ok(out)
+}
+
+fn decode_binary_payload_v3(mut body: &[u8]) -> Result<Vec<EioIn>, CodecError> {
+    let mut out = Vec::new();
+    while let Some((&kind, rest)) = body.split_first() {
+        let end = rest
+            .iter()
+            .position(|&b| b == 255)
+            .ok_or(CodecError::Framing("missing length terminator"))?;
+        if end == 0 || end > 10 || rest[..end].iter().any(|&d| d > 9) {
+            return Err(CodecError::Framing("bad length digits"));
+        }
+        let len = rest[..end]
+            .iter()
+            .fold(0usize, |n, &d| n * 10 + usize::from(d));
+        let data = rest
+            .get(end + 1..end + 1 + len)
+            .ok_or(CodecError::Framing("length runs past the payload"))?;
+        body = &rest[end + 1 + len..];
+        match kind {
+            0 => out
+                .push(EioIn::Text(String::from_utf8(data.to_vec()).map_err(
+                    |_| CodecError::Framing("text packet is not UTF-8"),
+                )?)),
+            1 => match data.split_first() {
+                Some((4, d)) => out.push(EioIn::Binary(d.to_vec())),
+                _ => return Err(CodecError::Framing("binary packet is not a message")),
+            },
+            _ => return Err(CodecError::Framing("bad packet kind")),
+        }
+    }
+    Ok(out)
+}
+
+/// Replace `{"$binary": "<base64>"}` objects by attachment placeholders; returns the
+/// attachments in order.
+pub fn extract_binary(v: &mut Value, out: &mut Vec<Vec<u8>>) {
+    match v {
+        Value::Object(m) => {
+            if m.len() == 1 {
+                if let Some(Value::String(b)) = m.get("$binary") {
+                    if let Ok(bytes) = B64.decode(b) {
+                        let num = out.len();
+                        out.push(bytes);
+                        *v = serde_json::json!({"_placeholder": true, "num": num});
+                        return;
+                    }
+                }
+            }
+            m.values_mut().for_each(|x| extract_binary(x, out));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| extract_binary(x, out)),
+        _ => {}
+    }
+}
+
+/// Replace attachment placeholders by `{"$binary": "<base64>"}`; `false` if a placeholder
+/// names a missing attachment.
+pub fn insert_binary(v: &mut Value, attachments: &[Vec<u8>]) -> bool {
+    match v {
+        Value::Object(m) => {
+            if m.get("_placeholder") == Some(&Value::Bool(true)) {
+                let Some(data) = m
+                    .get("num")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| attachments.get(n as usize))
+                else {
+                    return false;
+                };
+                *v = serde_json::json!({"$binary": B64.encode(data)});
+                return true;
+            }
+            m.values_mut().all(|x| insert_binary(x, attachments))
+        }
+        Value::Array(a) => a.iter_mut().all(|x| insert_binary(x, attachments)),
+        _ => true,
+    }
+}
+
+/// Records of a Socket.IO packet with its attachments (an Engine.IO message each).
+pub fn packet_records(p: &SioPacket, attachments: &[Vec<u8>]) -> Bytes {
+    let mut r = RecordsBuf::default();
+    let mut text = String::from("4");
+    text.push_str(&p.encode());
+    r.text(text.as_bytes());
+    for a in attachments {
+        r.binary(a);
+    }
+    r.freeze()
+}
+
+/// The Socket.IO packet for a message: `event(data)` (no argument when `data` is null),
+/// a binary event when the data holds `{"$binary": …}` objects.
+pub fn message_packet(nsp: &str, msg: &Message) -> (SioPacket, Vec<Vec<u8>>) {
+    let name = msg.event.as_deref().unwrap_or("message");
+    let mut args = Vec::new();
+    let mut attachments = Vec::new();
+    if !msg.data.is_null() {
+        let mut d = msg.data.clone();
+        extract_binary(&mut d, &mut attachments);
+        args.push(d);
+    }
+    let mut p = SioPacket::event(nsp, name, args);
+    p.id = msg.ack;
+    if !attachments.is_empty() {
+        p.kind = SioType::BinaryEvent;
+        p.attachments = attachments.len();
+    }
+    (p, attachments)
+}
+
+/// The Socket.IO profile's codec for one namespace: a message becomes Engine.IO packet
+/// records, the same for v3 and v4 clients and for every transport.
+#[derive(Debug, Clone)]
+pub struct SioCodec {
+    /// Namespace.
+    pub nsp: String,
+    /// Cache slot of this namespace's encoding.
+    pub format: OutFormat,
+}
+
+impl Codec for SioCodec {
+    fn format(&self) -> OutFormat {
+        self.format
+    }
+
+    fn decode_text(&self, text: String) -> ClientEvent {
+        // Socket.IO packets are decoded by the session; this serves callers that only have text.
+        let p = SioPacket::decode(&text).ok();
+        let (name, data) = match p.and_then(|p| p.data) {
+            Some(Value::Array(mut a)) if a.first().is_some_and(Value::is_string) => {
+                let name = a.remove(0).as_str().map(str::to_owned);
+                (name, Some(Value::Array(a)))
+            }
+            other => (None, other),
+        };
+        ClientEvent {
+            name,
+            data,
+            text,
+            ack: None,
+        }
+    }
+
+    fn encode(&self, msg: &Message) -> Bytes {
+        let (p, attachments) = message_packet(&self.nsp, msg);
+        packet_records(&p, &attachments)
+    }
+
+    fn disconnect_packet(&self) -> Option<Bytes> {
+        let p = SioPacket {
+            kind: SioType::Disconnect,
+            nsp: self.nsp.clone(),
+            id: None,
+            attachments: 0,
+            data: None,
+        };
+        Some(packet_records(&p, &[]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +728,101 @@ mod tests {
             Err(CodecError::Json(_))
         ));
         assert_eq!(SioPacket::decode("5x-[]"), Err(CodecError::Number));
+    }
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn records(packets: &[(bool, &[u8])]) -> Bytes {
+        let mut r = RecordsBuf::default();
+        for (b, d) in packets {
+            if *b {
+                r.binary(d);
+            } else {
+                r.text(d);
+            }
+        }
+        r.freeze()
+    }
+
+    #[test]
+    fn poll_payloads_of_both_versions() {
+        let items = records(&[
+            (false, b"42[\"a\"]"),
+            (true, &[1, 2, 3]),
+            (false, "4\u{20ac}".as_bytes()),
+        ]);
+        let (_, v4) = encode_poll([&items[..]], false, false);
+        assert_eq!(v4, b"42[\"a\"]\x1ebAQID\x1e4\xe2\x82\xac");
+        let (ct, v3b64) = encode_poll([&items[..]], true, true);
+        assert!(ct.starts_with("text/plain"));
+        assert_eq!(
+            String::from_utf8(v3b64).unwrap(),
+            "7:42[\"a\"]6:b4AQID2:4\u{20ac}"
+        );
+        let (ct, v3bin) = encode_poll([&items[..]], true, false);
+        assert_eq!(ct, "application/octet-stream");
+        assert_eq!(
+            v3bin,
+            [
+                &[0u8, 7, 255][..],
+                b"42[\"a\"]",
+                &[1, 4, 255, 4, 1, 2, 3],
+                &[0, 4, 255],
+                "4\u{20ac}".as_bytes()
+            ]
+            .concat()
+        );
+        // Round trips through the decoders.
+        let want = vec![
+            EioIn::Text("42[\"a\"]".into()),
+            EioIn::Binary(vec![1, 2, 3]),
+            EioIn::Text("4\u{20ac}".into()),
+        ];
+        assert_eq!(decode_poll(&v4, false, false).unwrap(), want);
+        assert_eq!(
+            decode_poll(b"7:42[\"a\"]6:b4AQID2:4\xe2\x82\xac", true, false).unwrap(),
+            want
+        );
+        assert_eq!(decode_poll(&v3bin, true, true).unwrap(), want);
+        assert!(decode_poll(&[0, 9, 255, b'4'], true, true).is_err());
+        assert!(decode_poll(b"", false, false).is_err());
+    }
+
+    #[test]
+    fn messages_encode_with_binary_attachments_and_ack_ids() {
+        let c = SioCodec {
+            nsp: "/chat".into(),
+            format: OutFormat::socketio(1),
+        };
+        let mut m = Message::event("file", json!({"name": "a", "body": {"$binary": "AQID"}}));
+        m.ack = Some(7);
+        let r = c.encode(&m);
+        let got: Vec<(bool, Vec<u8>)> = Records::new(&r).map(|(b, d)| (b, d.to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    false,
+                    br#"451-/chat,7["file",{"name":"a","body":{"_placeholder":true,"num":0}}]"#
+                        .to_vec()
+                ),
+                (true, vec![1, 2, 3])
+            ]
+        );
+        let r = SioCodec {
+            nsp: "/".into(),
+            format: OutFormat::socketio(0),
+        }
+        .encode(&Message::event("hi", serde_json::Value::Null));
+        assert_eq!(Records::new(&r).next(), Some((false, &br#"42["hi"]"#[..])));
+        let mut v = json!(["x", {"_placeholder": true, "num": 0}]);
+        assert!(insert_binary(&mut v, &[vec![255]]));
+        assert_eq!(v, json!(["x", {"$binary": "/w=="}]));
+        let mut v = json!([{"_placeholder": true, "num": 3}]);
+        assert!(!insert_binary(&mut v, &[]));
     }
 }

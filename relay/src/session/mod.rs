@@ -2,6 +2,7 @@
 //! loop (fragments, limits, ping/pong, close handshake, idle and
 //! authentication deadlines) beside the batching [`writer`].
 
+pub mod engineio;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use hyper::{Request, Response};
 use tokio::io::AsyncRead;
 use tokio::time::{sleep_until, Instant};
 
-use crate::hub::{ConnHandle, ConnId};
+use crate::hub::{ConnHandle, ConnId, Link};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::policy::{DisconnectInfo, HandshakeDecision, HandshakeRequest};
@@ -44,6 +45,8 @@ pub async fn handshake(
         headers: header_pairs(req.headers()),
         remote,
         tls,
+        namespace: None,
+        auth: None,
     };
     let decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
         Ok(d) => d,
@@ -135,36 +138,26 @@ async fn run<S>(
     let writer = node
         .shutdown
         .tracker
-        .spawn(writer::run(w, rx, h.clone(), metrics.clone()));
+        .spawn(writer::run(w, rx, h.link.clone(), metrics.clone()));
 
-    match decision {
-        HandshakeDecision::Accept {
-            user,
-            data,
-            rooms,
-            actions,
-            ..
-        } => {
-            if let Some(u) = user.as_deref() {
-                tenant.hub.set_user(&h, Some(u));
-            }
-            if let Ok(mut s) = h.state.lock() {
-                s.data = data;
-            }
-            for r in &rooms {
-                if let Err(e) = tenant.hub.join(&h, r) {
-                    tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused");
-                }
-            }
-            h.set_authenticated();
-            node.execute(&tenant, Some(&h), actions);
-        }
-        HandshakeDecision::Defer { actions } => node.execute(&tenant, Some(&h), actions),
-        HandshakeDecision::Reject { .. } => {}
-    }
+    apply_decision(&tenant, &node, &h, decision);
     tracing::debug!(tenant = %tenant.name, conn = %h.id, %remote, "connected");
 
-    let info = read_loop(&mut rd, &h, &tenant, &node).await;
+    let opts = ReadOpts {
+        idle: (cfg_ms(tenant.config.idle_timeout_ms)),
+        ping: (cfg_ms(tenant.config.ping_interval_ms)),
+        auth: Some((
+            Instant::now() + Duration::from_millis(tenant.config.auth_timeout_ms),
+            h.clone(),
+        )),
+        max_message: tenant.config.max_message_bytes,
+    };
+    let mut sink = JsonSink {
+        h: h.clone(),
+        tenant: tenant.clone(),
+        node: node.clone(),
+    };
+    let info = read_loop(&mut rd, &h.link, opts, &node, &mut sink).await;
 
     let ci = Node::conn_info(&h);
     tenant.hub.unregister(&h);
@@ -184,6 +177,46 @@ async fn run<S>(
         abort.abort();
     }
     tracing::debug!(tenant = %tenant.name, conn = %h.id, code = ?info.code, reason = %info.reason, "disconnected");
+}
+
+/// `Some(ms)` unless 0 (disabled).
+fn cfg_ms(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+/// Carry out an accepted (or deferred) handshake on a registered connection: identity,
+/// session data, rooms, then the decision's actions.
+pub(crate) fn apply_decision(
+    tenant: &Arc<Tenant>,
+    node: &Arc<Node>,
+    h: &Arc<ConnHandle>,
+    decision: HandshakeDecision,
+) {
+    match decision {
+        HandshakeDecision::Accept {
+            user,
+            data,
+            rooms,
+            actions,
+            ..
+        } => {
+            if let Some(u) = user.as_deref() {
+                tenant.hub.set_user(h, Some(u));
+            }
+            if let Ok(mut s) = h.state.lock() {
+                s.data = data;
+            }
+            for r in &rooms {
+                if let Err(e) = tenant.hub.join(h, r) {
+                    tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused");
+                }
+            }
+            h.set_authenticated();
+            node.execute(tenant, Some(h), actions);
+        }
+        HandshakeDecision::Defer { actions } => node.execute(tenant, Some(h), actions),
+        HandshakeDecision::Reject { .. } => {}
+    }
 }
 
 /// Unregisters the connection and lowers the open-connections gauge when the session ends.
@@ -230,36 +263,102 @@ fn error_close(e: &WebSocketError) -> Option<(u16, &'static str)> {
     }
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(
+/// What the read loop enforces besides the WebSocket protocol itself.
+pub(crate) struct ReadOpts {
+    /// Close (1001) after this much silence.
+    pub idle: Option<Duration>,
+    /// Send a WebSocket ping after this much silence.
+    pub ping: Option<Duration>,
+    /// Close (1008) at this instant unless this connection is authenticated by then.
+    pub auth: Option<(Instant, Arc<ConnHandle>)>,
+    /// Largest message, all fragments together (1009 beyond).
+    pub max_message: usize,
+}
+
+/// Where the read loop hands complete messages.
+pub(crate) trait MessageSink {
+    /// One complete message; `Some` ends the session with that reason (the sink has
+    /// queued any close frame itself).
+    fn message(
+        &mut self,
+        binary: bool,
+        payload: Vec<u8>,
+    ) -> impl std::future::Future<Output = Option<DisconnectInfo>> + Send;
+}
+
+/// ws-json: text messages decoded by the tenant's codec and handed to the event hook.
+struct JsonSink {
+    h: Arc<ConnHandle>,
+    tenant: Arc<Tenant>,
+    node: Arc<Node>,
+}
+
+impl MessageSink for JsonSink {
+    async fn message(&mut self, binary: bool, payload: Vec<u8>) -> Option<DisconnectInfo> {
+        let (h, tenant, node) = (&self.h, &self.tenant, &self.node);
+        let m = &node.metrics;
+        if binary {
+            Metrics::inc(&m.protocol_errors);
+            h.close(1003, "binary messages are not supported by this profile");
+            return Some(info(Some(1003), "binary message"));
+        }
+        let text = match String::from_utf8(payload) {
+            Ok(t) => t,
+            Err(_) => {
+                Metrics::inc(&m.protocol_errors);
+                h.close(1007, "invalid UTF-8");
+                return Some(info(Some(1007), "invalid UTF-8"));
+            }
+        };
+        Metrics::inc(&m.messages_in);
+        let event = tenant.codec.decode_text(text);
+        let conn = Node::conn_info(h);
+        match tenant.policy.on_event(&conn, &event, &*tenant.hub).await {
+            Ok(actions) => node.execute(tenant, Some(h), actions),
+            Err(e) => {
+                Metrics::inc(&m.policy_errors);
+                tracing::warn!(tenant = %tenant.name, conn = %h.id, error = %e, "event hook failed");
+            }
+        }
+        None
+    }
+}
+
+pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
     rd: &mut WebSocketRead<R>,
-    h: &Arc<ConnHandle>,
-    tenant: &Arc<Tenant>,
+    h: &Link,
+    opts: ReadOpts,
     node: &Arc<Node>,
+    sink: &mut S,
 ) -> DisconnectInfo {
-    let cfg = &tenant.config;
     let m = &node.metrics;
-    let ms = Duration::from_millis;
-    let auth_deadline = Instant::now() + ms(cfg.auth_timeout_ms);
     let mut last_rx = Instant::now();
     let mut pinged_at: Option<Instant> = None;
     let mut close_deadline: Option<Instant> = None;
     let mut fragments: Option<(OpCode, Vec<u8>)> = None;
     let shutdown = node.shutdown.token.clone();
     let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+    let far = || Instant::now() + Duration::from_secs(86_400);
+    let (auth_deadline, auth_conn) = match &opts.auth {
+        Some((at, c)) => (*at, Some(c.clone())),
+        None => (far(), None),
+    };
+    let authed = || auth_conn.as_ref().is_none_or(|c| c.is_authenticated());
 
     loop {
         let read = rd.read_frame(&mut no_obligations);
         tokio::pin!(read);
         let res = loop {
-            let idle_at = (cfg.idle_timeout_ms > 0).then(|| last_rx + ms(cfg.idle_timeout_ms));
-            let ping_at = (cfg.ping_interval_ms > 0 && pinged_at.is_none())
-                .then(|| last_rx + ms(cfg.ping_interval_ms));
-            let far = Instant::now() + Duration::from_secs(86_400);
+            let idle_at = opts.idle.map(|d| last_rx + d);
+            let ping_at = opts
+                .ping
+                .filter(|_| pinged_at.is_none())
+                .map(|d| last_rx + d);
             tokio::select! {
                 biased;
                 r = &mut read => break r,
                 _ = h.kill.cancelled() => return info(Some(h.close_code()), "aborted"),
-                _ = sleep_until(close_deadline.unwrap_or(far)), if close_deadline.is_some() => {
+                _ = sleep_until(close_deadline.unwrap_or_else(far)), if close_deadline.is_some() => {
                     return info(Some(h.close_code()), "no close reply from peer");
                 }
                 _ = h.closing.cancelled(), if close_deadline.is_none() => {
@@ -268,19 +367,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 _ = shutdown.cancelled(), if !h.closing.is_cancelled() => {
                     h.close(1001, "server shutting down");
                 }
-                _ = sleep_until(auth_deadline), if !h.is_authenticated() && !h.closing.is_cancelled() => {
-                    if !h.is_authenticated() {
+                _ = sleep_until(auth_deadline), if !authed() && !h.closing.is_cancelled() => {
+                    if !authed() {
                         Metrics::inc(&m.auth_timeouts);
                         h.close(1008, "authentication timeout");
                     }
                 }
-                _ = sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() && !h.closing.is_cancelled() => {
+                _ = sleep_until(idle_at.unwrap_or_else(far)), if idle_at.is_some() && !h.closing.is_cancelled() => {
                     Metrics::inc(&m.idle_timeouts);
                     h.close(1001, "idle timeout");
                 }
-                _ = sleep_until(ping_at.unwrap_or(far)), if ping_at.is_some() && !h.closing.is_cancelled() => {
+                _ = sleep_until(ping_at.unwrap_or_else(far)), if ping_at.is_some() && !h.closing.is_cancelled() => {
                     pinged_at = Some(Instant::now());
-                    h.send(frame::encode(frame::OP_PING, b""));
+                    h.send_control(frame::encode(frame::OP_PING, b""));
                 }
             }
         };
@@ -336,7 +435,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return info(code, "closed by peer");
             }
             OpCode::Ping => {
-                h.send(frame::encode(frame::OP_PONG, &payload));
+                h.send_control(frame::encode(frame::OP_PONG, &payload));
                 continue;
             }
             OpCode::Pong => continue,
@@ -355,7 +454,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     h.close(1002, "unexpected continuation frame");
                     return info(Some(1002), "unexpected continuation frame");
                 };
-                if buf.len() + payload.len() > cfg.max_message_bytes {
+                if buf.len() + payload.len() > opts.max_message {
                     Metrics::inc(&m.protocol_errors);
                     h.close(1009, "message too big");
                     return info(Some(1009), "message too big");
@@ -374,28 +473,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if h.closing.is_cancelled() {
             continue; // closing: messages after our close frame are dropped
         }
-        if opcode == OpCode::Binary {
-            Metrics::inc(&m.protocol_errors);
-            h.close(1003, "binary messages are not supported by this profile");
-            return info(Some(1003), "binary message");
-        }
-        let text = match String::from_utf8(payload) {
-            Ok(t) => t,
-            Err(_) => {
-                Metrics::inc(&m.protocol_errors);
-                h.close(1007, "invalid UTF-8");
-                return info(Some(1007), "invalid UTF-8");
-            }
-        };
-        Metrics::inc(&m.messages_in);
-        let event = tenant.codec.decode_text(text);
-        let conn = Node::conn_info(h);
-        match tenant.policy.on_event(&conn, &event, &*tenant.hub).await {
-            Ok(actions) => node.execute(tenant, Some(h), actions),
-            Err(e) => {
-                Metrics::inc(&m.policy_errors);
-                tracing::warn!(tenant = %tenant.name, conn = %h.id, error = %e, "event hook failed");
-            }
+        if let Some(end) = sink.message(opcode == OpCode::Binary, payload).await {
+            return end;
         }
     }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::hub::{ConnHandle, Outbound};
+use crate::hub::{Link, Outbound};
 use crate::metrics::Metrics;
-use crate::protocol::frame;
+use crate::protocol::{frame, socketio};
 
 /// Most queue items taken per turn.
 const BATCH: usize = 512;
@@ -26,12 +26,36 @@ enum Stop {
     Io,
 }
 
+/// How queued messages become bytes on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Messages are complete WebSocket frames already (ws-json).
+    Raw,
+    /// Messages are Engine.IO packet records; each becomes one WebSocket frame. Binary
+    /// packets carry a leading `4` byte in Engine.IO v3 and nothing in v4.
+    EngineIo {
+        /// Engine.IO v3 framing of binary packets.
+        v3: bool,
+    },
+}
+
 /// Run until a close frame is written, the connection is aborted, or the socket fails.
 pub async fn run<W: AsyncWrite + Unpin>(
+    w: W,
+    rx: mpsc::Receiver<Outbound>,
+    h: Arc<Link>,
+    m: Arc<Metrics>,
+) {
+    run_framed(w, rx, h, m, Framing::Raw).await
+}
+
+/// [`run`] with a choice of framing.
+pub async fn run_framed<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::Receiver<Outbound>,
-    h: Arc<ConnHandle>,
+    h: Arc<Link>,
     m: Arc<Metrics>,
+    framing: Framing,
 ) {
     let mut batch = Vec::with_capacity(64);
     let mut buf: Vec<u8> = Vec::new();
@@ -44,12 +68,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         if n == 0 {
             return;
         }
-        let taken: usize = batch
-            .iter()
-            .map(|o| match o {
-                Outbound::Frame(b) | Outbound::Close(b) => b.len(),
-            })
-            .sum();
+        let taken: usize = batch.iter().map(|o| o.bytes().len()).sum();
         h.dequeued(taken);
         let has_close = batch.iter().any(|o| matches!(o, Outbound::Close(_)));
         let mut close = false;
@@ -57,7 +76,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let mut result = Ok(());
         for item in batch.drain(..) {
             let (bytes, is_close) = match item {
-                Outbound::Frame(b) => (b, false),
+                Outbound::Frame(b) => match framing {
+                    Framing::Raw => (b, false),
+                    Framing::EngineIo { v3 } => (frame_records(&b, v3), false),
+                },
+                Outbound::Control(b) => (b, false),
                 Outbound::Close(b) => (b, true),
             };
             if !buf.is_empty() && buf.len() + bytes.len() > MAX_COALESCE {
@@ -106,11 +129,29 @@ pub async fn run<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Engine.IO packet records as WebSocket frames: text packets as text frames, binary ones
+/// as binary frames.
+fn frame_records(records: &[u8], v3: bool) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(records.len() + 16);
+    for (binary, payload) in socketio::Records::new(records) {
+        if binary {
+            if v3 {
+                frame::encode_parts_into(&mut out, frame::OP_BINARY, &[&[4u8], payload]);
+            } else {
+                frame::encode_parts_into(&mut out, frame::OP_BINARY, &[payload]);
+            }
+        } else {
+            frame::encode_parts_into(&mut out, frame::OP_TEXT, &[payload]);
+        }
+    }
+    out.into()
+}
+
 /// Write all of `data`, giving up when the connection is aborted.
 async fn write_all<W: AsyncWrite + Unpin>(
     w: &mut W,
     mut data: &[u8],
-    h: &ConnHandle,
+    h: &Link,
     m: &Metrics,
 ) -> Result<(), Stop> {
     while !data.is_empty() {
@@ -132,7 +173,7 @@ async fn write_all<W: AsyncWrite + Unpin>(
 
 /// Best effort within [`ABORT_GRACE`]: finish the partial chunk, send the abort's close frame
 /// (unless the chunk already carries one: a second close frame is a protocol error), shut down.
-async fn abort<W: AsyncWrite + Unpin>(w: &mut W, tail: &[u8], h: &ConnHandle, close_sent: bool) {
+async fn abort<W: AsyncWrite + Unpin>(w: &mut W, tail: &[u8], h: &Link, close_sent: bool) {
     let close = if close_sent {
         bytes::Bytes::new()
     } else {

@@ -284,6 +284,14 @@ async fn handle(
         return text_response(404, &format!("no route for {path}\n"));
     };
     let tenant = tenant.clone();
+    if tenant.config.profile == crate::config::WireProfile::SocketIo
+        && crate::session::engineio::is_engine_request(&req)
+    {
+        if !ctx.kind.websocket() {
+            return text_response(400, "this listener does not accept client connections\n");
+        }
+        return crate::session::engineio::handle(req, tenant, node, ctx, remote, tls, slot).await;
+    }
     if fastwebsockets::upgrade::is_upgrade_request(&req) {
         if !ctx.kind.websocket() {
             return text_response(400, "this listener does not accept WebSocket connections\n");

@@ -1,0 +1,462 @@
+//! The Socket.IO profile against real socket.io-client 2.x (Engine.IO v3) and 4.x
+//! (Engine.IO v4) processes, plus raw Engine.IO requests for exact wire checks.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use relay::hub::Presence;
+use relay_tests::sio::SioDriver;
+use relay_tests::{get, http, http_with, TestRelay};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Tenant `chat` (open policy, socket.io, namespaces `/` and `/admin`) on a ws listener
+/// that also serves HTTP ingress, as seed 003 does on one port.
+fn config(tenant_extra: &str) -> String {
+    format!(
+        r#"
+[[tenant]]
+name = "chat"
+policy = "open"
+profile = "socket.io"
+namespaces = ["/", "/admin"]
+{tenant_extra}
+
+[[listener]]
+name = "sio"
+kind = "ws"
+http_ingress = true
+bind = "127.0.0.1:0"
+routes = [{{ path = "/", tenant = "chat" }}]
+"#
+    )
+}
+
+async fn start(extra: &str) -> Result<(TestRelay, String)> {
+    let relay = TestRelay::start(&config(extra)).await?;
+    let url = format!("http://{}", relay.addr("sio"));
+    Ok((relay, url))
+}
+
+#[tokio::test]
+async fn default_transports_upgrade_and_everything_round_trips() -> Result<()> {
+    let (relay, url) = start("").await?;
+    let mut d = SioDriver::start().await?;
+    for (name, version) in [("v2", 2), ("v4", 4)] {
+        let c = d.connect(name, version, &url, json!({})).await?;
+        assert!(c["id"].as_str().is_some_and(|id| !id.is_empty()), "{c}");
+        // Join while (most likely) still polling: the room survives the upgrade.
+        d.emit(
+            name,
+            "join",
+            json!([{"room": format!("room-{name}")}]),
+            false,
+        )
+        .await?;
+        let joined = d.next(name, "event", Some("joined")).await?;
+        assert_eq!(joined["args"][0]["rooms"], json!([format!("room-{name}")]));
+        d.wait_transport(name, "websocket").await?;
+
+        // Client ack answered by the policy's reply.
+        d.emit(name, "echo", json!([{"data": "héllo 😀"}]), true)
+            .await?;
+        let ack = d.next(name, "ack", Some("echo")).await?;
+        assert_eq!(ack["args"], json!([{"event": "echo", "data": "héllo 😀"}]));
+
+        // Backend push to the room over HTTP ingress reaches the upgraded socket.
+        let (status, body) = get(
+            relay.addr("sio"),
+            &format!("/push?room=room-{name}&event=news&data=hi"),
+        )
+        .await?;
+        assert_eq!(
+            (status, body.contains("\"online\":1")),
+            (200, true),
+            "{body}"
+        );
+        let news = d.next(name, "event", Some("news")).await?;
+        assert_eq!(news["args"], json!([{"event": "news", "data": "hi"}]));
+
+        // Server → client ack: the client's answer reaches the event hook.
+        d.send(json!({"op": "answer", "name": name, "args": ["yes", 42]}))
+            .await?;
+        d.emit(name, "ask", json!([{"id": 7, "data": "ready?"}]), false)
+            .await?;
+        let q = d.next(name, "event", Some("question")).await?;
+        assert_eq!(
+            (q["args"].clone(), q["wantsAck"].clone()),
+            (json!(["ready?"]), json!(true))
+        );
+        let a = d.next(name, "event", Some("answered")).await?;
+        assert_eq!(a["args"][0]["id"], 7);
+        assert_eq!(a["args"][0]["args"], json!(["yes", 42]));
+    }
+    d.exit().await?;
+    relay
+        .eventually("sessions end", |r| r.metric("connections_open") == 0)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_only_and_polling_only_clients() -> Result<()> {
+    let (_relay, url) = start("").await?;
+    let mut d = SioDriver::start().await?;
+    for version in [2, 4] {
+        for transport in ["websocket", "polling"] {
+            let name = format!("{transport}{version}");
+            let c = d
+                .connect(&name, version, &url, json!({"transports": [transport]}))
+                .await?;
+            assert_eq!(c["transport"], transport, "{c}");
+            d.emit(&name, "echo", json!([{"data": [1, {"x": null}]}]), true)
+                .await?;
+            let ack = d.next(&name, "ack", Some("echo")).await?;
+            assert_eq!(ack["args"][0]["data"], json!([1, {"x": null}]));
+        }
+    }
+    d.exit().await
+}
+
+#[tokio::test]
+async fn binary_payloads_both_ways_on_both_transports() -> Result<()> {
+    let (_relay, url) = start("").await?;
+    let mut d = SioDriver::start().await?;
+    let blob = json!({"$binary": "AAEC/f7/"}); // bytes 0,1,2,253,254,255
+    for version in [2, 4] {
+        for transport in ["polling", "websocket"] {
+            let name = format!("{transport}{version}");
+            d.connect(&name, version, &url, json!({"transports": [transport]}))
+                .await?;
+            d.emit(
+                &name,
+                "echo",
+                json!([{"data": {"file": blob.clone(), "name": "f.bin"}}]),
+                true,
+            )
+            .await?;
+            let ack = d.next(&name, "ack", Some("echo")).await?;
+            assert_eq!(
+                ack["args"][0]["data"],
+                json!({"file": blob.clone(), "name": "f.bin"}),
+                "{name}"
+            );
+        }
+    }
+    // A binary message fanned out to a room reaches a v2 polling and a v4 websocket client.
+    d.emit("polling2", "join", json!([{"room": "bin"}]), false)
+        .await?;
+    d.next("polling2", "event", Some("joined")).await?;
+    d.emit("websocket4", "join", json!([{"room": "bin"}]), false)
+        .await?;
+    d.next("websocket4", "event", Some("joined")).await?;
+    d.emit(
+        "polling4",
+        "emit",
+        json!([{"room": "bin", "data": blob.clone()}]),
+        false,
+    )
+    .await?;
+    for name in ["polling2", "websocket4"] {
+        let m = d.next(name, "event", Some("message")).await?;
+        assert_eq!(m["args"][0]["data"], blob, "{name}");
+    }
+    d.exit().await
+}
+
+#[tokio::test]
+async fn a_room_mixes_v2_and_v4_clients() -> Result<()> {
+    let (relay, url) = start("").await?;
+    let mut d = SioDriver::start().await?;
+    d.connect("old", 2, &url, json!({})).await?;
+    d.connect("new", 4, &url, json!({})).await?;
+    let admin = d
+        .connect("adm", 4, &format!("{url}/admin"), json!({}))
+        .await?;
+    for n in ["old", "new", "adm"] {
+        d.emit(n, "join", json!([{"room": "mix"}]), false).await?;
+        d.next(n, "event", Some("joined")).await?;
+    }
+    let (status, body) = http(
+        relay.addr("sio"),
+        "POST",
+        "/push",
+        Some("application/json"),
+        br#"{"room":"mix","event":"tick","data":{"n":1}}"#,
+    )
+    .await?;
+    assert_eq!(
+        (status, body.contains("\"online\":3")),
+        (200, true),
+        "{body}"
+    );
+    for n in ["old", "new", "adm"] {
+        let m = d.next(n, "event", Some("tick")).await?;
+        assert_eq!(
+            m["args"],
+            json!([{"event": "tick", "data": {"n": 1}}]),
+            "{n}"
+        );
+    }
+    // A client's emit to the room excluding itself.
+    d.emit(
+        "old",
+        "emit",
+        json!([{"room": "mix", "data": "from v2", "exclude_self": true}]),
+        false,
+    )
+    .await?;
+    for n in ["new", "adm"] {
+        let m = d.next(n, "event", Some("message")).await?;
+        assert_eq!(m["args"][0]["data"], "from v2");
+    }
+    assert!(
+        !d.sees_within(Duration::from_millis(300), |v| v["name"] == "old"
+            && v["event"] == "message")
+            .await?,
+        "the sender was excluded"
+    );
+    assert!(admin["id"].is_string());
+    d.exit().await
+}
+
+#[tokio::test]
+async fn rejected_connect_reaches_the_client_as_an_error() -> Result<()> {
+    let (_relay, url) = start("settings = { require_user = true }").await?;
+    let mut d = SioDriver::start().await?;
+    d.send(json!({"op": "connect", "name": "v4", "version": 4, "url": url, "opts": {"reconnection": false}}))
+        .await?;
+    let e = d.next("v4", "connect_error", None).await?;
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("user")),
+        "CONNECT_ERROR carries the policy's reason: {e}"
+    );
+    d.send(json!({"op": "connect", "name": "v2", "version": 2, "url": url, "opts": {"reconnection": false}}))
+        .await?;
+    let e = d.next("v2", "error", None).await?;
+    // socket.io 2.x hands the error packet's data to the `error` event.
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("user")),
+        "{e}"
+    );
+    // With a user the same tenant accepts, and an unknown namespace is refused.
+    d.connect("ok", 4, &format!("{url}?user=bob"), json!({}))
+        .await?;
+    d.emit("ok", "whoami", json!([{}]), true).await?;
+    let who = d.next("ok", "ack", Some("whoami")).await?;
+    assert_eq!(who["args"][0]["user"], "bob");
+    d.send(json!({"op": "connect", "name": "nsp", "version": 4, "url": format!("{url}/nope?user=x"), "opts": {"reconnection": false}}))
+        .await?;
+    let e = d.next("nsp", "connect_error", None).await?;
+    assert_eq!(e["message"], "Invalid namespace");
+    d.exit().await
+}
+
+#[tokio::test]
+async fn clients_reconnect_after_the_server_drops_them() -> Result<()> {
+    let (relay, url) = start("").await?;
+    let mut d = SioDriver::start().await?;
+    let first2 = d.connect("v2", 2, &url, json!({})).await?;
+    let first4 = d.connect("v4", 4, &url, json!({})).await?;
+    d.wait_transport("v2", "websocket").await?;
+    d.wait_transport("v4", "websocket").await?;
+    let tenant = relay.running.node.tenants["chat"].clone();
+    assert_eq!(tenant.hub.all().len(), 2);
+    for h in tenant.hub.all() {
+        h.abort(1011); // what a crashing backend node or a network cut looks like
+    }
+    for (name, first) in [("v2", &first2), ("v4", &first4)] {
+        let gone = d.next(name, "disconnect", None).await?;
+        assert!(
+            gone["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("transport")),
+            "{gone}"
+        );
+        let again = d.next(name, "connect", None).await?;
+        assert_ne!(again["id"], first["id"], "a new session");
+        d.emit(name, "echo", json!([{"data": 1}]), true).await?;
+        d.next(name, "ack", Some("echo")).await?;
+    }
+    // A server-side `close` action is a deliberate disconnect: no reconnection.
+    d.emit("v4", "close", json!([{"code": 4000}]), false)
+        .await?;
+    let gone = d.next("v4", "disconnect", None).await?;
+    assert_eq!(gone["reason"], "io server disconnect");
+    assert!(
+        !d.sees_within(Duration::from_millis(500), |v| v["name"] == "v4"
+            && v["type"] == "connect")
+            .await?
+    );
+    d.exit().await
+}
+
+#[tokio::test]
+async fn ping_timeout_ends_silent_sessions_and_live_clients_stay() -> Result<()> {
+    let (relay, url) = start("ping_interval_ms = 200\nping_timeout_ms = 300").await?;
+    let addr = relay.addr("sio");
+    // A raw v4 polling session that joins a room and then never answers a ping.
+    let (status, body) = get(addr, "/socket.io/?EIO=4&transport=polling").await?;
+    assert_eq!(status, 200);
+    let open: Value = serde_json::from_str(body.strip_prefix('0').unwrap_or(&body))?;
+    assert_eq!(
+        (
+            &open["pingInterval"],
+            &open["pingTimeout"],
+            &open["upgrades"]
+        ),
+        (&json!(200), &json!(300), &json!(["websocket"]))
+    );
+    let sid = open["sid"].as_str().unwrap_or_default().to_owned();
+    let q = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let (s, b) = http(
+        addr,
+        "POST",
+        &q,
+        Some("text/plain"),
+        b"40\x1e42[\"join\",{\"room\":\"quiet\"}]",
+    )
+    .await?;
+    assert_eq!((s, b.as_str()), (200, "ok"));
+    let (_, b) = get(addr, &q).await?;
+    assert!(b.starts_with("40{\"sid\":\""), "{b}");
+    let tenant = relay.running.node.tenants["chat"].clone();
+    relay
+        .eventually("joined", |_| tenant.hub.room_count("quiet") == 1)
+        .await?;
+
+    // Real clients answer (v4) or send (v2) pings and stay connected meanwhile.
+    let mut d = SioDriver::start().await?;
+    d.connect("v2", 2, &url, json!({})).await?;
+    d.connect("v4", 4, &url, json!({"transports": ["websocket"]}))
+        .await?;
+
+    relay
+        .eventually("the silent session is gone and its room left", |_| {
+            tenant.hub.room_count("quiet") == 0
+        })
+        .await?;
+    let (s, b) = get(addr, &q).await?;
+    assert_eq!(
+        (s, b.as_str()),
+        (400, r#"{"code":1,"message":"Session ID unknown"}"#)
+    );
+    assert!(
+        !d.sees_within(Duration::from_millis(1200), |v| v["type"] == "disconnect")
+            .await?,
+        "clients that keep the heartbeat stay connected"
+    );
+    d.emit("v2", "echo", json!([{"data": "still here"}]), true)
+        .await?;
+    d.next("v2", "ack", Some("echo")).await?;
+    d.exit().await
+}
+
+#[tokio::test]
+async fn engine_io_wire_details_and_errors() -> Result<()> {
+    let (relay, _url) = start("").await?;
+    let addr = relay.addr("sio");
+    // Errors in the protocol's own shape.
+    for (path, want) in [
+        (
+            "/socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA",
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+        ),
+        (
+            "/socket.io/?EIO=5&transport=polling",
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "/socket.io/?EIO=4&transport=carrier-pigeon",
+            r#"{"code":0,"message":"Transport unknown"}"#,
+        ),
+    ] {
+        let (s, b) = get(addr, path).await?;
+        assert_eq!((s, b.as_str()), (400, want), "{path}");
+    }
+    // v3 polling handshake: length-prefixed open packet, then the implicit `/` connect.
+    let (s, b) = get(addr, "/socket.io/?EIO=3&transport=polling&b64=1").await?;
+    assert_eq!(s, 200);
+    let (len, packet) = b.split_once(':').unwrap_or_default();
+    assert_eq!(len.parse::<usize>()?, packet.encode_utf16().count());
+    let open: Value = serde_json::from_str(packet.strip_prefix('0').unwrap_or(packet))?;
+    assert!(open.get("maxPayload").is_none(), "v3 has no maxPayload");
+    let sid = open["sid"].as_str().unwrap_or_default().to_owned();
+    let q = format!("/socket.io/?EIO=3&transport=polling&b64=1&sid={sid}");
+    let (_, b) = get(addr, &q).await?;
+    assert_eq!(b, "2:40");
+    // v3 client ping → pong.
+    let (s, _) = http(addr, "POST", &q, Some("text/plain;charset=UTF-8"), b"1:2").await?;
+    assert_eq!(s, 200);
+    let (_, b) = get(addr, &q).await?;
+    assert_eq!(b, "1:3");
+    // A malformed payload closes the session with a clear answer.
+    let (s, b) = http(addr, "POST", &q, Some("text/plain"), b"9:42[").await?;
+    assert_eq!(
+        (s, b.as_str()),
+        (400, r#"{"code":3,"message":"Bad request"}"#)
+    );
+    relay
+        .eventually("session closed", |r| r.metric("connections_open") == 0)
+        .await?;
+
+    // CORS for browsers: preflight and the allowed origin echoed.
+    let (s, h, _) = http_with(
+        addr,
+        "OPTIONS",
+        "/socket.io/?EIO=4&transport=polling",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+        ],
+        b"",
+    )
+    .await?;
+    assert_eq!(s, 204);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+
+    // WebSocket-only session: open packet without upgrades, exact v4 frames.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/socket.io/?EIO=4&transport=websocket"
+    ))
+    .await?;
+    let text = |m: Option<Result<WsMessage, _>>| match m {
+        Some(Ok(WsMessage::Text(t))) => t.to_string(),
+        other => format!("{other:?}"),
+    };
+    let first = text(ws.next().await);
+    assert!(
+        first.starts_with("0{") && first.contains(r#""upgrades":[]"#),
+        "{first}"
+    );
+    ws.send(WsMessage::Text("40".into())).await?;
+    let connected = text(ws.next().await);
+    assert!(connected.starts_with(r#"40{"sid":""#), "{connected}");
+    ws.send(WsMessage::Text(r#"421["echo",{"data":true}]"#.into()))
+        .await?;
+    assert_eq!(
+        text(ws.next().await),
+        r#"431[{"event":"echo","data":true}]"#
+    );
+    ws.send(WsMessage::Text(r#"40/admin,{"token":"t"}"#.into()))
+        .await?;
+    assert!(text(ws.next().await).starts_with(r#"40/admin,{"sid":""#));
+    ws.send(WsMessage::Text(r#"42/admin,["whoami",{}]"#.into()))
+        .await?;
+    assert!(text(ws.next().await).starts_with(r#"42/admin,["whoami",{"event":"whoami","conn":"#));
+    // Garbage closes the WebSocket with a protocol error.
+    ws.send(WsMessage::Text("4x".into())).await?;
+    let mut closed = None;
+    while let Some(m) = ws.next().await {
+        if let Ok(WsMessage::Close(f)) = m {
+            closed = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(closed, Some(1002));
+    Ok(())
+}

@@ -14,11 +14,15 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 /// Tenant `chat` (open policy, socket.io, namespaces `/` and `/admin`) on a ws listener
 /// that also serves HTTP ingress, as seed 003 does on one port.
 fn config(tenant_extra: &str) -> String {
+    config_with("policy = \"open\"", tenant_extra)
+}
+
+fn config_with(policy: &str, tenant_extra: &str) -> String {
     format!(
         r#"
 [[tenant]]
 name = "chat"
-policy = "open"
+{policy}
 profile = "socket.io"
 namespaces = ["/", "/admin"]
 {tenant_extra}
@@ -458,5 +462,130 @@ async fn engine_io_wire_details_and_errors() -> Result<()> {
         }
     }
     assert_eq!(closed, Some(1002));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wasm_plugin_sees_namespace_auth_and_event_arguments() -> Result<()> {
+    let relay = TestRelay::start(&config_with(
+        "policy = \"wasm\"\nplugin = \"bundled:testkit\"",
+        "",
+    ))
+    .await?;
+    let url = format!("http://{}", relay.addr("sio"));
+    let mut d = SioDriver::start().await?;
+    d.connect("ann", 4, &url, json!({"auth": {"user": "ann"}}))
+        .await?;
+    let w = d.next("ann", "event", Some("welcome")).await?;
+    assert_eq!(
+        w["args"],
+        json!([{"event": "welcome", "namespace": "/", "auth": {"user": "ann"}}])
+    );
+    d.emit("ann", "whoami", json!([]), true).await?;
+    let me = d.next("ann", "ack", Some("whoami")).await?;
+    assert_eq!(
+        (&me["args"][0]["user"], &me["args"][0]["authenticated"]),
+        (&json!("ann"), &json!(true))
+    );
+    // The plugin sees the raw packet text and the arguments as a JSON array.
+    d.emit("ann", "echo", json!(["a", 1]), true).await?;
+    let e = d.next("ann", "ack", Some("echo")).await?;
+    assert_eq!(e["args"][0]["text"], r#"21["echo","a",1]"#);
+
+    d.connect("old", 2, &format!("{url}/admin?user=bob"), json!({}))
+        .await?;
+    let w = d.next("old", "event", Some("welcome")).await?;
+    assert_eq!(w["args"][0]["namespace"], "/admin");
+    assert_eq!(w["args"][0]["auth"], Value::Null);
+
+    d.send(json!({"op": "connect", "name": "no", "version": 4, "url": format!("{url}?reject=1"), "opts": {"reconnection": false}}))
+        .await?;
+    let e = d.next("no", "connect_error", None).await?;
+    assert_eq!(e["message"], "Forbidden");
+    d.exit().await
+}
+
+#[tokio::test]
+async fn limits_and_origins() -> Result<()> {
+    let relay = TestRelay::start(
+        r#"
+[[tenant]]
+name = "chat"
+policy = "open"
+profile = "socket.io"
+max_message_bytes = 1000
+
+[[listener]]
+name = "sio"
+kind = "ws"
+bind = "127.0.0.1:0"
+max_body_bytes = 2000
+allowed_origins = ["https://app.example"]
+routes = [{ path = "/", tenant = "chat" }]
+"#,
+    )
+    .await?;
+    let addr = relay.addr("sio");
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    // Origins: a foreign page is refused in Engine.IO's shape; the allowed one gets CORS.
+    let (s, _, b) = http_with(
+        addr,
+        "GET",
+        handshake,
+        &[("origin", "https://evil.example")],
+        b"",
+    )
+    .await?;
+    assert_eq!(
+        (s, &b[..]),
+        (403, &br#"{"code":4,"message":"Forbidden"}"#[..])
+    );
+    let (s, h, b) = http_with(
+        addr,
+        "GET",
+        handshake,
+        &[("origin", "https://app.example")],
+        b"",
+    )
+    .await?;
+    assert_eq!(
+        (s, &h["access-control-allow-origin"]),
+        (200, &"https://app.example".parse::<http::HeaderValue>()?)
+    );
+    let open: Value = serde_json::from_slice(&b[1..])?;
+    assert_eq!(
+        open["maxPayload"], 1000,
+        "maxPayload tells clients the message limit"
+    );
+
+    // A polling body over max_body_bytes: 413, and the session is closed.
+    let q = format!(
+        "{handshake}&sid={}",
+        open["sid"].as_str().unwrap_or_default()
+    );
+    let big = format!("42[\"echo\",{{\"data\":\"{}\"}}]", "x".repeat(3000));
+    let (s, _) = http(addr, "POST", &q, Some("text/plain"), big.as_bytes()).await?;
+    assert_eq!(s, 413);
+    relay
+        .eventually("session closed", |r| r.metric("connections_open") == 0)
+        .await?;
+
+    // A WebSocket message over max_message_bytes closes with 1009.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/socket.io/?EIO=4&transport=websocket"
+    ))
+    .await?;
+    ws.next().await; // open packet
+    ws.send(WsMessage::Text("40".into())).await?;
+    ws.next().await; // connected
+    ws.send(WsMessage::Text(big)).await?;
+    let mut code = None;
+    while let Some(m) = ws.next().await {
+        if let Ok(WsMessage::Close(f)) = m {
+            code = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1009));
     Ok(())
 }

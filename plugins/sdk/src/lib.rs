@@ -213,11 +213,24 @@ pub fn header<'a>(headers: &'a [Pair], name: &str) -> Option<&'a str> {
         .map(|p| p.value.as_str())
 }
 
-/// A message whose data is `value` serialized as JSON.
+/// A message whose data is `value` serialized as JSON. Its event name (for Socket.IO
+/// clients) is the value's `event` field when that is a string; ws-json ignores it.
 pub fn message(value: &serde_json::Value) -> Message {
     Message {
-        event: None,
+        event: value
+            .get("event")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
         data: value.to_string(),
+        ack: None,
+    }
+}
+
+/// A Socket.IO event `name` with `data` as its one argument.
+pub fn event(name: &str, data: &serde_json::Value) -> Message {
+    Message {
+        event: Some(name.to_owned()),
+        data: data.to_string(),
         ack: None,
     }
 }

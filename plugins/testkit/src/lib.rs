@@ -58,12 +58,25 @@ impl Plugin for Testkit {
                     .collect()
             })
             .unwrap_or_default();
-        let mut decision = accept(query_param(&req.query, "user"), rooms);
+        // Socket.IO clients may name their user in the CONNECT packet's auth payload.
+        let auth: Value = req
+            .auth
+            .as_deref()
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or(Value::Null);
+        let user =
+            query_param(&req.query, "user").or_else(|| auth["user"].as_str().map(str::to_owned));
+        let mut decision = accept(user, rooms);
         if let HandshakeDecision::Accept(a) = &mut decision {
             a.headers.push(Pair {
                 name: "x-plugin-version".into(),
                 value: version(),
             });
+            if let Some(nsp) = &req.namespace {
+                a.actions.push(reply(
+                    &json!({"event": "welcome", "namespace": nsp, "auth": auth}),
+                ));
+            }
         }
         Ok(decision)
     }

@@ -969,7 +969,18 @@ impl Driver {
                 return;
             }
         };
-        if let HandshakeDecision::Reject { body, .. } = &decision {
+        if let HandshakeDecision::Reject { body, status, .. } = &decision {
+            let body = if body.trim().is_empty() {
+                // No text from the policy: the status's reason phrase ("Forbidden").
+                hyper::StatusCode::from_u16(*status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("refused")
+                    .to_owned()
+            } else {
+                body.clone()
+            };
+            let body = body.as_str();
             Metrics::inc(&node.metrics.handshakes_rejected);
             // A JSON object body is the error's data; its `message` (or `error`) the text.
             let (message, data) = match serde_json::from_str::<Value>(body) {

@@ -2,7 +2,10 @@
 //! relay, one publisher emitting M messages of ~100 bytes to the room with a
 //! bounded window; reports deliveries/s. The full load tool is a later issue.
 //!
-//! `cargo run --release -p relay-tests --example fanout -- [clients] [messages] [window]`
+//! `cargo run --release -p relay-tests --example fanout -- [clients] [messages] [window] [ws-json|socket.io]`
+//!
+//! With `socket.io`, every client is a raw Engine.IO v4 WebSocket client of the
+//! Socket.IO profile (the same bytes a socket.io-client 4.x reads after its upgrade).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -20,8 +23,9 @@ fn arg(i: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Count complete server frames in a byte stream (server frames are unmasked).
-async fn count_frames(mut s: TcpStream, counter: Arc<AtomicU64>) {
+/// Count complete server text frames in a byte stream (server frames are unmasked);
+/// with `only_events`, only Socket.IO event packets (`42…`).
+async fn count_frames(mut s: TcpStream, counter: Arc<AtomicU64>, only_events: bool) {
     let mut buf = vec![0u8; 256 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     loop {
@@ -49,7 +53,7 @@ async fn count_frames(mut s: TcpStream, counter: Arc<AtomicU64>) {
             if rest.len() < hdr + len {
                 break;
             }
-            if rest[0] & 0x0f == 1 {
+            if rest[0] & 0x0f == 1 && (!only_events || rest[hdr..].starts_with(b"42")) {
                 frames += 1;
             }
             pos += hdr + len;
@@ -87,6 +91,8 @@ fn main() -> anyhow::Result<()> {
     let clients = arg(1, 1000);
     let messages = arg(2, 2000);
     let window = arg(3, 64);
+    let socketio = std::env::args().nth(4).as_deref() == Some("socket.io");
+    let profile = if socketio { "socket.io" } else { "ws-json" };
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -100,8 +106,9 @@ data_dir = {:?}
 [[tenant]]
 name = "bench"
 policy = "open"
+profile = "{profile}"
 outbound_queue = 4096
-ping_interval_ms = 0
+ping_interval_ms = {ping}
 idle_timeout_ms = 0
 [[listener]]
 name = "ws"
@@ -111,7 +118,8 @@ max_connections = 20000
 max_connections_per_ip = 20000
 routes = [{{ path = "/", tenant = "bench" }}]
 "#,
-            data.path().display().to_string()
+            data.path().display().to_string(),
+            ping = if socketio { 60_000 } else { 0 },
         ),
         None,
     )
@@ -125,12 +133,22 @@ routes = [{{ path = "/", tenant = "bench" }}]
         .build()?;
     client_rt.block_on(async move {
         let received = Arc::new(AtomicU64::new(0));
+        let base = if socketio { "/socket.io/?EIO=4&transport=websocket&" } else { "/?" };
         for _ in 0..clients {
-            let tcp = raw_handshake(addr, "/?rooms=room").await?;
-            tokio::spawn(count_frames(tcp, received.clone()));
+            let mut tcp = raw_handshake(addr, &format!("{base}rooms=room")).await?;
+            if socketio {
+                // CONNECT to `/`: a masked text frame "40" (zero mask).
+                use tokio::io::AsyncWriteExt;
+                tcp.write_all(&[0x81, 0x82, 0, 0, 0, 0, b'4', b'0']).await?;
+            }
+            tokio::spawn(count_frames(tcp, received.clone(), socketio));
         }
         let tcp = TcpStream::connect(addr).await?;
-        let (mut publisher, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp).await?;
+        let (mut publisher, _) =
+            tokio_tungstenite::client_async(format!("ws://{addr}{}", &base[..base.len() - 1]), tcp).await?;
+        if socketio {
+            publisher.send(Message::Text("40".into())).await?;
+        }
         // Wait until every client is registered in the room.
         while running.node.tenants["bench"].hub.all().len() < clients as usize + 1 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -141,7 +159,11 @@ routes = [{{ path = "/", tenant = "bench" }}]
             while i.saturating_sub(received.load(Relaxed) / clients) > window {
                 tokio::task::yield_now().await;
             }
-            let m = format!(r#"{{"event":"emit","room":"room","data":"{payload}{i:08}"}}"#);
+            let m = if socketio {
+                format!(r#"42["emit",{{"room":"room","data":"{payload}{i:08}"}}]"#)
+            } else {
+                format!(r#"{{"event":"emit","room":"room","data":"{payload}{i:08}"}}"#)
+            };
             publisher.send(Message::Text(m)).await?;
         }
         let total = clients * messages;
@@ -154,7 +176,7 @@ routes = [{{ path = "/", tenant = "bench" }}]
         let frames = running.node.metrics.frames_queued.load(Relaxed);
         let writes = running.node.metrics.socket_writes.load(Relaxed).max(1);
         println!(
-            "clients={clients} messages={messages} delivered={got}/{total} elapsed={:.3}s deliveries/s={:.0} frames/write={:.1}",
+            "profile={profile} clients={clients} messages={messages} delivered={got}/{total} elapsed={:.3}s deliveries/s={:.0} frames/write={:.1}",
             elapsed.as_secs_f64(),
             got as f64 / elapsed.as_secs_f64(),
             frames as f64 / writes as f64

@@ -589,3 +589,64 @@ routes = [{ path = "/", tenant = "chat" }]
     assert_eq!(code, Some(1009));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_upgraded_session_keeps_its_rooms_and_identity() -> Result<()> {
+    let (relay, _url) = start("").await?;
+    let addr = relay.addr("sio");
+    let (_, body) = get(addr, "/socket.io/?EIO=4&transport=polling&user=zoe").await?;
+    let open: Value = serde_json::from_str(&body[1..])?;
+    let sid = open["sid"].as_str().unwrap_or_default().to_owned();
+    let q = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    http(addr, "POST", &q, Some("text/plain"), b"40").await?;
+    let (_, b) = get(addr, &q).await?;
+    assert!(b.starts_with("40{"), "{b}");
+    http(
+        addr,
+        "POST",
+        &q,
+        Some("text/plain"),
+        br#"42["join",{"room":"up"}]"#,
+    )
+    .await?;
+    let (_, b) = get(addr, &q).await?;
+    assert_eq!(b, r#"42["joined",{"event":"joined","rooms":["up"]}]"#);
+
+    // Upgrade: probe, then `5`; a poll pending meanwhile is released with a noop.
+    let pending = tokio::spawn({
+        let q = q.clone();
+        async move { get(addr, &q).await }
+    });
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}"
+    ))
+    .await?;
+    ws.send(WsMessage::Text("2probe".into())).await?;
+    match ws.next().await {
+        Some(Ok(WsMessage::Text(t))) => assert_eq!(t.as_str(), "3probe"),
+        other => panic!("expected 3probe, got {other:?}"),
+    }
+    let (s, b) = pending.await??;
+    assert_eq!((s, b.as_str()), (200, "6"));
+    ws.send(WsMessage::Text("5".into())).await?;
+
+    // Rooms and identity survived: a push to the room arrives over the WebSocket.
+    let (s, body) = get(addr, "/push?room=up&event=news&data=1").await?;
+    assert_eq!((s, body.contains("\"online\":1")), (200, true), "{body}");
+    match ws.next().await {
+        Some(Ok(WsMessage::Text(t))) => {
+            assert_eq!(t.as_str(), r#"42["news",{"event":"news","data":"1"}]"#)
+        }
+        other => panic!("expected the push, got {other:?}"),
+    }
+    ws.send(WsMessage::Text(r#"421["whoami",{}]"#.into()))
+        .await?;
+    match ws.next().await {
+        Some(Ok(WsMessage::Text(t))) => assert!(t.contains(r#""user":"zoe""#), "{t}"),
+        other => panic!("expected whoami, got {other:?}"),
+    }
+    // Polling is over for this session.
+    let (s, _) = get(addr, &q).await?;
+    assert_eq!(s, 400);
+    Ok(())
+}

@@ -78,7 +78,18 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
             let (bytes, is_close) = match item {
                 Outbound::Frame(b) => match framing {
                     Framing::Raw => (b, false),
-                    Framing::EngineIo { v3 } => (frame_records(&b, v3), false),
+                    Framing::EngineIo { v3 } => {
+                        // Frame each packet straight into the buffer (one copy, as for Raw).
+                        if !buf.is_empty() && buf.len() + b.len() + 16 > MAX_COALESCE {
+                            result = write_all(&mut w, &buf, &h, &m).await;
+                            if result.is_err() {
+                                break;
+                            }
+                            buf.clear();
+                        }
+                        frame_records_into(&mut buf, &b, v3);
+                        continue;
+                    }
                 },
                 Outbound::Control(b) => (b, false),
                 Outbound::Close(b) => (b, true),
@@ -129,22 +140,20 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Engine.IO packet records as WebSocket frames: text packets as text frames, binary ones
-/// as binary frames.
-fn frame_records(records: &[u8], v3: bool) -> bytes::Bytes {
-    let mut out = Vec::with_capacity(records.len() + 16);
+/// Append Engine.IO packet records as WebSocket frames: text packets as text frames,
+/// binary ones as binary frames.
+fn frame_records_into(out: &mut Vec<u8>, records: &[u8], v3: bool) {
     for (binary, payload) in socketio::Records::new(records) {
         if binary {
             if v3 {
-                frame::encode_parts_into(&mut out, frame::OP_BINARY, &[&[4u8], payload]);
+                frame::encode_parts_into(out, frame::OP_BINARY, &[&[4u8], payload]);
             } else {
-                frame::encode_parts_into(&mut out, frame::OP_BINARY, &[payload]);
+                frame::encode_parts_into(out, frame::OP_BINARY, &[payload]);
             }
         } else {
-            frame::encode_parts_into(&mut out, frame::OP_TEXT, &[payload]);
+            frame::encode_parts_into(out, frame::OP_TEXT, &[payload]);
         }
     }
-    out.into()
 }
 
 /// Write all of `data`, giving up when the connection is aborted.

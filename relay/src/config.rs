@@ -76,6 +76,12 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// How long shutdown waits for queues to drain and close frames to go out. Default 5000 ms.
     pub shutdown_grace_ms: u64,
+    /// When kept (offline) messages are flushed to disk before they are acknowledged:
+    /// `always` (a flush each), `batch` (requests within `sync_window_ms` share one),
+    /// `none` (acknowledged at once, flushed in the background). Default `batch`.
+    pub sync: crate::store::commit::SyncMode,
+    /// `batch`: how long a flush waits for more requests to join it (0–5). Default 2 ms.
+    pub sync_window_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +89,8 @@ impl Default for ServerConfig {
         Self {
             data_dir: PathBuf::from("relay-data"),
             shutdown_grace_ms: 5_000,
+            sync: Default::default(),
+            sync_window_ms: 2,
         }
     }
 }
@@ -207,6 +215,15 @@ pub struct TenantConfig {
     /// socket.io: the namespaces clients may connect to (at most 8). Default `["/"]`.
     #[serde(default = "defaults::namespaces")]
     pub namespaces: Vec<String>,
+    /// Offline messages kept per user or room; beyond, the oldest are dropped (counted). Default 1000.
+    #[serde(default = "defaults::offline_max")]
+    pub offline_max: usize,
+    /// Offline messages older than this are not delivered. Default 7 days.
+    #[serde(default = "defaults::offline_ttl_ms")]
+    pub offline_ttl_ms: u64,
+    /// Largest offline message (its JSON); larger ones are refused. Default 65536.
+    #[serde(default = "defaults::offline_max_bytes")]
+    pub offline_max_bytes: usize,
     /// Close a connection not authenticated within this long (1008). Default 30000 ms.
     #[serde(default = "defaults::auth_timeout_ms")]
     pub auth_timeout_ms: u64,
@@ -284,6 +301,15 @@ mod defaults {
     }
     pub fn ping_timeout_ms() -> u64 {
         20_000
+    }
+    pub fn offline_max() -> usize {
+        1000
+    }
+    pub fn offline_ttl_ms() -> u64 {
+        7 * 24 * 3600 * 1000
+    }
+    pub fn offline_max_bytes() -> usize {
+        64 << 10
     }
     pub fn namespaces() -> Vec<String> {
         vec!["/".into()]
@@ -391,6 +417,13 @@ impl Config {
 
     /// Check everything serde cannot: names, references, addresses, limits, TLS files.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.sync_window_ms > 5 {
+            return self.err(
+                None,
+                "server.sync_window_ms".into(),
+                "must be 0 to 5 (milliseconds a flush waits for company)".into(),
+            );
+        }
         let mut tenants = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             let k = |f: &str| format!("tenant[{i}].{f}");
@@ -431,6 +464,9 @@ impl Config {
                 ("outbound_queue_bytes", t.outbound_queue_bytes),
                 ("max_rooms_per_connection", t.max_rooms_per_connection),
                 ("auth_timeout_ms", t.auth_timeout_ms as usize),
+                ("offline_max", t.offline_max),
+                ("offline_ttl_ms", t.offline_ttl_ms as usize),
+                ("offline_max_bytes", t.offline_max_bytes),
             ] {
                 if value == 0 {
                     return self.err(

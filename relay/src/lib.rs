@@ -184,11 +184,21 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Ok(Arc::new(kv))
     };
     let tenants = build_tenants(&config, &metrics, &sled_kv)?;
+    let store: Arc<dyn store::MessageStore> = Arc::new(db.clone());
+    let (committer, commit_task) = store::commit::Committer::start(
+        store.clone(),
+        config.server.sync,
+        Duration::from_millis(config.server.sync_window_ms),
+        shutdown.token.clone(),
+    );
+    shutdown.tracker.spawn(commit_task);
     let node = Arc::new(Node {
         tenants,
         broker: Arc::new(cluster::LocalBroker),
         metrics,
         shutdown: shutdown.clone(),
+        store,
+        committer,
     });
     shutdown
         .tracker

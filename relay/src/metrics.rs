@@ -56,8 +56,18 @@ metrics! {
     udp_denied: AtomicU64,
     /// Publications handed to the broker.
     publications: AtomicU64,
-    /// Actions relay cannot carry out yet (store_offline, webhook), dropped.
+    /// Actions relay cannot carry out yet (webhook), dropped.
     actions_dropped: AtomicU64,
+    /// Offline messages kept (nobody was online to receive them).
+    offline_stored: AtomicU64,
+    /// Offline messages written to a socket and removed from the store.
+    offline_delivered: AtomicU64,
+    /// Offline messages dropped because their mailbox was full (oldest first).
+    offline_dropped: AtomicU64,
+    /// Offline messages that expired before delivery.
+    offline_expired: AtomicU64,
+    /// Offline messages refused (too large, no target, or a store failure).
+    offline_refused: AtomicU64,
     /// Plugin calls that trapped, ran past their deadline or exceeded memory.
     plugin_traps: AtomicU64,
     /// Plugin calls whose result was malformed (bad JSON, invalid status, ...).

@@ -1,15 +1,28 @@
 //! The node: tenants, broker and metrics; runs policy actions.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cluster::{Broker, Deliver, Publication};
-use crate::hub::{ConnHandle, ConnId, Target};
+use crate::hub::{ConnHandle, ConnId, Presence, Target};
 use crate::metrics::Metrics;
 use crate::policy::{Action, ConnInfo};
 use crate::protocol::{Message, OutMessage};
 use crate::shutdown::Shutdown;
+use crate::store::commit::Committer;
+use crate::store::{Mailbox, MessageStore};
 use crate::tenant::Tenant;
+
+/// What carrying out actions left for the caller.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// Offline messages written to the store: durable once `committer.durable()` returns.
+    pub stored: usize,
+    /// Why keeping an offline message failed, if one did.
+    pub store_error: Option<String>,
+}
 
 /// Everything a running relay shares between its listeners and sessions.
 pub struct Node {
@@ -21,6 +34,10 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Stop signal and task tracker.
     pub shutdown: Shutdown,
+    /// Offline messages.
+    pub store: Arc<dyn MessageStore>,
+    /// Makes stored messages durable (group commit).
+    pub committer: Committer,
 }
 
 impl std::fmt::Debug for Node {
@@ -83,8 +100,113 @@ impl Node {
         }
     }
 
+    /// Send `h` what its mailbox (a user's, or a room's to the whole room) holds, in order;
+    /// the messages are removed from the store once written to `h`'s socket.
+    pub fn deliver_offline(&self, tenant: &Tenant, h: &Arc<ConnHandle>, mailbox: Mailbox) {
+        let ttl = Duration::from_millis(tenant.config.offline_ttl_ms);
+        let (msgs, expired) = match self.store.pending(&tenant.name, &mailbox, ttl) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(tenant = %tenant.name, ?mailbox, error = %e, "reading offline messages failed");
+                return;
+            }
+        };
+        self.metrics
+            .offline_expired
+            .fetch_add(expired as u64, Relaxed);
+        if msgs.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = msgs.iter().map(|m| m.id).collect();
+        for m in msgs {
+            match &mailbox {
+                Mailbox::User(_) => {
+                    h.send(h.codec.encode(&m.message));
+                }
+                Mailbox::Room(r) => {
+                    self.publish(tenant, Target::Rooms(vec![r.clone()]), m.message, None);
+                }
+            }
+        }
+        let (store, name, metrics) = (
+            self.store.clone(),
+            tenant.name.clone(),
+            self.metrics.clone(),
+        );
+        h.when_written(Box::new(move || match store.remove(&name, &mailbox, &ids) {
+            Ok(()) => {
+                metrics.offline_delivered.fetch_add(ids.len() as u64, Relaxed);
+            }
+            Err(e) => tracing::error!(tenant = %name, error = %e, "removing delivered offline messages failed"),
+        }));
+    }
+
+    /// `StoreOffline`: deliver now if anyone is online, else keep the message.
+    fn store_offline(
+        &self,
+        tenant: &Tenant,
+        user: Option<String>,
+        room: Option<String>,
+        message: Message,
+        out: &mut Executed,
+    ) {
+        let (mailbox, target, online) = match (user, room) {
+            (Some(u), _) => {
+                let n = tenant.hub.user_connections(&u).len();
+                (Mailbox::User(u.clone()), Target::User(u), n)
+            }
+            (None, Some(r)) => {
+                let n = tenant.hub.room_count(&r);
+                (Mailbox::Room(r.clone()), Target::Rooms(vec![r]), n)
+            }
+            (None, None) => {
+                Metrics::inc(&self.metrics.offline_refused);
+                out.store_error = Some("store_offline needs a user or a room".into());
+                return;
+            }
+        };
+        if online > 0 {
+            self.publish(tenant, target, message, None);
+            return;
+        }
+        let size = serde_json::to_vec(&message).map_or(usize::MAX, |v| v.len());
+        if size > tenant.config.offline_max_bytes {
+            Metrics::inc(&self.metrics.offline_refused);
+            out.store_error = Some(format!(
+                "offline message of {size} bytes is over offline_max_bytes ({})",
+                tenant.config.offline_max_bytes
+            ));
+            return;
+        }
+        match self
+            .store
+            .push(&tenant.name, &mailbox, &message, tenant.config.offline_max)
+        {
+            Ok(p) => {
+                out.stored += 1;
+                Metrics::inc(&self.metrics.offline_stored);
+                self.metrics
+                    .offline_dropped
+                    .fetch_add(p.dropped as u64, Relaxed);
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.offline_refused);
+                tracing::error!(tenant = %tenant.name, ?mailbox, error = %e, "storing an offline message failed");
+                out.store_error = Some(format!("store failed: {e}"));
+            }
+        }
+    }
+
     /// Carry out a policy's actions; `origin` is the connection the hook was about, if any.
-    pub fn execute(&self, tenant: &Tenant, origin: Option<&Arc<ConnHandle>>, actions: Vec<Action>) {
+    /// Offline messages are written to the store but durable only after
+    /// `committer.durable()`; the result says whether any were.
+    pub fn execute(
+        &self,
+        tenant: &Tenant,
+        origin: Option<&Arc<ConnHandle>>,
+        actions: Vec<Action>,
+    ) -> Executed {
+        let mut out = Executed::default();
         let resolve = |conn: &Option<String>| -> Option<Arc<ConnHandle>> {
             match conn {
                 None => origin.cloned(),
@@ -116,8 +238,13 @@ impl Node {
                 Action::Join { rooms, conn } => match resolve(&conn) {
                     Some(h) => {
                         for r in &rooms {
-                            if let Err(e) = tenant.hub.join(&h, r) {
-                                tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused");
+                            match tenant.hub.join(&h, r) {
+                                Ok(()) => {
+                                    self.deliver_offline(tenant, &h, Mailbox::Room(r.clone()))
+                                }
+                                Err(e) => {
+                                    tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused")
+                                }
                             }
                         }
                     }
@@ -140,15 +267,19 @@ impl Node {
                             s.data = d;
                         }
                         h.set_authenticated();
+                        if let Some(u) = user {
+                            self.deliver_offline(tenant, &h, Mailbox::User(u));
+                        }
                     }
                     None => {
                         tracing::debug!(tenant = %tenant.name, ?conn, "set_identity: no such connection")
                     }
                 },
-                Action::StoreOffline { user, .. } => {
-                    Metrics::inc(&self.metrics.actions_dropped);
-                    tracing::warn!(tenant = %tenant.name, %user, "store_offline is not carried out yet (no durable store): dropped");
-                }
+                Action::StoreOffline {
+                    user,
+                    room,
+                    message,
+                } => self.store_offline(tenant, user, room, message, &mut out),
                 Action::Webhook { url, .. } => {
                     Metrics::inc(&self.metrics.actions_dropped);
                     tracing::warn!(tenant = %tenant.name, %url, "webhook is not carried out yet (no webhook queue): dropped");
@@ -167,6 +298,7 @@ impl Node {
                 },
             }
         }
+        out
     }
 }
 

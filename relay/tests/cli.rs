@@ -261,3 +261,173 @@ fn sighup_reloads_plugins() {
         "no reload logged after SIGHUP"
     );
 }
+
+/// `relay serve --config <dir>/relay.toml` with its log lines on a channel; the
+/// addresses of its listeners, from the "listening" lines.
+fn serve_in(dir: &Path, listeners: &[&str]) -> (std::process::Child, Vec<String>) {
+    let mut child = relay()
+        .args(["serve", "--config"])
+        .arg(dir.join("relay.toml"))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relay");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut addrs = vec![String::new(); listeners.len()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while addrs.iter().any(String::is_empty) && Instant::now() < deadline {
+        let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        for (i, l) in listeners.iter().enumerate() {
+            if line.contains("listening") && line.contains(&format!("listener={l} ")) {
+                addrs[i] = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|a| a.split_whitespace().next())
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+    }
+    assert!(addrs.iter().all(|a| !a.is_empty()), "relay did not start");
+    (child, addrs)
+}
+
+/// One blocking HTTP GET (`connection: close`); the status line's code.
+fn get_status(addr: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    resp.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Open a WebSocket (blocking, minimal client) and collect text messages until `quiet`
+/// passes without one.
+fn ws_texts(addr: &str, path: &str, quiet: Duration) -> Vec<String> {
+    let mut s = TcpStream::connect(addr).expect("connect ws");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("upgrade");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).expect("read head"),
+            1,
+            "closed during upgrade"
+        );
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.set_read_timeout(Some(quiet)).expect("timeout");
+    let mut out = Vec::new();
+    let mut read_exact = |n: usize| -> Option<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        s.read_exact(&mut v).ok().map(|_| v)
+    };
+    while let Some(h) = read_exact(2) {
+        let len = match h[1] & 0x7f {
+            126 => read_exact(2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize),
+            127 => {
+                read_exact(8).map(|l| u64::from_be_bytes(l.try_into().unwrap_or_default()) as usize)
+            }
+            n => Some(n as usize),
+        };
+        let Some(payload) = len.and_then(&mut read_exact) else {
+            break;
+        };
+        if h[0] & 0x0f == 1 {
+            out.push(String::from_utf8_lossy(&payload).into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn acknowledged_offline_messages_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("relay.toml"),
+        format!(
+            "[server]\ndata_dir = {:?}\nsync = \"batch\"\n{TENANT}offline_max = 100000\n\
+             [[listener]]\nname = \"h\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n\
+             [[listener]]\nname = \"w\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .expect("config");
+    let (mut child, addrs) = serve_in(dir.path(), &["h", "w"]);
+    let http = addrs[0].clone();
+    // Four backends push offline messages for `ann` as fast as acknowledgements come.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pushers: Vec<_> = (0..4)
+        .map(|_| {
+            let (acked, next, http) = (acked.clone(), next.clone(), http.clone());
+            std::thread::spawn(move || loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match get_status(&http, &format!("/push?user=ann&offline=1&data={n}")) {
+                    Some(200) => acked.lock().expect("lock").push(n),
+                    Some(other) => panic!("push {n} answered {other}"),
+                    None => return, // the relay is gone
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while acked.lock().expect("lock").len() < 300 {
+        assert!(start.elapsed() < Duration::from_secs(60), "pushes too slow");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL"); // std's kill sends SIGKILL
+    child.wait().expect("reap");
+    for p in pushers {
+        p.join().expect("pusher");
+    }
+    let acked: Vec<usize> = acked.lock().expect("lock").clone();
+
+    let (mut child, addrs) = serve_in(dir.path(), &["h", "w"]);
+    let texts = ws_texts(&addrs[1], "/?user=ann", Duration::from_millis(1500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut got = Vec::new();
+    for t in &texts {
+        let v: serde_json::Value = serde_json::from_str(t).expect("json");
+        assert_eq!(v["offline"], true, "{t}");
+        got.push(
+            v["data"]
+                .as_str()
+                .and_then(|d| d.parse::<usize>().ok())
+                .expect("n"),
+        );
+    }
+    let unique: std::collections::HashSet<usize> = got.iter().copied().collect();
+    assert_eq!(unique.len(), got.len(), "no message delivered twice");
+    let missing: Vec<&usize> = acked.iter().filter(|n| !unique.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+    // Each pusher's messages arrive in the order they were stored.
+    assert!(got.len() >= acked.len());
+}

@@ -249,6 +249,26 @@ pub fn emit(target: Target, value: &serde_json::Value) -> Action {
     })
 }
 
+/// Deliver `value` to `user` now if they are online, else keep it durably until one of
+/// their connections is next identified. Shape it as an offline message should look.
+pub fn keep_for_user(user: &str, value: &serde_json::Value) -> Action {
+    Action::StoreOffline(Offline {
+        user: Some(user.to_owned()),
+        room: None,
+        message: message(value),
+    })
+}
+
+/// Deliver `value` to `room` now if anyone is in it, else keep it durably until someone
+/// next joins the room (then the whole room gets it).
+pub fn keep_for_room(room: &str, value: &serde_json::Value) -> Action {
+    Action::StoreOffline(Offline {
+        user: None,
+        room: Some(room.to_owned()),
+        message: message(value),
+    })
+}
+
 /// Join rooms (the hook's connection).
 pub fn join(rooms: Vec<String>) -> Action {
     Action::Join(Membership { rooms, conn: None })

@@ -64,8 +64,10 @@ impl serde::Serialize for ConnId {
     }
 }
 
+/// Called once everything queued before it has been written to the socket.
+pub type WrittenFn = Box<dyn FnOnce() + Send>;
+
 /// One item of a connection's outbound queue.
-#[derive(Debug)]
 pub enum Outbound {
     /// A message as the link's transport expects it: complete WebSocket frames (ws-json) or
     /// Engine.IO packet records (Socket.IO, framed by the transport that writes them).
@@ -75,13 +77,30 @@ pub enum Outbound {
     Control(Bytes),
     /// A close frame: written after everything queued before it; the writer stops after it.
     Close(Bytes),
+    /// Run once everything queued before it is written (dropped unrun if the connection
+    /// ends first).
+    Written(WrittenFn),
 }
+
+impl fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outbound::Frame(b) => write!(f, "Frame({} bytes)", b.len()),
+            Outbound::Control(b) => write!(f, "Control({} bytes)", b.len()),
+            Outbound::Close(b) => write!(f, "Close({} bytes)", b.len()),
+            Outbound::Written(_) => f.write_str("Written"),
+        }
+    }
+}
+
+static NO_BYTES: Bytes = Bytes::new();
 
 impl Outbound {
     /// The bytes carried.
     pub fn bytes(&self) -> &Bytes {
         match self {
             Outbound::Frame(b) | Outbound::Control(b) | Outbound::Close(b) => b,
+            Outbound::Written(_) => &NO_BYTES,
         }
     }
 }
@@ -156,6 +175,12 @@ impl Link {
     /// Queue complete WebSocket control frames (see [`Outbound::Control`]).
     pub fn send_control(&self, bytes: Bytes) -> bool {
         self.push(Outbound::Control(bytes))
+    }
+
+    /// Run `f` once everything queued so far has been written to the socket; `false` (and
+    /// `f` is never run) when the connection is closing or gone.
+    pub fn when_written(&self, f: WrittenFn) -> bool {
+        self.push(Outbound::Written(f))
     }
 
     #[inline]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-pub use conn::{ConnHandle, ConnId, ConnState, Link, Outbound};
+pub use conn::{ConnHandle, ConnId, ConnState, Link, Outbound, WrittenFn};
 
 use crate::protocol::OutMessage;
 

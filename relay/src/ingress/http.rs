@@ -73,7 +73,17 @@ pub async fn handle(
             return json_error(500, "the tenant's policy failed on this request");
         }
     };
-    node.execute(&tenant, None, out.actions);
+    // Success is answered only once every offline message it kept is durable.
+    let done = node.execute(&tenant, None, out.actions);
+    if let Some(e) = done.store_error {
+        return json_error(503, &format!("message not stored: {e}"));
+    }
+    if done.stored > 0 {
+        if let Err(e) = node.committer.durable().await {
+            tracing::error!(tenant = %tenant.name, error = %e, "flushing offline messages failed");
+            return json_error(503, &format!("message not stored durably: {e}"));
+        }
+    }
     let mut r = Response::new(Full::new(out.body));
     match hyper::StatusCode::from_u16(out.status) {
         Ok(s) => *r.status_mut() = s,

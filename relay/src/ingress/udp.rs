@@ -63,7 +63,17 @@ pub async fn serve(
             };
             match tenant.policy.on_ingress(&req, &*tenant.hub).await {
                 Ok(out) => {
-                    node2.execute(&tenant, None, out.actions);
+                    // The reply goes out once every offline message kept is durable.
+                    let done = node2.execute(&tenant, None, out.actions);
+                    let durable = match done.store_error {
+                        Some(e) => Err(e),
+                        None if done.stored > 0 => node2.committer.durable().await,
+                        None => Ok(()),
+                    };
+                    if let Err(e) = durable {
+                        tracing::warn!(tenant = %tenant.name, error = %e, "udp push not stored: no reply");
+                        return;
+                    }
                     if !out.body.is_empty() {
                         let _ = sock.send_to(&out.body, peer).await;
                     }

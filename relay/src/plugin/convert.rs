@@ -162,6 +162,7 @@ pub fn actions(v: Vec<w::Action>) -> Result<Vec<Action>, String> {
                 },
                 w::Action::StoreOffline(o) => Action::StoreOffline {
                     user: o.user,
+                    room: o.room,
                     message: message(o.message)?,
                 },
                 w::Action::Webhook(h) => Action::Webhook {

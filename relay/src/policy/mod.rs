@@ -229,11 +229,15 @@ pub enum Action {
         #[serde(default)]
         conn: Option<String>,
     },
-    /// Keep a message for an offline user. Not carried out yet (needs the durable
-    /// store): relay logs it, counts it in `actions_dropped` and drops it.
+    /// Deliver to a user or room now if any of its connections is online, else keep the
+    /// message durably for them (see `Node::execute`). `user` wins over `room`.
     StoreOffline {
         /// The user.
-        user: String,
+        #[serde(default)]
+        user: Option<String>,
+        /// The room.
+        #[serde(default)]
+        room: Option<String>,
         /// The message.
         message: Message,
     },

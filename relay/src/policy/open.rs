@@ -15,7 +15,9 @@
 //! Handshake query: `user=u&rooms=a,b`. Settings: `require_user = true` refuses handshakes without `user` (401); `require_login = true` defers
 //! authentication to the `login` event (to exercise the authentication deadline).
 //! Ingress: `GET|POST <prefix>/push` with `room`/`rooms`/`user`/`conn`/`broadcast`,
-//! `event`, `data` (query, form or JSON body), `GET <prefix>/presence?room=r`;
+//! `event`, `data` (query, form or JSON body), and `offline=1` to keep the message
+//! (marked `"offline": true`) for one user or room with nobody online — answered once it
+//! is durable; `GET <prefix>/presence?room=r`;
 //! UDP datagrams carry the same JSON object as a `/push` body.
 
 use serde_json::{json, Map, Value};
@@ -250,6 +252,29 @@ impl OpenPolicy {
             .unwrap_or("message")
             .to_owned();
         let online = online(&target, presence);
+        let keep = matches!(o.get("offline"), Some(Value::Bool(true)))
+            || matches!(o.get("offline").and_then(Value::as_str), Some("1" | "true"));
+        if keep && online == 0 {
+            let (user, room) = match &target {
+                Target::User(u) => (Some(u.clone()), None),
+                Target::Rooms(r) if r.len() == 1 => (None, Some(r[0].clone())),
+                _ => return bad_request("offline=1 needs one user or one room".into()),
+            };
+            let message = Message {
+                event: Some(event.clone()),
+                data: json!({"event": event, "data": data, "offline": true}),
+                ack: None,
+            };
+            return IngressOutcome::json(
+                200,
+                &json!({"ok": true, "online": 0, "stored": true}),
+                vec![Action::StoreOffline {
+                    user,
+                    room,
+                    message,
+                }],
+            );
+        }
         let message = Message {
             event: Some(event.clone()),
             data: json!({"event": event, "data": data}),

@@ -402,10 +402,14 @@ async fn poll(s: Arc<EioSession>) -> Response<Full<Bytes>> {
     let noop = text_record("6");
     let mut items: Vec<&[u8]> = Vec::new();
     let mut closed = false;
-    for o in &batch {
+    let mut written = Vec::new();
+    for o in &mut batch {
         match o {
             Outbound::Frame(b) => items.push(b),
             Outbound::Control(_) => {}
+            Outbound::Written(f) => {
+                written.push(std::mem::replace(f, Box::new(|| ())));
+            }
             Outbound::Close(_) => {
                 closed = true;
                 break;
@@ -424,6 +428,8 @@ async fn poll(s: Arc<EioSession>) -> Response<Full<Bytes>> {
     let (ct, body) = encode_poll(items, s.v3, s.b64);
     let mut r = Response::new(Full::new(Bytes::from(body)));
     set(&mut r, "content-type", ct);
+    // The response carries everything queued before these: as written as polling gets.
+    written.into_iter().for_each(|f| f());
     r
 }
 
@@ -1067,7 +1073,9 @@ impl Driver {
         let ci = Node::conn_info(h);
         tenant.hub.unregister(h);
         match tenant.policy.on_disconnect(&ci, &why, &*tenant.hub).await {
-            Ok(actions) => node.execute(tenant, None, actions),
+            Ok(actions) => {
+                node.execute(tenant, None, actions);
+            }
             Err(e) => {
                 Metrics::inc(&node.metrics.policy_errors);
                 tracing::warn!(tenant = %tenant.name, error = %e, "disconnect hook failed");

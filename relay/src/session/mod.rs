@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::policy::{DisconnectInfo, HandshakeDecision, HandshakeRequest};
 use crate::protocol::frame;
+use crate::store::Mailbox;
 use crate::tenant::Tenant;
 use crate::transport::http::{header_pairs, text_response, ConnSlot};
 
@@ -162,7 +163,9 @@ async fn run<S>(
     let ci = Node::conn_info(&h);
     tenant.hub.unregister(&h);
     match tenant.policy.on_disconnect(&ci, &info, &*tenant.hub).await {
-        Ok(actions) => node.execute(&tenant, None, actions),
+        Ok(actions) => {
+            node.execute(&tenant, None, actions);
+        }
         Err(e) => {
             Metrics::inc(&metrics.policy_errors);
             tracing::warn!(tenant = %tenant.name, error = %e, "disconnect hook failed");
@@ -206,15 +209,28 @@ pub(crate) fn apply_decision(
             if let Ok(mut s) = h.state.lock() {
                 s.data = data;
             }
-            for r in &rooms {
-                if let Err(e) = tenant.hub.join(h, r) {
-                    tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused");
+            let mut joined = Vec::new();
+            for r in rooms {
+                match tenant.hub.join(h, &r) {
+                    Ok(()) => joined.push(r),
+                    Err(e) => {
+                        tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused")
+                    }
                 }
             }
             h.set_authenticated();
+            // Kept messages first, in order, before anything live.
+            if let Some(u) = user {
+                node.deliver_offline(tenant, h, Mailbox::User(u));
+            }
+            for r in joined {
+                node.deliver_offline(tenant, h, Mailbox::Room(r));
+            }
             node.execute(tenant, Some(h), actions);
         }
-        HandshakeDecision::Defer { actions } => node.execute(tenant, Some(h), actions),
+        HandshakeDecision::Defer { actions } => {
+            node.execute(tenant, Some(h), actions);
+        }
         HandshakeDecision::Reject { .. } => {}
     }
 }
@@ -314,7 +330,9 @@ impl MessageSink for JsonSink {
         let event = tenant.codec.decode_text(text);
         let conn = Node::conn_info(h);
         match tenant.policy.on_event(&conn, &event, &*tenant.hub).await {
-            Ok(actions) => node.execute(tenant, Some(h), actions),
+            Ok(actions) => {
+                node.execute(tenant, Some(h), actions);
+            }
             Err(e) => {
                 Metrics::inc(&m.policy_errors);
                 tracing::warn!(tenant = %tenant.name, conn = %h.id, error = %e, "event hook failed");

@@ -72,6 +72,7 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
         h.dequeued(taken);
         let has_close = batch.iter().any(|o| matches!(o, Outbound::Close(_)));
         let mut close = false;
+        let mut written: Vec<crate::hub::WrittenFn> = Vec::new();
         buf.clear();
         let mut result = Ok(());
         for item in batch.drain(..) {
@@ -93,6 +94,10 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
                 },
                 Outbound::Control(b) => (b, false),
                 Outbound::Close(b) => (b, true),
+                Outbound::Written(f) => {
+                    written.push(f);
+                    continue;
+                }
             };
             if !buf.is_empty() && buf.len() + bytes.len() > MAX_COALESCE {
                 result = write_all(&mut w, &buf, &h, &m).await;
@@ -123,6 +128,9 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
                 _ = h.kill.cancelled() => Err(Stop::Killed(Vec::new())),
                 r = w.flush() => r.map_err(|_| Stop::Io),
             };
+        }
+        if result.is_ok() {
+            written.drain(..).for_each(|f| f());
         }
         match result {
             Ok(()) if close => {

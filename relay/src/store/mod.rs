@@ -1,11 +1,73 @@
 //! Storage: the tenant-scoped key-value store plugins use, behind [`KvStore`],
-//! durable on [`sled`](self::sled) (the default) or in memory.
+//! and offline messages behind [`MessageStore`]; durable on [`sled`](self::sled)
+//! (the default) or in memory. [`commit`] makes writes durable in groups.
 
+pub mod commit;
 pub mod sled;
 
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::Message;
+
+/// Whose offline messages: a user's (delivered when one of their connections is next
+/// identified) or a room's (delivered to the room when someone next joins it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Mailbox {
+    /// A user id.
+    User(String),
+    /// A room name.
+    Room(String),
+}
+
+/// An offline message as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    /// Its id: unique in the store, increasing in the order messages were stored.
+    pub id: u64,
+    /// When it was stored (milliseconds since the Unix epoch).
+    pub stored_ms: u64,
+    /// The message.
+    pub message: Message,
+}
+
+/// What storing an offline message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// The new message's id.
+    pub id: u64,
+    /// Older messages dropped to respect the mailbox cap.
+    pub dropped: usize,
+}
+
+/// Offline messages per tenant and mailbox. Writes are not durable until [`flush`]
+/// (see [`commit::Committer`], which groups flushes).
+///
+/// [`flush`]: MessageStore::flush
+pub trait MessageStore: Send + Sync + 'static {
+    /// Append `msg` to a mailbox, dropping the oldest beyond `max` messages.
+    fn push(
+        &self,
+        tenant: &str,
+        mailbox: &Mailbox,
+        msg: &Message,
+        max: usize,
+    ) -> Result<Pushed, String>;
+    /// The mailbox's messages in order; those older than `ttl` are removed instead.
+    /// Returns the live messages and how many expired.
+    fn pending(
+        &self,
+        tenant: &str,
+        mailbox: &Mailbox,
+        ttl: Duration,
+    ) -> Result<(Vec<StoredMessage>, usize), String>;
+    /// Remove delivered messages.
+    fn remove(&self, tenant: &str, mailbox: &Mailbox, ids: &[u64]) -> Result<(), String>;
+    /// Make every write so far durable (blocking).
+    fn flush(&self) -> Result<(), String>;
+}
 
 /// A tenant's key-value store, as plugins see it through `kv-*` host calls.
 pub trait KvStore: Send + Sync + 'static {

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::KvStore;
+use super::{KvStore, Mailbox, MessageStore, Pushed, StoredMessage};
+use crate::protocol::Message;
 
 /// Schema version this relay writes and reads.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -41,6 +42,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
+    offline: std::sync::Arc<dashmap::DashMap<String, sled::Tree>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -77,7 +79,23 @@ impl SledStore {
                 }
             }
         }
-        Ok(SledStore { db })
+        Ok(SledStore {
+            db,
+            offline: Default::default(),
+        })
+    }
+
+    /// The tree of `tenant`'s offline messages (`offline/<tenant>`).
+    fn offline_tree(&self, tenant: &str) -> Result<sled::Tree, String> {
+        if let Some(t) = self.offline.get(tenant) {
+            return Ok(t.clone());
+        }
+        let t = self
+            .db
+            .open_tree(format!("offline/{tenant}"))
+            .map_err(|e| e.to_string())?;
+        self.offline.insert(tenant.to_owned(), t.clone());
+        Ok(t)
     }
 
     /// The key-value store of `tenant`.
@@ -85,6 +103,115 @@ impl SledStore {
         Ok(SledKv {
             tree: self.db.open_tree(format!("kv/{tenant}"))?,
         })
+    }
+}
+
+/// Key prefix of a mailbox: kind byte, name length (2 bytes), name; an entry's key adds
+/// its id (8 bytes, big-endian, so entries sort in storing order).
+fn mailbox_prefix(mb: &Mailbox) -> Vec<u8> {
+    let (kind, name) = match mb {
+        Mailbox::User(u) => (b'u', u.as_bytes()),
+        Mailbox::Room(r) => (b'r', r.as_bytes()),
+    };
+    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let mut k = Vec::with_capacity(3 + name.len() + 8);
+    k.push(kind);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(&name[..usize::from(len)]);
+    k
+}
+
+fn entry_key(prefix: &[u8], id: u64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+impl MessageStore for SledStore {
+    fn push(
+        &self,
+        tenant: &str,
+        mb: &Mailbox,
+        msg: &Message,
+        max: usize,
+    ) -> Result<Pushed, String> {
+        let tree = self.offline_tree(tenant)?;
+        let prefix = mailbox_prefix(mb);
+        let id = self.db.generate_id().map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+        let mut value = Vec::with_capacity(8 + json.len());
+        value.extend_from_slice(&now_ms().to_be_bytes());
+        value.extend_from_slice(&json);
+        tree.insert(entry_key(&prefix, id), value)
+            .map_err(|e| e.to_string())?;
+        let count = tree.scan_prefix(&prefix).keys().count();
+        let excess = count.saturating_sub(max.max(1));
+        let mut dropped = 0;
+        for k in tree.scan_prefix(&prefix).keys().take(excess).flatten() {
+            if tree.remove(k).map_err(|e| e.to_string())?.is_some() {
+                dropped += 1;
+            }
+        }
+        Ok(Pushed { id, dropped })
+    }
+
+    fn pending(
+        &self,
+        tenant: &str,
+        mb: &Mailbox,
+        ttl: Duration,
+    ) -> Result<(Vec<StoredMessage>, usize), String> {
+        let tree = self.offline_tree(tenant)?;
+        let prefix = mailbox_prefix(mb);
+        let oldest = now_ms().saturating_sub(ttl.as_millis() as u64);
+        let mut out = Vec::new();
+        let mut expired = 0;
+        for entry in tree.scan_prefix(&prefix) {
+            let (k, v) = entry.map_err(|e| e.to_string())?;
+            let id = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            let stored_ms = v
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            let message = v
+                .get(8..)
+                .and_then(|j| serde_json::from_slice::<Message>(j).ok());
+            match (id, stored_ms, message) {
+                (Some(id), Some(stored_ms), Some(message)) if stored_ms >= oldest => {
+                    out.push(StoredMessage {
+                        id,
+                        stored_ms,
+                        message,
+                    })
+                }
+                (_, Some(_), Some(_)) => {
+                    expired += 1;
+                    tree.remove(&k).map_err(|e| e.to_string())?;
+                }
+                _ => {
+                    tracing::error!(tenant, ?mb, "unreadable offline message: dropped");
+                    tree.remove(&k).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok((out, expired))
+    }
+
+    fn remove(&self, tenant: &str, mb: &Mailbox, ids: &[u64]) -> Result<(), String> {
+        let tree = self.offline_tree(tenant)?;
+        let prefix = mailbox_prefix(mb);
+        for id in ids {
+            tree.remove(entry_key(&prefix, *id))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        self.db.flush().map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -201,6 +328,52 @@ mod tests {
         a.purge_expired();
         assert_eq!(a.tree.len(), 2);
         assert!(a.delete("k"));
+    }
+
+    #[test]
+    fn offline_mailboxes_keep_order_cap_and_ttl_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = Mailbox::User("ann".into());
+        let r = Mailbox::Room("ann".into());
+        let m = |i: i64| Message::data(serde_json::json!(i));
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for i in 0..5 {
+                let p = s.push("t", &u, &m(i), 3).unwrap();
+                assert_eq!(p.dropped, usize::from(i >= 3));
+            }
+            s.push("t", &r, &m(100), 3).unwrap();
+            s.push("other", &u, &m(200), 3).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let (got, expired) = s.pending("t", &u, Duration::from_secs(60)).unwrap();
+        assert_eq!(expired, 0);
+        assert_eq!(
+            got.iter()
+                .map(|g| g.message.data.clone())
+                .collect::<Vec<_>>(),
+            [2, 3, 4].map(|i| serde_json::json!(i)),
+            "oldest dropped, order kept, reopened"
+        );
+        assert!(got.windows(2).all(|w| w[0].id < w[1].id));
+        s.remove("t", &u, &[got[0].id]).unwrap();
+        assert_eq!(
+            s.pending("t", &u, Duration::from_secs(60)).unwrap().0.len(),
+            2
+        );
+        assert_eq!(
+            s.pending("t", &r, Duration::from_secs(60)).unwrap().0.len(),
+            1,
+            "rooms and users apart"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let (got, expired) = s.pending("t", &u, Duration::from_millis(1)).unwrap();
+        assert_eq!((got.len(), expired), (0, 2), "expired messages are removed");
+        assert_eq!(
+            s.pending("t", &u, Duration::from_secs(60)).unwrap().0.len(),
+            0
+        );
     }
 
     #[test]

@@ -224,6 +224,20 @@ pub struct TenantConfig {
     /// Largest offline message (its JSON); larger ones are refused. Default 65536.
     #[serde(default = "defaults::offline_max_bytes")]
     pub offline_max_bytes: usize,
+    /// Time allowed for each webhook attempt. Default 5000 ms.
+    #[serde(default = "defaults::webhook_timeout_ms")]
+    pub webhook_timeout_ms: u64,
+    /// Webhook attempts after the first (connection errors, timeouts, 429, 5xx). Default 3.
+    #[serde(default = "defaults::webhook_retries")]
+    pub webhook_retries: u32,
+    /// Called (GET, `sid=<connection id>` appended) when a connection is identified as a
+    /// user (seed 000's `login_cb`).
+    #[serde(default)]
+    pub login_webhook: Option<Spanned<String>>,
+    /// Called (GET, `sid=<connection id>` appended) when an identified connection ends
+    /// (seed 000's `disconnect_cb`).
+    #[serde(default)]
+    pub disconnect_webhook: Option<Spanned<String>>,
     /// Close a connection not authenticated within this long (1008). Default 30000 ms.
     #[serde(default = "defaults::auth_timeout_ms")]
     pub auth_timeout_ms: u64,
@@ -301,6 +315,12 @@ mod defaults {
     }
     pub fn ping_timeout_ms() -> u64 {
         20_000
+    }
+    pub fn webhook_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn webhook_retries() -> u32 {
+        3
     }
     pub fn offline_max() -> usize {
         1000
@@ -522,6 +542,25 @@ impl Config {
                     k("event_field"),
                     "must not be empty".into(),
                 );
+            }
+            for (field, url) in [
+                ("login_webhook", &t.login_webhook),
+                ("disconnect_webhook", &t.disconnect_webhook),
+            ] {
+                if let Some(u) = url {
+                    let check = crate::webhook::Call::new(
+                        "t".into(),
+                        "GET",
+                        u.get_ref(),
+                        vec![],
+                        Default::default(),
+                        Default::default(),
+                        0,
+                    );
+                    if let Err(e) = check {
+                        return self.err(Some(u.span()), k(field), e);
+                    }
+                }
             }
             if t.profile == WireProfile::SocketIo {
                 if t.ping_interval_ms == 0 || t.ping_timeout_ms == 0 {

@@ -37,6 +37,7 @@ pub mod shutdown;
 pub mod store;
 pub mod tenant;
 pub mod transport;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -192,6 +193,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown.token.clone(),
     );
     shutdown.tracker.spawn(commit_task);
+    let (webhooks, webhook_task) =
+        webhook::Webhooks::start(metrics.clone(), shutdown.token.clone()).map_err(Error::Tls)?;
+    shutdown.tracker.spawn(webhook_task);
     let node = Arc::new(Node {
         tenants,
         broker: Arc::new(cluster::LocalBroker),
@@ -199,6 +203,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown: shutdown.clone(),
         store,
         committer,
+        webhooks,
     });
     shutdown
         .tracker

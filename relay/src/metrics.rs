@@ -56,8 +56,16 @@ metrics! {
     udp_denied: AtomicU64,
     /// Publications handed to the broker.
     publications: AtomicU64,
-    /// Actions relay cannot carry out yet (webhook), dropped.
+    /// Actions relay could not carry out (kept for compatibility; now always 0).
     actions_dropped: AtomicU64,
+    /// Webhook calls answered with a 2xx/3xx status.
+    webhooks_sent: AtomicU64,
+    /// Webhook calls given up (refused with 4xx, or every attempt failed).
+    webhooks_failed: AtomicU64,
+    /// Webhook attempts repeated after a failure.
+    webhooks_retried: AtomicU64,
+    /// Webhook calls dropped: queue full or the call was invalid.
+    webhooks_dropped: AtomicU64,
     /// Offline messages kept (nobody was online to receive them).
     offline_stored: AtomicU64,
     /// Offline messages written to a socket and removed from the store.

@@ -8,12 +8,22 @@ use std::time::Duration;
 use crate::cluster::{Broker, Deliver, Publication};
 use crate::hub::{ConnHandle, ConnId, Presence, Target};
 use crate::metrics::Metrics;
-use crate::policy::{Action, ConnInfo};
+use crate::policy::{Action, ConnInfo, DisconnectInfo};
 use crate::protocol::{Message, OutMessage};
 use crate::shutdown::Shutdown;
 use crate::store::commit::Committer;
 use crate::store::{Mailbox, MessageStore};
 use crate::tenant::Tenant;
+use crate::webhook::{with_param, Call, Webhooks};
+
+/// A connection's lifecycle moments that may call a tenant's webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Identified as a user.
+    Login,
+    /// An identified connection ended.
+    Disconnect,
+}
 
 /// What carrying out actions left for the caller.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,6 +48,8 @@ pub struct Node {
     pub store: Arc<dyn MessageStore>,
     /// Makes stored messages durable (group commit).
     pub committer: Committer,
+    /// Outgoing HTTP calls.
+    pub webhooks: Webhooks,
 }
 
 impl std::fmt::Debug for Node {
@@ -139,6 +151,70 @@ impl Node {
             }
             Err(e) => tracing::error!(tenant = %name, error = %e, "removing delivered offline messages failed"),
         }));
+    }
+
+    /// A connection ended: forget it, run the disconnect hook and its actions, and call the
+    /// disconnect webhook for an identified connection.
+    pub async fn disconnected(&self, tenant: &Tenant, h: &ConnHandle, info: &DisconnectInfo) {
+        let ci = Self::conn_info(h);
+        tenant.hub.unregister(h);
+        if ci.user.is_some() {
+            self.lifecycle(tenant, Lifecycle::Disconnect, &ci.id);
+        }
+        match tenant.policy.on_disconnect(&ci, info, &*tenant.hub).await {
+            Ok(actions) => {
+                self.execute(tenant, None, actions);
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.policy_errors);
+                tracing::warn!(tenant = %tenant.name, error = %e, "disconnect hook failed");
+            }
+        }
+    }
+
+    /// Call the tenant's lifecycle webhook, if configured (GET with `sid=<conn>`).
+    pub fn lifecycle(&self, tenant: &Tenant, moment: Lifecycle, conn: &str) {
+        let url = match moment {
+            Lifecycle::Login => &tenant.config.login_webhook,
+            Lifecycle::Disconnect => &tenant.config.disconnect_webhook,
+        };
+        let Some(url) = url else { return };
+        self.webhook(
+            tenant,
+            "GET",
+            &with_param(url.get_ref(), "sid", conn),
+            Vec::new(),
+            String::new(),
+        );
+    }
+
+    /// Queue a webhook call for `tenant`; an invalid call is logged and counted.
+    fn webhook(
+        &self,
+        tenant: &Tenant,
+        method: &str,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: String,
+    ) {
+        let call = Call::new(
+            tenant.name.clone(),
+            method,
+            url,
+            headers,
+            bytes::Bytes::from(body),
+            Duration::from_millis(tenant.config.webhook_timeout_ms),
+            tenant.config.webhook_retries,
+        );
+        match call {
+            Ok(c) => {
+                self.webhooks.enqueue(c);
+            }
+            Err(e) => {
+                Metrics::inc(&self.metrics.webhooks_dropped);
+                tracing::warn!(tenant = %tenant.name, error = %e, "webhook not made");
+            }
+        }
     }
 
     /// `StoreOffline`: deliver now if anyone is online, else keep the message.
@@ -268,6 +344,7 @@ impl Node {
                         }
                         h.set_authenticated();
                         if let Some(u) = user {
+                            self.lifecycle(tenant, Lifecycle::Login, &h.id.to_string());
                             self.deliver_offline(tenant, &h, Mailbox::User(u));
                         }
                     }
@@ -280,10 +357,12 @@ impl Node {
                     room,
                     message,
                 } => self.store_offline(tenant, user, room, message, &mut out),
-                Action::Webhook { url, .. } => {
-                    Metrics::inc(&self.metrics.actions_dropped);
-                    tracing::warn!(tenant = %tenant.name, %url, "webhook is not carried out yet (no webhook queue): dropped");
-                }
+                Action::Webhook {
+                    method,
+                    url,
+                    headers,
+                    body,
+                } => self.webhook(tenant, &method, &url, headers, body),
                 Action::Close { code, reason, conn } => match resolve(&conn) {
                     Some(h) if crate::protocol::frame::valid_close_code(code) => {
                         h.close(code, &reason)

@@ -57,6 +57,21 @@ fn check_reports_file_line_and_key_for_broken_configs() {
         ),
         ("policy.toml", "[[tenant]]\nname = \"t\"\npolicy = \"magic\"\n".into(), "policy.toml:3: tenant[0].policy: unknown policy \"magic\""),
         ("empty.toml", TENANT.into(), "at least one [[listener]]"),
+        (
+            "hook.toml",
+            format!("{TENANT}login_webhook = \"/relative\"\n[[listener]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n"),
+            "hook.toml:4: tenant[0].login_webhook: webhook URL /relative must be absolute",
+        ),
+        (
+            "sio.toml",
+            format!("{TENANT}profile = \"socket.io\"\nnamespaces = [\"chat\"]\n[[listener]]\nname = \"l\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n"),
+            "tenant[0].namespaces: \"chat\": a namespace starts with '/'",
+        ),
+        (
+            "sync.toml",
+            format!("[server]\nsync = \"sometimes\"\n{TENANT}"),
+            "sync.toml:2",
+        ),
         ("udp.toml", format!("{TENANT}[[listener]]\nname = \"u\"\nkind = \"udp\"\nbind = \"127.0.0.1:0\"\n"), "a udp listener needs `tenant`"),
         (
             "setting.toml",

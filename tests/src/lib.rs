@@ -439,3 +439,73 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra_headers: &str) -> R
     .await??;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
+
+/// A real HTTP server for webhook tests: records every request and answers with the
+/// scripted statuses in turn (200 once the script runs out).
+pub struct HookServer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Requests seen: method, path with query, body.
+    pub seen: Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+}
+
+impl HookServer {
+    /// Listen on a free port.
+    pub async fn start(script: Vec<u16>) -> Result<HookServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let script = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+            script,
+        )));
+        let (seen2, script2) = (seen.clone(), script.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (seen, script) = (seen2.clone(), script2.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (seen, script) = (seen.clone(), script.clone());
+                            async move {
+                                let method = req.method().to_string();
+                                let path = req.uri().to_string();
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                if let Ok(mut s) = seen.lock() {
+                                    s.push((
+                                        method,
+                                        path,
+                                        String::from_utf8_lossy(&body).into_owned(),
+                                    ));
+                                }
+                                let status = script
+                                    .lock()
+                                    .ok()
+                                    .and_then(|mut s| s.pop_front())
+                                    .unwrap_or(200);
+                                let mut resp =
+                                    hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
+                                *resp.status_mut() = hyper::StatusCode::from_u16(status)
+                                    .unwrap_or(hyper::StatusCode::OK);
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(HookServer { addr, seen })
+    }
+
+    /// Requests seen so far.
+    pub fn requests(&self) -> Vec<(String, String, String)> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}

@@ -119,6 +119,22 @@ impl Plugin for Testkit {
                 vec![reply(&json!({"event": "kv-once", "fresh": fresh}))]
             }
             "now" => vec![reply(&json!({"event": "now", "ms": host::now_ms()}))],
+            "webhook" => vec![
+                Action::Webhook(Webhook {
+                    method: s("method"),
+                    url: s("url"),
+                    headers: vec![Pair {
+                        name: "x-from".into(),
+                        value: "testkit".into(),
+                    }],
+                    body: s("body"),
+                }),
+                reply(&json!({"event": "webhook", "queued": true})),
+            ],
+            "keep" => vec![keep_for_user(
+                &s("user"),
+                &json!({"event": "kept", "data": data["data"], "is_online": false}),
+            )],
             "random" => vec![reply(
                 &json!({"event": "random", "bytes": host::random_bytes(16)}),
             )],

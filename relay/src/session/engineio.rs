@@ -1053,14 +1053,10 @@ impl Driver {
                     self.s.link.send(p);
                 }
                 let (tenant, node) = (self.tenant.clone(), self.node.clone());
-                tenant.hub.unregister(&h);
-                let ci = Node::conn_info(&h);
                 let tracker = node.shutdown.tracker.clone();
                 tracker.spawn(async move {
                     let i = info(Some(1008), "authentication timeout");
-                    if let Ok(a) = tenant.policy.on_disconnect(&ci, &i, &*tenant.hub).await {
-                        node.execute(&tenant, None, a);
-                    }
+                    node.disconnected(&tenant, &h, &i).await;
                 });
             }
         }
@@ -1069,18 +1065,7 @@ impl Driver {
 
     /// A namespace socket ended: forget it and run the disconnect hook.
     async fn disconnected(&self, h: &Arc<ConnHandle>, why: DisconnectInfo) {
-        let (tenant, node) = (&self.tenant, &self.node);
-        let ci = Node::conn_info(h);
-        tenant.hub.unregister(h);
-        match tenant.policy.on_disconnect(&ci, &why, &*tenant.hub).await {
-            Ok(actions) => {
-                node.execute(tenant, None, actions);
-            }
-            Err(e) => {
-                Metrics::inc(&node.metrics.policy_errors);
-                tracing::warn!(tenant = %tenant.name, error = %e, "disconnect hook failed");
-            }
-        }
+        self.node.disconnected(&self.tenant, h, &why).await;
     }
 
     /// End the session: every namespace socket disconnects (hooks run), the session is

@@ -160,17 +160,7 @@ async fn run<S>(
     };
     let info = read_loop(&mut rd, &h.link, opts, &node, &mut sink).await;
 
-    let ci = Node::conn_info(&h);
-    tenant.hub.unregister(&h);
-    match tenant.policy.on_disconnect(&ci, &info, &*tenant.hub).await {
-        Ok(actions) => {
-            node.execute(&tenant, None, actions);
-        }
-        Err(e) => {
-            Metrics::inc(&metrics.policy_errors);
-            tracing::warn!(tenant = %tenant.name, error = %e, "disconnect hook failed");
-        }
-    }
+    node.disconnected(&tenant, &h, &info).await;
     // Let the writer drain what is queued (graceful close) but never wait forever.
     if !h.closing.is_cancelled() && !h.kill.is_cancelled() {
         h.abort(info.code.unwrap_or(1000));
@@ -221,6 +211,7 @@ pub(crate) fn apply_decision(
             h.set_authenticated();
             // Kept messages first, in order, before anything live.
             if let Some(u) = user {
+                node.lifecycle(tenant, crate::node::Lifecycle::Login, &h.id.to_string());
                 node.deliver_offline(tenant, h, Mailbox::User(u));
             }
             for r in joined {

@@ -224,6 +224,15 @@ pub struct TenantConfig {
     /// Largest offline message (its JSON); larger ones are refused. Default 65536.
     #[serde(default = "defaults::offline_max_bytes")]
     pub offline_max_bytes: usize,
+    /// Message log directory (relative to the config file). Default `<data_dir>/logs/<tenant>`.
+    #[serde(default)]
+    pub log_dir: Option<Spanned<String>>,
+    /// Rotate a message log file before it grows past this. Default 64 MiB.
+    #[serde(default = "defaults::log_max_bytes")]
+    pub log_max_bytes: u64,
+    /// Rotated message log files kept per file. Default 5.
+    #[serde(default = "defaults::log_keep")]
+    pub log_keep: usize,
     /// Time allowed for each webhook attempt. Default 5000 ms.
     #[serde(default = "defaults::webhook_timeout_ms")]
     pub webhook_timeout_ms: u64,
@@ -315,6 +324,12 @@ mod defaults {
     }
     pub fn ping_timeout_ms() -> u64 {
         20_000
+    }
+    pub fn log_max_bytes() -> u64 {
+        64 << 20
+    }
+    pub fn log_keep() -> usize {
+        5
     }
     pub fn webhook_timeout_ms() -> u64 {
         5_000
@@ -750,6 +765,14 @@ impl Config {
     /// The data directory (relative to the config file's directory, like every path in it).
     pub fn data_dir(&self) -> PathBuf {
         self.resolve(&self.server.data_dir)
+    }
+
+    /// The message log directory of a tenant.
+    pub fn log_dir(&self, t: &TenantConfig) -> PathBuf {
+        match &t.log_dir {
+            Some(d) => self.resolve(Path::new(d.get_ref())),
+            None => self.data_dir().join("logs").join(t.name.get_ref()),
+        }
     }
 
     /// The tenant named `name`.

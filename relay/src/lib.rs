@@ -28,6 +28,7 @@ pub mod error;
 pub mod hub;
 pub mod ingress;
 pub mod metrics;
+pub mod msglog;
 pub mod node;
 pub mod plugin;
 pub mod policy;
@@ -124,6 +125,7 @@ fn build_tenants(
             cache_dir: config.data_dir().join("plugin-cache"),
             plugin_path: t.plugin.as_ref().map(|p| config.plugin_path(p.get_ref())),
             kv: kv_for(t.name.get_ref())?,
+            log_dir: config.log_dir(t),
             metrics: metrics.clone(),
         };
         let tenant = Tenant::new(t.clone(), deps)
@@ -196,6 +198,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let (webhooks, webhook_task) =
         webhook::Webhooks::start(metrics.clone(), shutdown.token.clone()).map_err(Error::Tls)?;
     shutdown.tracker.spawn(webhook_task);
+    let msglog = msglog::MessageLog::start(metrics.clone())?;
     let node = Arc::new(Node {
         tenants,
         broker: Arc::new(cluster::LocalBroker),
@@ -204,6 +207,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store,
         committer,
         webhooks,
+        msglog,
     });
     shutdown
         .tracker

@@ -66,6 +66,10 @@ metrics! {
     webhooks_retried: AtomicU64,
     /// Webhook calls dropped: queue full or the call was invalid.
     webhooks_dropped: AtomicU64,
+    /// Message log lines written.
+    log_lines: AtomicU64,
+    /// Message log lines refused (bad file name, full queue, write error).
+    log_refused: AtomicU64,
     /// Offline messages kept (nobody was online to receive them).
     offline_stored: AtomicU64,
     /// Offline messages written to a socket and removed from the store.

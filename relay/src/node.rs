@@ -50,6 +50,8 @@ pub struct Node {
     pub committer: Committer,
     /// Outgoing HTTP calls.
     pub webhooks: Webhooks,
+    /// Tenants' message logs.
+    pub msglog: crate::msglog::MessageLog,
 }
 
 impl std::fmt::Debug for Node {
@@ -357,6 +359,11 @@ impl Node {
                     room,
                     message,
                 } => self.store_offline(tenant, user, room, message, &mut out),
+                Action::AppendLog { file, line } => {
+                    if let Err(e) = self.msglog.append(&tenant.log, &file, line.into_bytes()) {
+                        tracing::warn!(tenant = %tenant.name, %file, error = %e, "message log line refused");
+                    }
+                }
                 Action::Webhook {
                     method,
                     url,

@@ -25,6 +25,8 @@ pub struct Tenant {
     pub hub: Arc<Hub>,
     /// Its key-value store (plugins' `kv-*`).
     pub kv: Arc<dyn KvStore>,
+    /// Where its message log goes.
+    pub log: Arc<crate::msglog::LogTarget>,
     /// Its decisions.
     pub policy: Arc<dyn Policy>,
     /// Its WebSocket wire profile (socket.io: the first namespace's codec).
@@ -49,6 +51,8 @@ pub struct TenantDeps {
     pub plugin_path: Option<PathBuf>,
     /// The tenant's key-value store.
     pub kv: Arc<dyn KvStore>,
+    /// Its message log directory.
+    pub log_dir: PathBuf,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -103,7 +107,13 @@ impl Tenant {
                 event_field: config.event_field.clone(),
             }),
         };
+        let log = Arc::new(crate::msglog::LogTarget {
+            dir: deps.log_dir.clone(),
+            max_bytes: config.log_max_bytes,
+            keep: config.log_keep,
+        });
         Ok(Tenant {
+            log,
             name,
             config,
             hub,

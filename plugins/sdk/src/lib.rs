@@ -41,7 +41,7 @@ pub use bindings::relay::plugin::host::Level;
 pub use bindings::relay::plugin::types::{
     Accept, Action, ClientEvent, Close, ConnInfo, DisconnectInfo, Emit, HandshakeDecision,
     HandshakeRequest, HttpRequest, Identity, IngressOutcome, IngressRequest, IngressSource,
-    Membership, Message, Offline, Pair, Reject, Target, Webhook,
+    LogLine, Membership, Message, Offline, Pair, Reject, Target, Webhook,
 };
 pub use serde_json;
 
@@ -266,6 +266,14 @@ pub fn keep_for_room(room: &str, value: &serde_json::Value) -> Action {
         user: None,
         room: Some(room.to_owned()),
         message: message(value),
+    })
+}
+
+/// Append `line` (add your own newline) to the tenant's message log file `file`.
+pub fn append_log(file: &str, line: &str) -> Action {
+    Action::AppendLog(LogLine {
+        file: file.to_owned(),
+        line: line.to_owned(),
     })
 }
 

@@ -131,6 +131,10 @@ impl Plugin for Testkit {
                 }),
                 reply(&json!({"event": "webhook", "queued": true})),
             ],
+            "log" => vec![
+                append_log(&s("file"), &s("line")),
+                reply(&json!({"event": "log"})),
+            ],
             "keep" => vec![keep_for_user(
                 &s("user"),
                 &json!({"event": "kept", "data": data["data"], "is_online": false}),

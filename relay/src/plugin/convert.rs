@@ -165,6 +165,10 @@ pub fn actions(v: Vec<w::Action>) -> Result<Vec<Action>, String> {
                     room: o.room,
                     message: message(o.message)?,
                 },
+                w::Action::AppendLog(l) => Action::AppendLog {
+                    file: l.file,
+                    line: l.line,
+                },
                 w::Action::Webhook(h) => Action::Webhook {
                     method: h.method,
                     url: h.url,

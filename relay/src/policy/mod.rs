@@ -252,6 +252,13 @@ pub enum Action {
         /// Request body.
         body: String,
     },
+    /// Append a line to the tenant's message log (see `msglog`).
+    AppendLog {
+        /// Plain file name.
+        file: String,
+        /// Bytes to append (no newline added).
+        line: String,
+    },
     /// Close a connection with a code, after what is already queued for it.
     Close {
         /// WebSocket close code.

@@ -400,6 +400,7 @@ mod tests {
                 cache_dir: "unused".into(),
                 plugin_path: None,
                 kv: Arc::new(crate::store::MemoryKv::new()),
+                log_dir: "unused".into(),
                 metrics: Default::default(),
             };
             Arc::new(Tenant::new(c, deps).expect("tenant"))

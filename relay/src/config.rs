@@ -233,6 +233,16 @@ pub struct TenantConfig {
     /// Rotated message log files kept per file. Default 5.
     #[serde(default = "defaults::log_keep")]
     pub log_keep: usize,
+    /// Room history: keep the last this many messages of every room (0 = no history).
+    /// Messages to rooms then carry an offset clients can present to recover. Default 0.
+    #[serde(default)]
+    pub history_max: usize,
+    /// Room history entries older than this cannot be recovered. Default 600000 ms.
+    #[serde(default = "defaults::history_ttl_ms")]
+    pub history_ttl_ms: u64,
+    /// ws-json: the field added to object messages with their history offset. Default `offset`.
+    #[serde(default = "defaults::history_field")]
+    pub history_field: String,
     /// Time allowed for each webhook attempt. Default 5000 ms.
     #[serde(default = "defaults::webhook_timeout_ms")]
     pub webhook_timeout_ms: u64,
@@ -324,6 +334,12 @@ mod defaults {
     }
     pub fn ping_timeout_ms() -> u64 {
         20_000
+    }
+    pub fn history_ttl_ms() -> u64 {
+        600_000
+    }
+    pub fn history_field() -> String {
+        "offset".into()
     }
     pub fn log_max_bytes() -> u64 {
         64 << 20

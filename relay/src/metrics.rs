@@ -66,6 +66,10 @@ metrics! {
     webhooks_retried: AtomicU64,
     /// Webhook calls dropped: queue full or the call was invalid.
     webhooks_dropped: AtomicU64,
+    /// Room-history messages replayed to reconnecting clients.
+    history_replayed: AtomicU64,
+    /// Recoveries refused (epoch changed, too old, malformed offset).
+    history_unrecoverable: AtomicU64,
     /// Message log lines written.
     log_lines: AtomicU64,
     /// Message log lines refused (bad file name, full queue, write error).

@@ -72,6 +72,11 @@ impl Node {
         exclude: Option<ConnId>,
     ) -> usize {
         Metrics::inc(&self.metrics.publications);
+        if tenant.config.history_max > 0 {
+            if let Target::Rooms(rooms) = &target {
+                return self.publish_with_history(tenant, rooms.clone(), message, exclude);
+            }
+        }
         let p = Publication {
             tenant: tenant.name.clone(),
             target,
@@ -79,6 +84,116 @@ impl Node {
             exclude,
         };
         self.broker.publish(p, self)
+    }
+
+    /// The tenant's history epoch (read from the store once).
+    fn epoch(&self, tenant: &Tenant) -> Result<String, String> {
+        if let Some(e) = tenant.history_epoch.get() {
+            return Ok(e.clone());
+        }
+        let e = self.store.history_epoch(&tenant.name)?;
+        Ok(tenant.history_epoch.get_or_init(|| e).clone())
+    }
+
+    /// A message to rooms with history: one offset for the publication, appended to each
+    /// room's history and delivered with the offset, under the tenant's history lock (so
+    /// every member receives history messages in offset order).
+    fn publish_with_history(
+        &self,
+        tenant: &Tenant,
+        rooms: Vec<String>,
+        mut message: Message,
+        exclude: Option<ConnId>,
+    ) -> usize {
+        let _order = tenant.history_lock.lock();
+        let stored = self.epoch(tenant).and_then(|epoch| {
+            let off = self.store.history_offset()?;
+            for r in &rooms {
+                self.store.history_append(
+                    &tenant.name,
+                    r,
+                    off,
+                    &message,
+                    tenant.config.history_max,
+                )?;
+            }
+            Ok(format!("{epoch}:{off}"))
+        });
+        match stored {
+            Ok(tag) => message.offset = Some(tag),
+            Err(e) => {
+                tracing::error!(tenant = %tenant.name, error = %e, "room history append failed; delivering without an offset")
+            }
+        }
+        let p = Publication {
+            tenant: tenant.name.clone(),
+            target: Target::Rooms(rooms),
+            message: Arc::new(OutMessage::new(message)),
+            exclude,
+        };
+        self.broker.publish(p, self)
+    }
+
+    /// Put `h` in `room`: with room history and an offset presented at the handshake,
+    /// first replay what the client missed there (or tell it recovery is impossible:
+    /// a `recovery` event `{ok: false, room, reason}`); then the room's offline mailbox.
+    pub fn join_room(
+        &self,
+        tenant: &Tenant,
+        h: &Arc<ConnHandle>,
+        room: &str,
+    ) -> Result<(), crate::hub::JoinError> {
+        let recover = match tenant.config.history_max {
+            0 => None,
+            _ => h.state.lock().ok().and_then(|s| s.recover.clone()),
+        };
+        match recover {
+            None => tenant.hub.join(h, room)?,
+            Some(tag) => {
+                let _order = tenant.history_lock.lock();
+                tenant.hub.join(h, room)?;
+                self.replay(tenant, h, room, &tag);
+            }
+        }
+        self.deliver_offline(tenant, h, Mailbox::Room(room.to_owned()));
+        Ok(())
+    }
+
+    fn replay(&self, tenant: &Tenant, h: &ConnHandle, room: &str, tag: &str) {
+        let refuse = |reason: &str| {
+            Metrics::inc(&self.metrics.history_unrecoverable);
+            let m = Message::event(
+                "recovery",
+                serde_json::json!({"event": "recovery", "ok": false, "room": room, "reason": reason}),
+            );
+            h.send(h.codec.encode(&m));
+        };
+        let epoch = match self.epoch(tenant) {
+            Ok(e) => e,
+            Err(e) => return refuse(&format!("history unavailable: {e}")),
+        };
+        let after = match tag.split_once(':') {
+            Some((e, n)) if e == epoch => match n.parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => return refuse("malformed offset"),
+            },
+            Some(_) => return refuse("epoch changed"),
+            None => return refuse("malformed offset"),
+        };
+        let ttl = Duration::from_millis(tenant.config.history_ttl_ms);
+        match self.store.history_since(&tenant.name, room, after, ttl) {
+            Ok(Some(entries)) => {
+                self.metrics
+                    .history_replayed
+                    .fetch_add(entries.len() as u64, Relaxed);
+                for (off, mut m) in entries {
+                    m.offset = Some(format!("{epoch}:{off}"));
+                    h.send(h.codec.encode(&m));
+                }
+            }
+            Ok(None) => refuse("too old"),
+            Err(e) => refuse(&format!("history unavailable: {e}")),
+        }
     }
 
     /// Reload the plugins of every tenant (or of `only`); blocking (compiles).
@@ -316,13 +431,8 @@ impl Node {
                 Action::Join { rooms, conn } => match resolve(&conn) {
                     Some(h) => {
                         for r in &rooms {
-                            match tenant.hub.join(&h, r) {
-                                Ok(()) => {
-                                    self.deliver_offline(tenant, &h, Mailbox::Room(r.clone()))
-                                }
-                                Err(e) => {
-                                    tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused")
-                                }
+                            if let Err(e) = self.join_room(tenant, &h, r) {
+                                tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused")
                             }
                         }
                     }

@@ -35,6 +35,11 @@ pub struct Tenant {
     pub namespaces: Vec<(String, Arc<dyn Codec>)>,
     /// socket.io: open Engine.IO sessions by id.
     pub engine: crate::session::engineio::Sessions,
+    /// Held while a message is appended to room history and delivered, and while a
+    /// joining connection is replayed what it missed: members see history order.
+    pub history_lock: std::sync::Mutex<()>,
+    /// The history epoch, read from the store on first use.
+    pub history_epoch: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -105,6 +110,7 @@ impl Tenant {
             Some((_, c)) => c.clone(),
             None => Arc::new(WsJson {
                 event_field: config.event_field.clone(),
+                offset_field: config.history_field.clone(),
             }),
         };
         let log = Arc::new(crate::msglog::LogTarget {
@@ -122,6 +128,8 @@ impl Tenant {
             codec,
             namespaces,
             engine: Default::default(),
+            history_lock: Default::default(),
+            history_epoch: Default::default(),
         })
     }
 }

@@ -116,6 +116,9 @@ pub struct ConnState {
     pub rooms: HashSet<Arc<str>>,
     /// Set when the hub has forgotten the connection: it may not join rooms or users again.
     pub closed: bool,
+    /// The room-history offset (`<epoch>:<n>`) the client presented at its handshake:
+    /// rooms it joins replay what came after it.
+    pub recover: Option<String>,
 }
 
 /// The way to one client: a bounded outbound queue and the signals that end it. A

@@ -270,6 +270,7 @@ mod tests {
     fn conn(hub: &Hub) -> (Arc<ConnHandle>, tokio::sync::mpsc::Receiver<Outbound>) {
         let codec = Arc::new(WsJson {
             event_field: "event".into(),
+            offset_field: "offset".into(),
         });
         let (h, rx) = ConnHandle::new(
             ConnId::random(),
@@ -372,6 +373,7 @@ mod tests {
         let hub = Hub::default();
         let codec = Arc::new(WsJson {
             event_field: "event".into(),
+            offset_field: "offset".into(),
         });
         let (h, _rx) = ConnHandle::new(
             ConnId::random(),

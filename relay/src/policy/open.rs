@@ -66,6 +66,7 @@ fn reply(data: Value) -> Action {
             event,
             data,
             ack: None,
+            offset: None,
         },
     }
 }
@@ -180,6 +181,7 @@ impl OpenPolicy {
                 let message = Message {
                     event: Some("message".into()),
                     ack: None,
+                    offset: None,
                     data: json!({
                         "event": "message",
                         "from": conn.id,
@@ -207,6 +209,7 @@ impl OpenPolicy {
                         event: Some("question".into()),
                         data: o.get("data").cloned().unwrap_or(Value::Null),
                         ack: Some(id),
+                        offset: None,
                     },
                 }],
                 None => error("ask needs a numeric \"id\""),
@@ -264,6 +267,7 @@ impl OpenPolicy {
                 event: Some(event.clone()),
                 data: json!({"event": event, "data": data, "offline": true}),
                 ack: None,
+                offset: None,
             };
             return IngressOutcome::json(
                 200,
@@ -279,6 +283,7 @@ impl OpenPolicy {
             event: Some(event.clone()),
             data: json!({"event": event, "data": data}),
             ack: None,
+            offset: None,
         };
         IngressOutcome::json(
             200,

@@ -10,6 +10,8 @@ use super::{frame, ClientEvent, Codec, Message, OutFormat};
 pub struct WsJson {
     /// JSON field naming the event.
     pub event_field: String,
+    /// Field added to object messages carrying a room-history offset.
+    pub offset_field: String,
 }
 
 impl Codec for WsJson {
@@ -33,9 +35,14 @@ impl Codec for WsJson {
     }
 
     fn encode(&self, msg: &Message) -> Bytes {
-        match &msg.data {
-            Value::String(s) => frame::text(s.as_bytes()),
-            other => frame::text(other.to_string().as_bytes()),
+        match (&msg.data, &msg.offset) {
+            (Value::Object(o), Some(off)) => {
+                let mut o = o.clone();
+                o.insert(self.offset_field.clone(), Value::String(off.clone()));
+                frame::text(Value::Object(o).to_string().as_bytes())
+            }
+            (Value::String(s), _) => frame::text(s.as_bytes()),
+            (other, _) => frame::text(other.to_string().as_bytes()),
         }
     }
 }
@@ -49,6 +56,7 @@ mod tests {
     fn decodes_event_field() {
         let c = WsJson {
             event_field: "method".into(),
+            offset_field: "offset".into(),
         };
         let e = c.decode_text(r#"{"method":"index.index.index","x":1}"#.into());
         assert_eq!(e.name.as_deref(), Some("index.index.index"));
@@ -61,6 +69,7 @@ mod tests {
     fn strings_go_out_raw() {
         let c = WsJson {
             event_field: "event".into(),
+            offset_field: "offset".into(),
         };
         assert_eq!(&c.encode(&Message::data(json!("3")))[..], b"\x81\x013");
         assert_eq!(

@@ -25,6 +25,12 @@ pub struct Message {
     /// hook as an event without a name carrying this `ack` id. Ignored by ws-json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<u64>,
+    /// Set by relay on messages to rooms with history: `<epoch>:<offset>`, which clients
+    /// present to recover what they missed. Socket.IO sends it as an extra last argument
+    /// (as socket.io's connection-state recovery does); ws-json adds it to object data
+    /// as the tenant's `history_field`. Not stored, not seen by plugins.
+    #[serde(skip)]
+    pub offset: Option<String>,
 }
 
 impl Message {
@@ -34,6 +40,7 @@ impl Message {
             event: None,
             data,
             ack: None,
+            offset: None,
         }
     }
 
@@ -43,6 +50,7 @@ impl Message {
             event: Some(event.to_owned()),
             data,
             ack: None,
+            offset: None,
         }
     }
 }

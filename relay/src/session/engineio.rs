@@ -966,6 +966,7 @@ impl Driver {
             namespace: Some(nsp.to_owned()),
             auth,
         };
+        let recover = super::presented_offset(&hreq);
         let decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
             Ok(d) => d,
             Err(e) => {
@@ -1019,7 +1020,7 @@ impl Driver {
             },
             &[],
         );
-        apply_decision(&tenant, &node, &h, decision);
+        apply_decision(&tenant, &node, &h, decision, recover);
         tracing::debug!(tenant = %tenant.name, sid = %s.sid, conn = %id, nsp, "socket.io connected");
     }
 

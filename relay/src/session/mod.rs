@@ -49,6 +49,7 @@ pub async fn handshake(
         namespace: None,
         auth: None,
     };
+    let recover = presented_offset(&hreq);
     let decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
         Ok(d) => d,
         Err(e) => {
@@ -96,7 +97,7 @@ pub async fn handshake(
     tracker.spawn(async move {
         let _slot = slot; // the connection counts against the listener's limits until it ends
         match fut.await {
-            Ok(ws) => run(ws.into_inner(), tenant, node, id, remote, decision).await,
+            Ok(ws) => run(ws.into_inner(), tenant, node, id, remote, decision, recover).await,
             Err(e) => tracing::debug!(%remote, error = %e, "upgrade failed"),
         }
     });
@@ -111,6 +112,7 @@ async fn run<S>(
     id: ConnId,
     remote: SocketAddr,
     decision: HandshakeDecision,
+    recover: Option<String>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -141,7 +143,7 @@ async fn run<S>(
         .tracker
         .spawn(writer::run(w, rx, h.link.clone(), metrics.clone()));
 
-    apply_decision(&tenant, &node, &h, decision);
+    apply_decision(&tenant, &node, &h, decision, recover);
     tracing::debug!(tenant = %tenant.name, conn = %h.id, %remote, "connected");
 
     let opts = ReadOpts {
@@ -177,14 +179,32 @@ fn cfg_ms(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
 }
 
+/// The room-history offset a client presents: the Socket.IO auth payload's `offset`
+/// (what socket.io-client's connection-state recovery sends) or the `offset` query
+/// parameter.
+pub(crate) fn presented_offset(req: &HandshakeRequest) -> Option<String> {
+    req.auth
+        .as_ref()
+        .and_then(|a| a.get("offset"))
+        .and_then(|o| o.as_str())
+        .map(str::to_owned)
+        .or_else(|| req.query_param("offset"))
+        .filter(|o| !o.is_empty() && o.len() <= 64)
+}
+
 /// Carry out an accepted (or deferred) handshake on a registered connection: identity,
-/// session data, rooms, then the decision's actions.
+/// session data, rooms (replaying missed history after `recover`), then the decision's
+/// actions.
 pub(crate) fn apply_decision(
     tenant: &Arc<Tenant>,
     node: &Arc<Node>,
     h: &Arc<ConnHandle>,
     decision: HandshakeDecision,
+    recover: Option<String>,
 ) {
+    if let Ok(mut s) = h.state.lock() {
+        s.recover = recover;
+    }
     match decision {
         HandshakeDecision::Accept {
             user,
@@ -199,23 +219,17 @@ pub(crate) fn apply_decision(
             if let Ok(mut s) = h.state.lock() {
                 s.data = data;
             }
-            let mut joined = Vec::new();
-            for r in rooms {
-                match tenant.hub.join(h, &r) {
-                    Ok(()) => joined.push(r),
-                    Err(e) => {
-                        tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused")
-                    }
-                }
-            }
             h.set_authenticated();
             // Kept messages first, in order, before anything live.
             if let Some(u) = user {
                 node.lifecycle(tenant, crate::node::Lifecycle::Login, &h.id.to_string());
                 node.deliver_offline(tenant, h, Mailbox::User(u));
             }
-            for r in joined {
-                node.deliver_offline(tenant, h, Mailbox::Room(r));
+            // Joining replays missed room history and the room's mailbox.
+            for r in rooms {
+                if let Err(e) = node.join_room(tenant, h, &r) {
+                    tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused");
+                }
             }
             node.execute(tenant, Some(h), actions);
         }

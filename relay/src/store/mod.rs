@@ -67,6 +67,31 @@ pub trait MessageStore: Send + Sync + 'static {
     fn remove(&self, tenant: &str, mailbox: &Mailbox, ids: &[u64]) -> Result<(), String>;
     /// Make every write so far durable (blocking).
     fn flush(&self) -> Result<(), String>;
+
+    /// The tenant's history epoch: created once, kept with the history. A client's
+    /// offset from another epoch cannot be recovered from.
+    fn history_epoch(&self, tenant: &str) -> Result<String, String>;
+    /// A new offset, greater than every one handed out before (all rooms, all tenants).
+    fn history_offset(&self) -> Result<u64, String>;
+    /// Append `msg` at `offset` to `room`'s history, trimming it to `max` entries.
+    fn history_append(
+        &self,
+        tenant: &str,
+        room: &str,
+        offset: u64,
+        msg: &Message,
+        max: usize,
+    ) -> Result<(), String>;
+    /// `room`'s entries after offset `after`, in order, skipping those older than `ttl`;
+    /// `None` when some entry after `after` has already been trimmed or expired (the
+    /// missed range cannot be given exactly).
+    fn history_since(
+        &self,
+        tenant: &str,
+        room: &str,
+        after: u64,
+        ttl: Duration,
+    ) -> Result<Option<Vec<(u64, Message)>>, String>;
 }
 
 /// A tenant's key-value store, as plugins see it through `kv-*` host calls.

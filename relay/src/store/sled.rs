@@ -43,6 +43,7 @@ pub enum StoreError {
 pub struct SledStore {
     db: sled::Db,
     offline: std::sync::Arc<dashmap::DashMap<String, sled::Tree>>,
+    history: std::sync::Arc<dashmap::DashMap<String, sled::Tree>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -82,19 +83,34 @@ impl SledStore {
         Ok(SledStore {
             db,
             offline: Default::default(),
+            history: Default::default(),
         })
     }
 
     /// The tree of `tenant`'s offline messages (`offline/<tenant>`).
     fn offline_tree(&self, tenant: &str) -> Result<sled::Tree, String> {
-        if let Some(t) = self.offline.get(tenant) {
+        self.tree(&self.offline, "offline", tenant)
+    }
+
+    /// The tree of `tenant`'s room history (`history/<tenant>`).
+    fn history_tree(&self, tenant: &str) -> Result<sled::Tree, String> {
+        self.tree(&self.history, "history", tenant)
+    }
+
+    fn tree(
+        &self,
+        cache: &dashmap::DashMap<String, sled::Tree>,
+        purpose: &str,
+        tenant: &str,
+    ) -> Result<sled::Tree, String> {
+        if let Some(t) = cache.get(tenant) {
             return Ok(t.clone());
         }
         let t = self
             .db
-            .open_tree(format!("offline/{tenant}"))
+            .open_tree(format!("{purpose}/{tenant}"))
             .map_err(|e| e.to_string())?;
-        self.offline.insert(tenant.to_owned(), t.clone());
+        cache.insert(tenant.to_owned(), t.clone());
         Ok(t)
     }
 
@@ -213,6 +229,122 @@ impl MessageStore for SledStore {
     fn flush(&self) -> Result<(), String> {
         self.db.flush().map(|_| ()).map_err(|e| e.to_string())
     }
+
+    fn history_epoch(&self, tenant: &str) -> Result<String, String> {
+        let tree = self.history_tree(tenant)?;
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        let _ = tree
+            .compare_and_swap(EPOCH_KEY, None as Option<&[u8]>, Some(fresh.as_bytes()))
+            .map_err(|e| e.to_string())?;
+        let v = tree
+            .get(EPOCH_KEY)
+            .map_err(|e| e.to_string())?
+            .ok_or("history epoch vanished")?;
+        Ok(String::from_utf8_lossy(&v).into_owned())
+    }
+
+    fn history_offset(&self) -> Result<u64, String> {
+        // sled's ids are unique and increasing, also across restarts.
+        self.db.generate_id().map_err(|e| e.to_string())
+    }
+
+    fn history_append(
+        &self,
+        tenant: &str,
+        room: &str,
+        offset: u64,
+        msg: &Message,
+        max: usize,
+    ) -> Result<(), String> {
+        let tree = self.history_tree(tenant)?;
+        let prefix = history_prefix(b'd', room);
+        let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+        let mut value = Vec::with_capacity(8 + json.len());
+        value.extend_from_slice(&now_ms().to_be_bytes());
+        value.extend_from_slice(&json);
+        tree.insert(entry_key(&prefix, offset), value)
+            .map_err(|e| e.to_string())?;
+        let count = tree.scan_prefix(&prefix).keys().count();
+        let excess = count.saturating_sub(max.max(1));
+        for k in tree.scan_prefix(&prefix).keys().take(excess).flatten() {
+            tree.remove(&k).map_err(|e| e.to_string())?;
+            if let Some(off) = key_offset(&k, prefix.len()) {
+                mark_trimmed(&tree, room, off)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn history_since(
+        &self,
+        tenant: &str,
+        room: &str,
+        after: u64,
+        ttl: Duration,
+    ) -> Result<Option<Vec<(u64, Message)>>, String> {
+        let tree = self.history_tree(tenant)?;
+        let prefix = history_prefix(b'd', room);
+        let oldest = now_ms().saturating_sub(ttl.as_millis() as u64);
+        let mut out = Vec::new();
+        for entry in tree.scan_prefix(&prefix) {
+            let (k, v) = entry.map_err(|e| e.to_string())?;
+            let Some(off) = key_offset(&k, prefix.len()) else {
+                continue;
+            };
+            let stored = v
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes);
+            if stored < oldest {
+                // Expired: gone from the history like a trimmed entry.
+                tree.remove(&k).map_err(|e| e.to_string())?;
+                mark_trimmed(&tree, room, off)?;
+                continue;
+            }
+            if off > after {
+                if let Some(m) = v.get(8..).and_then(|j| serde_json::from_slice(j).ok()) {
+                    out.push((off, m));
+                }
+            }
+        }
+        let trimmed = tree
+            .get(history_prefix(b't', room))
+            .map_err(|e| e.to_string())?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        Ok((trimmed <= after).then_some(out))
+    }
+}
+
+const EPOCH_KEY: &[u8] = b"epoch";
+
+/// `kind` (`d` entries, `t` highest trimmed offset), name length, room name.
+fn history_prefix(kind: u8, room: &str) -> Vec<u8> {
+    let name = room.as_bytes();
+    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let mut k = Vec::with_capacity(3 + name.len() + 8);
+    k.push(kind);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(&name[..usize::from(len)]);
+    k
+}
+
+fn key_offset(k: &[u8], prefix_len: usize) -> Option<u64> {
+    k.get(prefix_len..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+}
+
+/// Remember that `room`'s history no longer has everything up to `offset`.
+fn mark_trimmed(tree: &sled::Tree, room: &str, offset: u64) -> Result<(), String> {
+    tree.fetch_and_update(history_prefix(b't', room), |old| {
+        let old = old
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map_or(0, u64::from_be_bytes);
+        Some(old.max(offset).to_be_bytes().to_vec())
+    })
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 /// A tenant's key-value store in its own sled tree. Values carry their expiry
@@ -373,6 +505,45 @@ mod tests {
         assert_eq!(
             s.pending("t", &u, Duration::from_secs(60)).unwrap().0.len(),
             0
+        );
+    }
+
+    #[test]
+    fn history_gives_the_exact_missed_range_or_says_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let epoch = s.history_epoch("t").unwrap();
+        assert_eq!(s.history_epoch("t").unwrap(), epoch, "stable");
+        let mut offs = Vec::new();
+        for i in 0..5 {
+            let o = s.history_offset().unwrap();
+            s.history_append("t", "r", o, &Message::data(serde_json::json!(i)), 3)
+                .unwrap();
+            offs.push(o);
+        }
+        let day = Duration::from_secs(86_400);
+        // Entries 2, 3, 4 are kept; after offset 2 (entry index 2) exactly 3 and 4 follow.
+        let got = s.history_since("t", "r", offs[2], day).unwrap().unwrap();
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            offs[3..].to_vec()
+        );
+        assert_eq!(
+            s.history_since("t", "r", offs[4], day).unwrap(),
+            Some(vec![])
+        );
+        assert_eq!(
+            s.history_since("t", "r", offs[0], day).unwrap(),
+            None,
+            "entry 1 was trimmed"
+        );
+        assert_eq!(s.history_since("t", "other", 0, day).unwrap(), Some(vec![]));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            s.history_since("t", "r", offs[3], Duration::from_millis(1))
+                .unwrap(),
+            None,
+            "expired entries cannot be recovered"
         );
     }
 

@@ -80,7 +80,8 @@ pub struct ServerConfig {
     /// `always` (a flush each), `batch` (requests within `sync_window_ms` share one),
     /// `none` (acknowledged at once, flushed in the background). Default `batch`.
     pub sync: crate::store::commit::SyncMode,
-    /// `batch`: how long a flush waits for more requests to join it (0–5). Default 2 ms.
+    /// `batch`: how long a flush waits for more requests to join it (0–5). With 0 a flush
+    /// starts at once and requests arriving meanwhile share the next one. Default 0.
     pub sync_window_ms: u64,
 }
 
@@ -90,7 +91,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("relay-data"),
             shutdown_grace_ms: 5_000,
             sync: Default::default(),
-            sync_window_ms: 2,
+            sync_window_ms: 0,
         }
     }
 }

@@ -139,3 +139,41 @@ routes = [{{ path = "/", tenant = "chat" }}]
     );
     d.exit().await
 }
+
+#[tokio::test]
+async fn a_wasm_plugin_keeps_messages_for_offline_users() -> Result<()> {
+    let relay = TestRelay::start(
+        r#"
+[[tenant]]
+name = "t"
+policy = "wasm"
+plugin = "bundled:testkit"
+
+[[listener]]
+name = "ws"
+kind = "ws"
+bind = "127.0.0.1:0"
+routes = [{ path = "/", tenant = "t" }]
+"#,
+    )
+    .await?;
+    let mut alice = ws(relay.addr("ws"), "/?user=alice").await?;
+    alice
+        .send(json!({"event": "keep", "user": "bob", "data": "see you"}))
+        .await?;
+    relay
+        .eventually("kept", |r| r.metric("offline_stored") == 1)
+        .await?;
+    let mut bob = ws(relay.addr("ws"), "/?user=bob").await?;
+    assert_eq!(
+        bob.recv().await?,
+        json!({"event": "kept", "data": "see you", "is_online": false})
+    );
+    // With bob online the same action delivers at once and keeps nothing.
+    alice
+        .send(json!({"event": "keep", "user": "bob", "data": "now"}))
+        .await?;
+    assert_eq!(bob.recv().await?["data"], "now");
+    assert_eq!(relay.metric("offline_stored"), 1);
+    Ok(())
+}

@@ -101,8 +101,13 @@ fn check_reports_file_line_and_key_for_broken_configs() {
 fn check_accepts_the_examples() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut n = 0;
-    for e in std::fs::read_dir(&examples).expect("examples/") {
-        let p = e.expect("entry").path();
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for dir in [examples.clone(), examples.join("seeds")] {
+        for e in std::fs::read_dir(&dir).expect("examples/") {
+            files.push(e.expect("entry").path());
+        }
+    }
+    for p in files {
         if p.extension().is_some_and(|x| x == "toml") {
             let out = relay()
                 .arg("check")

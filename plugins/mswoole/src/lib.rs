@@ -252,6 +252,7 @@ impl Plugin for Mswoole {
                     value: "error auth".into(),
                 }],
                 body: String::new(),
+                actions: Vec::new(),
             })
         };
         let Some(auth) = query_param(&req.query, "auth").filter(|a| !a.is_empty()) else {

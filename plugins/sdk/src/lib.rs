@@ -317,6 +317,7 @@ pub fn reject(status: u16, body: &str) -> HandshakeDecision {
         status,
         headers: Vec::new(),
         body: body.to_owned(),
+        actions: Vec::new(),
     })
 }
 

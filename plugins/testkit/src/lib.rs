@@ -43,6 +43,7 @@ impl Plugin for Testkit {
                     value: "error auth".into(),
                 }],
                 body: String::new(),
+                actions: Vec::new(),
             }));
         }
         if query_param(&req.query, "defer").is_some() {

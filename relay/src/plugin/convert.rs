@@ -209,6 +209,7 @@ pub fn decision(d: w::HandshakeDecision) -> Result<HandshakeDecision, String> {
             status: status(r.status)?,
             headers: unpairs(r.headers),
             body: r.body,
+            actions: actions(r.actions)?,
         },
     })
 }

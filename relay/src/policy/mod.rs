@@ -83,6 +83,8 @@ pub enum HandshakeDecision {
         headers: Vec<(String, String)>,
         /// Response body.
         body: String,
+        /// Socket.IO: replies sent on the refused namespace instead of CONNECT_ERROR.
+        actions: Vec<Action>,
     },
 }
 

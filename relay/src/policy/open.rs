@@ -331,6 +331,7 @@ impl Policy for OpenPolicy {
                     status: 401,
                     headers: vec![("x-relay-error".into(), "user required".into())],
                     body: json!({"error": "a user query parameter is required"}).to_string(),
+                    actions: vec![],
                 });
             }
             let rooms = req

@@ -976,7 +976,24 @@ impl Driver {
                 return;
             }
         };
-        if let HandshakeDecision::Reject { body, status, .. } = &decision {
+        if let HandshakeDecision::Reject {
+            body,
+            status,
+            actions,
+            ..
+        } = &decision
+        {
+            if !actions.is_empty() {
+                // The policy speaks to the refused namespace itself (no CONNECT_ERROR,
+                // no CONNECT): only its replies are sent.
+                Metrics::inc(&node.metrics.handshakes_rejected);
+                for a in actions {
+                    if let Action::Reply { message } = a {
+                        s.link.send(codec.encode(message));
+                    }
+                }
+                return;
+            }
             let body = if body.trim().is_empty() {
                 // No text from the policy: the status's reason phrase ("Forbidden").
                 hyper::StatusCode::from_u16(*status)

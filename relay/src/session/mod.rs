@@ -63,6 +63,7 @@ pub async fn handshake(
             status,
             headers,
             body,
+            ..
         } => {
             Metrics::inc(&node.metrics.handshakes_rejected);
             let mut resp = text_response(*status, body);

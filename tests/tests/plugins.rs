@@ -158,6 +158,9 @@ async fn event_and_ingress_hooks_use_host_imports() -> Result<()> {
     let r2 = a.recv().await?["bytes"].clone();
     assert_eq!(r1.as_array().map(Vec::len), Some(16));
     assert_ne!(r1, r2);
+    // std's HashMap works (its seed import is the one wasi:random interface allowed).
+    a.send(json!({"event": "count", "text": "a b a"})).await?;
+    assert_eq!(a.recv().await?["words"], json!([["a", 2], ["b", 1]]));
 
     let (s, body) = http(
         relay.addr("http"),

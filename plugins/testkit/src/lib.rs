@@ -120,6 +120,17 @@ impl Plugin for Testkit {
                 vec![reply(&json!({"event": "kv-once", "fresh": fresh}))]
             }
             "now" => vec![reply(&json!({"event": "now", "ms": host::now_ms()}))],
+            "count" => {
+                // std's HashMap (its hasher is seeded through wasi:random/insecure-seed).
+                let text = s("text");
+                let mut words: std::collections::HashMap<&str, u32> = Default::default();
+                for w in text.split_whitespace() {
+                    *words.entry(w).or_default() += 1;
+                }
+                let mut counts: Vec<(&str, u32)> = words.into_iter().collect();
+                counts.sort();
+                vec![reply(&json!({"event": "count", "words": counts}))]
+            }
             "webhook" => vec![
                 Action::Webhook(Webhook {
                     method: s("method"),

@@ -33,6 +33,9 @@ pub const ALLOWED_WASI: &[&str] = &[
     "wasi:io/error",
     "wasi:io/streams",
     "wasi:io/poll",
+    // std's HashMap seeds its hasher from here (the seed is no secret; plugins get real
+    // randomness from the host's `random-bytes`).
+    "wasi:random/insecure-seed",
 ];
 
 /// The engine and linker every tenant shares.
@@ -127,6 +130,12 @@ fn build() -> Result<Runtime, String> {
             l,
             |s| &mut s.table,
         ))?;
+        link(
+            wasmtime_wasi::p2::bindings::random::insecure_seed::add_to_linker::<
+                HostState,
+                wasmtime_wasi::random::WasiRandom,
+            >(l, |s| s.wasi.random()),
+        )?;
     }
     let ticker = engine.weak();
     std::thread::Builder::new()

@@ -258,6 +258,10 @@ pub struct TenantConfig {
     /// (seed 000's `disconnect_cb`).
     #[serde(default)]
     pub disconnect_webhook: Option<Spanned<String>>,
+    /// A message sent to a connection (socket.io: namespace) just before the authentication
+    /// deadline closes it, e.g. `{ event = "server_return", data = { errcode = 1 } }`.
+    #[serde(default)]
+    pub auth_timeout_notice: Option<Spanned<toml::Table>>,
     /// Close a connection not authenticated within this long (1008). Default 30000 ms.
     #[serde(default = "defaults::auth_timeout_ms")]
     pub auth_timeout_ms: u64,
@@ -295,6 +299,17 @@ pub struct TenantConfig {
 }
 
 impl TenantConfig {
+    /// `auth_timeout_notice` as a message.
+    pub fn auth_timeout_message(&self) -> Result<Option<crate::protocol::Message>, String> {
+        let Some(t) = &self.auth_timeout_notice else {
+            return Ok(None);
+        };
+        let v = serde_json::to_value(t.get_ref()).map_err(|e| e.to_string())?;
+        serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| format!("needs `event` (optional) and `data`: {e}"))
+    }
+
     /// The policy settings (empty when none are given).
     pub fn settings(&self) -> toml::Table {
         self.settings
@@ -574,6 +589,11 @@ impl Config {
                     k("event_field"),
                     "must not be empty".into(),
                 );
+            }
+            if let Some(n) = &t.auth_timeout_notice {
+                if let Err(e) = t.auth_timeout_message() {
+                    return self.err(Some(n.span()), k("auth_timeout_notice"), e);
+                }
             }
             for (field, url) in [
                 ("login_webhook", &t.login_webhook),

@@ -38,6 +38,8 @@ pub struct Tenant {
     /// Held while a message is appended to room history and delivered, and while a
     /// joining connection is replayed what it missed: members see history order.
     pub history_lock: std::sync::Mutex<()>,
+    /// Sent just before the authentication deadline closes a connection.
+    pub auth_timeout_notice: Option<crate::protocol::Message>,
     /// The history epoch, read from the store on first use.
     pub history_epoch: std::sync::OnceLock<String>,
 }
@@ -118,6 +120,7 @@ impl Tenant {
             max_bytes: config.log_max_bytes,
             keep: config.log_keep,
         });
+        let notice = config.auth_timeout_message()?;
         Ok(Tenant {
             log,
             name,
@@ -129,6 +132,7 @@ impl Tenant {
             namespaces,
             engine: Default::default(),
             history_lock: Default::default(),
+            auth_timeout_notice: notice,
             history_epoch: Default::default(),
         })
     }

@@ -640,6 +640,7 @@ where
         idle: None, // the Engine.IO heartbeat watches liveness
         ping: None,
         auth: None,
+        auth_notice: None,
         max_message: tenant.config.max_message_bytes,
     };
     let mut sink = EngineSink {
@@ -1054,6 +1055,13 @@ impl Driver {
             return None;
         }
         Metrics::inc(&self.node.metrics.auth_timeouts);
+        if let Some(notice) = &self.tenant.auth_timeout_notice {
+            for n in &late {
+                if let Some(h) = self.sockets.get(n) {
+                    h.send(h.codec.encode(notice));
+                }
+            }
+        }
         if late.len() == self.sockets.len() {
             for n in &late {
                 if let Some(h) = self.sockets.get(n) {

@@ -155,6 +155,10 @@ async fn run<S>(
             h.clone(),
         )),
         max_message: tenant.config.max_message_bytes,
+        auth_notice: tenant
+            .auth_timeout_notice
+            .as_ref()
+            .map(|m| h.codec.encode(m)),
     };
     let mut sink = JsonSink {
         h: h.clone(),
@@ -293,6 +297,8 @@ pub(crate) struct ReadOpts {
     pub ping: Option<Duration>,
     /// Close (1008) at this instant unless this connection is authenticated by then.
     pub auth: Option<(Instant, Arc<ConnHandle>)>,
+    /// Sent just before that close.
+    pub auth_notice: Option<Bytes>,
     /// Largest message, all fragments together (1009 beyond).
     pub max_message: usize,
 }
@@ -394,6 +400,9 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
                 _ = sleep_until(auth_deadline), if !authed() && !h.closing.is_cancelled() => {
                     if !authed() {
                         Metrics::inc(&m.auth_timeouts);
+                        if let Some(n) = &opts.auth_notice {
+                            h.send(n.clone());
+                        }
                         h.close(1008, "authentication timeout");
                     }
                 }

@@ -225,18 +225,19 @@ pub(crate) fn apply_decision(
                 s.data = data;
             }
             h.set_authenticated();
-            // Kept messages first, in order, before anything live.
-            if let Some(u) = user {
-                node.lifecycle(tenant, crate::node::Lifecycle::Login, &h.id.to_string());
-                node.deliver_offline(tenant, h, Mailbox::User(u));
-            }
             // Joining replays missed room history and the room's mailbox.
             for r in rooms {
                 if let Err(e) = node.join_room(tenant, h, &r) {
                     tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused");
                 }
             }
+            // The handshake's own answer (e.g. a login frame), then the user's kept
+            // messages in order, before anything else.
             node.execute(tenant, Some(h), actions);
+            if let Some(u) = user {
+                node.lifecycle(tenant, crate::node::Lifecycle::Login, &h.id.to_string());
+                node.deliver_offline(tenant, h, Mailbox::User(u));
+            }
         }
         HandshakeDecision::Defer { actions } => {
             node.execute(tenant, Some(h), actions);

@@ -61,7 +61,16 @@ struct Loaded {
     pre: PluginPre<HostState>,
     hash: String,
     idle: Mutex<Vec<Instance>>,
-    modified: Option<SystemTime>,
+    modified: Option<FileStamp>,
+}
+
+/// What identifies one version of the plugin file: its modification time and length
+/// (timestamps are coarse; a file caught half-written has another length).
+type FileStamp = (SystemTime, u64);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 enum CallError {
@@ -90,7 +99,10 @@ struct Inner {
     current: RwLock<Arc<Loaded>>,
     /// Modification time of the last file a reload was attempted from (so a broken
     /// file is tried once, not on every watch tick).
-    attempted: Mutex<Option<SystemTime>>,
+    attempted: Mutex<Option<FileStamp>>,
+    /// Held by the reload in progress: reloads run one at a time, so an older file's
+    /// slow reload can never replace a newer one.
+    reloading: Mutex<()>,
     /// One permit per instance: calls beyond `plugin_instances` wait for one instead of
     /// creating (and throwing away) more instances.
     permits: tokio::sync::Semaphore,
@@ -161,6 +173,7 @@ impl WasmPolicy {
                 spec,
                 current: RwLock::new(Arc::new(loaded)),
                 attempted: Mutex::new(None),
+                reloading: Mutex::new(()),
                 permits: tokio::sync::Semaphore::new(max_idle.max(1)),
             }),
         })
@@ -235,7 +248,7 @@ impl Spec {
     /// Read, compile, check and pre-link the plugin file, and prove it with one `init`.
     fn prepare(&self, rt: &Runtime) -> Result<Loaded, String> {
         let path = &self.path;
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let modified = stamp(path);
         let wasm = std::fs::read(path)
             .map_err(|e| format!("cannot read plugin {}: {e}", path.display()))?;
         let compiled = runtime::compile(rt, &wasm, &self.cache_dir)
@@ -480,13 +493,13 @@ impl Policy for WasmPolicy {
     }
 
     fn reload(&self) -> Option<Result<String, String>> {
+        let _one_at_a_time = self.inner.reloading.lock();
         Some(self.inner.reload())
     }
 
     fn reload_if_changed(&self) -> Option<Result<String, String>> {
-        let now = std::fs::metadata(&self.inner.path)
-            .and_then(|m| m.modified())
-            .ok()?;
+        let _one_at_a_time = self.inner.reloading.lock();
+        let now = stamp(&self.inner.path)?;
         if Some(now) == self.inner.current().modified {
             return None;
         }

@@ -137,6 +137,11 @@ async fn auth_routing_and_replies() -> Result<()> {
             "&lt;b&gt;hi&lt;/b&gt; &amp; &quot;bye&quot;"
         );
     }
+    // Leaving tells the others.
+    ann.send(json!({"method": "live.user.out"})).await?;
+    ann.recv().await?;
+    assert_eq!(tom.recv().await?["event"], "userOutBroadcast");
+    assert_eq!(ann.recv().await?["event"], "userOutSuccess");
     // A big screen may not act as a wechat user.
     let wall =
         auth_for(r#"{"id":"w1","type":"wall","code":"room1","nickname":"screen","ctime":1}"#);

@@ -211,6 +211,40 @@ async fn login_kick_chat_unread_and_udp() -> Result<()> {
     laptop.recv().await?;
     phone.expect_silence(Duration::from_millis(200)).await?;
 
+    // to_fd / to_fd_all address connections by id.
+    let tenant = relay.running.node.tenants["swoole-push"].clone();
+    let fds = relay::hub::Presence::user_connections(&*tenant.hub, "654321");
+    assert_eq!(fds.len(), 2);
+    let one = json!({"means": "to_fd", "data": {"to_fd": fds[0], "content": "fd"}}).to_string();
+    assert_eq!(
+        udp("127.0.0.1", relay.addr("udp"), one.as_bytes(), WAIT)
+            .await?
+            .as_deref(),
+        Some(r#"{"onLine":1}"#)
+    );
+    let both = json!({"means": "to_fd_all", "data": {"fd_all": fds, "content": "fds"}}).to_string();
+    assert_eq!(
+        udp("127.0.0.1", relay.addr("udp"), both.as_bytes(), WAIT)
+            .await?
+            .as_deref(),
+        Some(r#"{"onLine":null}"#)
+    );
+    let mut got = Vec::new();
+    for c in [&mut phone, &mut laptop] {
+        loop {
+            match c.recv_within(Duration::from_millis(300)).await {
+                Ok(m) => got.push(m["content"].as_str().unwrap_or_default().to_owned()),
+                Err(_) => break,
+            }
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["fd", "fds", "fds"],
+        "to_fd reached one device, to_fd_all both"
+    );
+
     // HTTP /chat/send and the hello page.
     let (s, b) = get(relay.addr("api"), "/chat/send?to_uid=654321&content=yo").await?;
     assert_eq!(

@@ -231,11 +231,8 @@ async fn login_kick_chat_unread_and_udp() -> Result<()> {
     );
     let mut got = Vec::new();
     for c in [&mut phone, &mut laptop] {
-        loop {
-            match c.recv_within(Duration::from_millis(300)).await {
-                Ok(m) => got.push(m["content"].as_str().unwrap_or_default().to_owned()),
-                Err(_) => break,
-            }
+        while let Ok(m) = c.recv_within(Duration::from_millis(300)).await {
+            got.push(m["content"].as_str().unwrap_or_default().to_owned());
         }
     }
     got.sort();

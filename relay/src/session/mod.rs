@@ -185,7 +185,7 @@ fn cfg_ms(ms: u64) -> Option<Duration> {
 }
 
 /// The room-history offset a client presents: the Socket.IO auth payload's `offset`
-/// (what socket.io-client's connection-state recovery sends) or the `offset` query
+/// (the field socket.io-client's connection-state recovery uses) or the `offset` query
 /// parameter.
 pub(crate) fn presented_offset(req: &HandshakeRequest) -> Option<String> {
     req.auth

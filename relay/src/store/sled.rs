@@ -125,16 +125,53 @@ impl SledStore {
 /// Key prefix of a mailbox: kind byte, name length (2 bytes), name; an entry's key adds
 /// its id (8 bytes, big-endian, so entries sort in storing order).
 fn mailbox_prefix(mb: &Mailbox) -> Vec<u8> {
-    let (kind, name) = match mb {
-        Mailbox::User(u) => (b'u', u.as_bytes()),
-        Mailbox::Room(r) => (b'r', r.as_bytes()),
-    };
+    match mb {
+        Mailbox::User(u) => name_prefix(b'u', u),
+        Mailbox::Room(r) => name_prefix(b'r', r),
+    }
+}
+
+/// `kind`, the name's length (2 bytes), the name: a key prefix no other name shares.
+fn name_prefix(kind: u8, name: &str) -> Vec<u8> {
+    let name = name.as_bytes();
     let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
     let mut k = Vec::with_capacity(3 + name.len() + 8);
     k.push(kind);
     k.extend_from_slice(&len.to_be_bytes());
     k.extend_from_slice(&name[..usize::from(len)]);
     k
+}
+
+/// A stored entry: the time it was stored (ms, 8 bytes) then the message's JSON.
+fn entry_value(msg: &Message) -> Result<Vec<u8>, String> {
+    let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+    let mut value = Vec::with_capacity(8 + json.len());
+    value.extend_from_slice(&now_ms().to_be_bytes());
+    value.extend_from_slice(&json);
+    Ok(value)
+}
+
+/// The stored time and message of an entry (`None` parts when unreadable).
+fn read_entry(v: &[u8]) -> (Option<u64>, Option<Message>) {
+    let stored = v
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes);
+    let msg = v.get(8..).and_then(|j| serde_json::from_slice(j).ok());
+    (stored, msg)
+}
+
+/// Remove the oldest entries under `prefix` beyond `max`; returns their keys.
+fn trim(tree: &sled::Tree, prefix: &[u8], max: usize) -> Result<Vec<sled::IVec>, String> {
+    let count = tree.scan_prefix(prefix).keys().count();
+    let excess = count.saturating_sub(max.max(1));
+    let mut removed = Vec::new();
+    for k in tree.scan_prefix(prefix).keys().take(excess).flatten() {
+        if tree.remove(&k).map_err(|e| e.to_string())?.is_some() {
+            removed.push(k);
+        }
+    }
+    Ok(removed)
 }
 
 fn entry_key(prefix: &[u8], id: u64) -> Vec<u8> {
@@ -154,20 +191,9 @@ impl MessageStore for SledStore {
         let tree = self.offline_tree(tenant)?;
         let prefix = mailbox_prefix(mb);
         let id = self.db.generate_id().map_err(|e| e.to_string())?;
-        let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
-        let mut value = Vec::with_capacity(8 + json.len());
-        value.extend_from_slice(&now_ms().to_be_bytes());
-        value.extend_from_slice(&json);
-        tree.insert(entry_key(&prefix, id), value)
+        tree.insert(entry_key(&prefix, id), entry_value(msg)?)
             .map_err(|e| e.to_string())?;
-        let count = tree.scan_prefix(&prefix).keys().count();
-        let excess = count.saturating_sub(max.max(1));
-        let mut dropped = 0;
-        for k in tree.scan_prefix(&prefix).keys().take(excess).flatten() {
-            if tree.remove(k).map_err(|e| e.to_string())?.is_some() {
-                dropped += 1;
-            }
-        }
+        let dropped = trim(&tree, &prefix, max)?.len();
         Ok(Pushed { id, dropped })
     }
 
@@ -184,17 +210,8 @@ impl MessageStore for SledStore {
         let mut expired = 0;
         for entry in tree.scan_prefix(&prefix) {
             let (k, v) = entry.map_err(|e| e.to_string())?;
-            let id = k
-                .get(prefix.len()..)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes);
-            let stored_ms = v
-                .get(..8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes);
-            let message = v
-                .get(8..)
-                .and_then(|j| serde_json::from_slice::<Message>(j).ok());
+            let id = key_offset(&k, prefix.len());
+            let (stored_ms, message) = read_entry(&v);
             match (id, stored_ms, message) {
                 (Some(id), Some(stored_ms), Some(message)) if stored_ms >= oldest => {
                     out.push(StoredMessage {
@@ -258,16 +275,9 @@ impl MessageStore for SledStore {
     ) -> Result<(), String> {
         let tree = self.history_tree(tenant)?;
         let prefix = history_prefix(b'd', room);
-        let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
-        let mut value = Vec::with_capacity(8 + json.len());
-        value.extend_from_slice(&now_ms().to_be_bytes());
-        value.extend_from_slice(&json);
-        tree.insert(entry_key(&prefix, offset), value)
+        tree.insert(entry_key(&prefix, offset), entry_value(msg)?)
             .map_err(|e| e.to_string())?;
-        let count = tree.scan_prefix(&prefix).keys().count();
-        let excess = count.saturating_sub(max.max(1));
-        for k in tree.scan_prefix(&prefix).keys().take(excess).flatten() {
-            tree.remove(&k).map_err(|e| e.to_string())?;
+        for k in trim(&tree, &prefix, max)? {
             if let Some(off) = key_offset(&k, prefix.len()) {
                 mark_trimmed(&tree, room, off)?;
             }
@@ -291,20 +301,15 @@ impl MessageStore for SledStore {
             let Some(off) = key_offset(&k, prefix.len()) else {
                 continue;
             };
-            let stored = v
-                .get(..8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, u64::from_be_bytes);
-            if stored < oldest {
+            let (stored, message) = read_entry(&v);
+            if stored.unwrap_or(0) < oldest {
                 // Expired: gone from the history like a trimmed entry.
                 tree.remove(&k).map_err(|e| e.to_string())?;
                 mark_trimmed(&tree, room, off)?;
                 continue;
             }
-            if off > after {
-                if let Some(m) = v.get(8..).and_then(|j| serde_json::from_slice(j).ok()) {
-                    out.push((off, m));
-                }
+            if let (true, Some(m)) = (off > after, message) {
+                out.push((off, m));
             }
         }
         let trimmed = tree
@@ -318,15 +323,9 @@ impl MessageStore for SledStore {
 
 const EPOCH_KEY: &[u8] = b"epoch";
 
-/// `kind` (`d` entries, `t` highest trimmed offset), name length, room name.
+/// Keys of a room's history: `d` entries, `t` its highest trimmed offset.
 fn history_prefix(kind: u8, room: &str) -> Vec<u8> {
-    let name = room.as_bytes();
-    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-    let mut k = Vec::with_capacity(3 + name.len() + 8);
-    k.push(kind);
-    k.extend_from_slice(&len.to_be_bytes());
-    k.extend_from_slice(&name[..usize::from(len)]);
-    k
+    name_prefix(kind, room)
 }
 
 fn key_offset(k: &[u8], prefix_len: usize) -> Option<u64> {

@@ -115,11 +115,7 @@ impl Plugin for EggEnvelope {
 
     fn on_event(conn: ConnInfo, ev: ClientEvent) -> Result<Vec<Action>, String> {
         let cfg = cfg()?;
-        let args: Vec<Value> = ev
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or_default();
+        let args: Vec<Value> = event_args(ev.data.as_deref());
         let first = args.first().cloned().unwrap_or(Value::Null);
         let meta = &first["meta"];
         if !signed(cfg, meta) {

@@ -70,11 +70,7 @@ impl Plugin for Md5Sign {
     }
 
     fn on_event(conn: ConnInfo, ev: ClientEvent) -> Result<Vec<Action>, String> {
-        let data: Value = ev
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or(Value::Null);
+        let data: Value = parse_json(ev.data.as_deref());
         let room = data["room"].as_str().unwrap_or_default().to_owned();
         Ok(match ev.name.as_deref() {
             Some("join") if !room.is_empty() => vec![

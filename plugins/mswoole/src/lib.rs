@@ -16,7 +16,6 @@
 //!
 //! Settings: `passphrase` (default `kfw001-websocket`).
 
-use base64::Engine as _;
 use des::cipher::generic_array::GenericArray;
 use des::cipher::{BlockDecrypt, KeyInit};
 use relay_plugin_sdk::serde_json::{json, Map, Value};
@@ -38,21 +37,7 @@ fn des_key(passphrase: &str) -> [u8; 24] {
 
 /// Decode an `auth` parameter into the session object, or say why not.
 pub fn decode_auth(auth: &str, key: &[u8; 24]) -> Result<Map<String, Value>, &'static str> {
-    let b64: String = auth
-        .chars()
-        .map(|c| match c {
-            '*' => '+',
-            ':' => '/',
-            '_' => '=',
-            c => c,
-        })
-        .collect();
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    let mut data = engine.decode(b64.trim()).map_err(|_| "bad base64")?;
+    let mut data = encoding::base64_decode(auth, ['*', ':', '_']).ok_or("bad base64")?;
     if data.is_empty() || data.len() % 8 != 0 {
         return Err("not whole 8-byte blocks");
     }
@@ -299,11 +284,7 @@ impl Plugin for Mswoole {
         else {
             return Ok(vec![close(1000, "")]); // non-JSON: closed silently
         };
-        let session: Value = conn
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or(Value::Null);
+        let session: Value = parse_json(conn.data.as_deref());
         data.insert("fd".into(), Value::String(conn.id.clone()));
         data.insert("code".into(), session["code"].clone());
         data.insert("auth".into(), session.clone());

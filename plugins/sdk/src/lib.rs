@@ -138,6 +138,33 @@ pub mod sign {
     }
 }
 
+/// Encodings the seed schemes use.
+pub mod encoding {
+    use base64::Engine as _;
+
+    /// Decode base64 written in a variant alphabet: `subst` gives the characters used in
+    /// place of `+`, `/` and `=` (e.g. `['*', ':', '_']`). Padding is optional.
+    pub fn base64_decode(text: &str, subst: [char; 3]) -> Option<Vec<u8>> {
+        let std: String = text
+            .trim()
+            .chars()
+            .map(|c| match c {
+                c if c == subst[0] => '+',
+                c if c == subst[1] => '/',
+                c if c == subst[2] => '=',
+                c => c,
+            })
+            .collect();
+        base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        )
+        .decode(std)
+        .ok()
+    }
+}
+
 /// Replay defence: timestamp windows and one-time nonces kept in the tenant's store.
 pub mod replay {
     /// Whether `ts_secs` (Unix seconds) is within `window_secs` of the host's clock.
@@ -203,6 +230,21 @@ pub fn url_decode(s: &str) -> String {
 /// Parameters of a form body (`application/x-www-form-urlencoded`); invalid UTF-8 is replaced.
 pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
     query_pairs(&String::from_utf8_lossy(body))
+}
+
+/// Parse JSON text a hook was given (`conn.data`, `event.data`, `req.auth`):
+/// `Value::Null` when absent or not JSON.
+pub fn parse_json(text: Option<&str>) -> serde_json::Value {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A Socket.IO event's arguments (`event.data`, a JSON array); empty when absent.
+pub fn event_args(data: Option<&str>) -> Vec<serde_json::Value> {
+    match parse_json(data) {
+        serde_json::Value::Array(a) => a,
+        _ => Vec::new(),
+    }
 }
 
 /// A header's value (names are lowercase).

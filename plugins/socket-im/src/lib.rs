@@ -173,17 +173,9 @@ impl Plugin for SocketIm {
         if ev.name.as_deref() != Some("postMsg") {
             return Ok(Vec::new());
         }
-        let session: Value = conn
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or(Value::Null);
+        let session: Value = parse_json(conn.data.as_deref());
         let source = text(&session["source"]);
-        let args: Vec<Value> = ev
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or_default();
+        let args: Vec<Value> = event_args(ev.data.as_deref());
         let data = args.first().cloned().unwrap_or(Value::Null);
         let room_id = args.get(1).map(text).unwrap_or_default();
         if data.is_null() || data == json!("") {
@@ -236,11 +228,7 @@ impl Plugin for SocketIm {
     }
 
     fn on_disconnect(conn: ConnInfo, _info: DisconnectInfo) -> Result<Vec<Action>, String> {
-        let session: Value = conn
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or(Value::Null);
+        let session: Value = parse_json(conn.data.as_deref());
         if session["watch_quit"] != json!(true) {
             return Ok(Vec::new());
         }

@@ -18,7 +18,6 @@
 //! Settings: `api_key` (for `/token`), `actions` (default `["chat"]`),
 //! `udpsocket_group = [{ ip, secret_key }]`.
 
-use base64::Engine as _;
 use relay_plugin_sdk::serde_json::{json, Map, Value};
 use relay_plugin_sdk::*;
 use std::cell::Cell;
@@ -68,21 +67,7 @@ fn next_id() -> u64 {
 
 /// `uid.token.source` from an access token in the `-_,` alphabet (padding optional).
 pub fn decode_access_token(t: &str) -> Option<(String, String, String)> {
-    let b64: String = t
-        .chars()
-        .map(|c| match c {
-            '-' => '+',
-            '_' => '/',
-            ',' => '=',
-            c => c,
-        })
-        .collect();
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    let raw = String::from_utf8(engine.decode(b64).ok()?).ok()?;
+    let raw = String::from_utf8(encoding::base64_decode(t, ['-', '_', ','])?).ok()?;
     let mut parts = raw.splitn(3, '.');
     let (uid, token, source) = (parts.next()?, parts.next()?, parts.next()?);
     (!uid.is_empty() && !token.is_empty())
@@ -380,11 +365,7 @@ impl Plugin for SwoolePush {
     }
 
     fn on_disconnect(conn: ConnInfo, _info: DisconnectInfo) -> Result<Vec<Action>, String> {
-        let session: Value = conn
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or(Value::Null);
+        let session: Value = parse_json(conn.data.as_deref());
         let slot = format!(
             "online:{}:{}",
             text(&session["uid"]),

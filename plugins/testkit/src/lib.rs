@@ -60,11 +60,7 @@ impl Plugin for Testkit {
             })
             .unwrap_or_default();
         // Socket.IO clients may name their user in the CONNECT packet's auth payload.
-        let auth: Value = req
-            .auth
-            .as_deref()
-            .and_then(|a| serde_json::from_str(a).ok())
-            .unwrap_or(Value::Null);
+        let auth: Value = parse_json(req.auth.as_deref());
         let user =
             query_param(&req.query, "user").or_else(|| auth["user"].as_str().map(str::to_owned));
         let mut decision = accept(user, rooms);
@@ -83,11 +79,7 @@ impl Plugin for Testkit {
     }
 
     fn on_event(conn: ConnInfo, ev: ClientEvent) -> Result<Vec<Action>, String> {
-        let data: Value = ev
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or(Value::Null);
+        let data: Value = parse_json(ev.data.as_deref());
         let s = |k: &str| data[k].as_str().unwrap_or_default().to_owned();
         Ok(match ev.name.as_deref().unwrap_or_default() {
             "echo" => vec![reply(&json!({"event": "echo", "text": ev.text}))],

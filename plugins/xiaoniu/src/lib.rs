@@ -216,11 +216,7 @@ impl Plugin for Xiaoniu {
             Some(k @ ("login" | "join" | "push")) => k,
             _ => return Ok(Vec::new()),
         };
-        let args: Vec<Value> = ev
-            .data
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok())
-            .unwrap_or_default();
+        let args: Vec<Value> = event_args(ev.data.as_deref());
         // The argument is an object, or a JSON string holding one.
         let obj = match args.first() {
             Some(Value::Object(o)) => Some(o.clone()),

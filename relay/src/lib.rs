@@ -195,6 +195,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown.token.clone(),
     );
     shutdown.tracker.spawn(commit_task);
+    for t in tenants.values() {
+        // Messages kept before a restart must still be found.
+        let used = store
+            .has_offline(&t.name)
+            .map_err(|e| Error::Io(std::io::Error::other(format!("store: {e}"))))?;
+        t.offline_used
+            .store(used, std::sync::atomic::Ordering::Relaxed);
+    }
     let (webhooks, webhook_task) =
         webhook::Webhooks::start(metrics.clone(), shutdown.token.clone()).map_err(Error::Tls)?;
     shutdown.tracker.spawn(webhook_task);

@@ -232,6 +232,9 @@ impl Node {
     /// Send `h` what its mailbox (a user's, or a room's to the whole room) holds, in order;
     /// the messages are removed from the store once written to `h`'s socket.
     pub fn deliver_offline(&self, tenant: &Tenant, h: &Arc<ConnHandle>, mailbox: Mailbox) {
+        if !tenant.offline_used.load(Relaxed) {
+            return;
+        }
         let ttl = Duration::from_millis(tenant.config.offline_ttl_ms);
         let (msgs, expired) = match self.store.pending(&tenant.name, &mailbox, ttl) {
             Ok(x) => x,
@@ -376,6 +379,7 @@ impl Node {
             .push(&tenant.name, &mailbox, &message, tenant.config.offline_max)
         {
             Ok(p) => {
+                tenant.offline_used.store(true, Relaxed);
                 out.stored += 1;
                 Metrics::inc(&self.metrics.offline_stored);
                 self.metrics

@@ -38,6 +38,9 @@ pub struct Tenant {
     /// Held while a message is appended to room history and delivered, and while a
     /// joining connection is replayed what it missed: members see history order.
     pub history_lock: std::sync::Mutex<()>,
+    /// Set once the tenant may have offline messages; until then identifications and
+    /// joins skip the store lookup.
+    pub offline_used: std::sync::atomic::AtomicBool,
     /// Sent just before the authentication deadline closes a connection.
     pub auth_timeout_notice: Option<crate::protocol::Message>,
     /// The history epoch, read from the store on first use.
@@ -132,6 +135,7 @@ impl Tenant {
             namespaces,
             engine: Default::default(),
             history_lock: Default::default(),
+            offline_used: Default::default(),
             auth_timeout_notice: notice,
             history_epoch: Default::default(),
         })

@@ -96,3 +96,98 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Message;
+    use crate::store::{Mailbox, Pushed, StoredMessage};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts flushes; each takes 20 ms, long enough for requests to pile up.
+    #[derive(Default)]
+    struct Flushes(AtomicUsize);
+
+    impl MessageStore for Flushes {
+        fn push(&self, _: &str, _: &Mailbox, _: &Message, _: usize) -> Result<Pushed, String> {
+            Err("unused".into())
+        }
+        fn pending(
+            &self,
+            _: &str,
+            _: &Mailbox,
+            _: Duration,
+        ) -> Result<(Vec<StoredMessage>, usize), String> {
+            Err("unused".into())
+        }
+        fn has_offline(&self, _: &str) -> Result<bool, String> {
+            Ok(false)
+        }
+        fn remove(&self, _: &str, _: &Mailbox, _: &[u64]) -> Result<(), String> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), String> {
+            std::thread::sleep(Duration::from_millis(20));
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn history_epoch(&self, _: &str) -> Result<String, String> {
+            Err("unused".into())
+        }
+        fn history_offset(&self) -> Result<u64, String> {
+            Err("unused".into())
+        }
+        fn history_append(
+            &self,
+            _: &str,
+            _: &str,
+            _: u64,
+            _: &Message,
+            _: usize,
+        ) -> Result<(), String> {
+            Err("unused".into())
+        }
+        fn history_since(
+            &self,
+            _: &str,
+            _: &str,
+            _: u64,
+            _: Duration,
+        ) -> Result<Option<Vec<(u64, Message)>>, String> {
+            Err("unused".into())
+        }
+    }
+
+    /// Flushes made for 20 concurrent requests in `mode`.
+    async fn flushes(mode: SyncMode) -> usize {
+        let store = Arc::new(Flushes::default());
+        let (c, task) = Committer::start(
+            store.clone(),
+            mode,
+            Duration::ZERO,
+            CancellationToken::new(),
+        );
+        tokio::spawn(task);
+        let waits: Vec<_> = (0..20)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.durable().await })
+            })
+            .collect();
+        for w in waits {
+            assert_eq!(w.await.expect("join"), Ok(()));
+        }
+        store.0.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batch_shares_flushes_always_does_not_none_skips_them() {
+        assert_eq!(flushes(SyncMode::Always).await, 20);
+        let batch = flushes(SyncMode::Batch).await;
+        assert!(
+            (1..=3).contains(&batch),
+            "20 concurrent requests took {batch} flushes"
+        );
+        assert_eq!(flushes(SyncMode::None).await, 0);
+    }
+}

@@ -63,6 +63,8 @@ pub trait MessageStore: Send + Sync + 'static {
         mailbox: &Mailbox,
         ttl: Duration,
     ) -> Result<(Vec<StoredMessage>, usize), String>;
+    /// Whether the tenant has any offline message at all (lets joins skip the lookup).
+    fn has_offline(&self, tenant: &str) -> Result<bool, String>;
     /// Remove delivered messages.
     fn remove(&self, tenant: &str, mailbox: &Mailbox, ids: &[u64]) -> Result<(), String>;
     /// Make every write so far durable (blocking).

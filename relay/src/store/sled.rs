@@ -233,6 +233,10 @@ impl MessageStore for SledStore {
         Ok((out, expired))
     }
 
+    fn has_offline(&self, tenant: &str) -> Result<bool, String> {
+        Ok(!self.offline_tree(tenant)?.is_empty())
+    }
+
     fn remove(&self, tenant: &str, mb: &Mailbox, ids: &[u64]) -> Result<(), String> {
         let tree = self.offline_tree(tenant)?;
         let prefix = mailbox_prefix(mb);

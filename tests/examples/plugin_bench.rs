@@ -99,7 +99,7 @@ async fn handshake_storm(
     for _ in 0..conc {
         let prefix = prefix.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut ok = 0;
+            let (mut ok, mut failed) = (0, None);
             for _ in 0..per {
                 let n = NEXT_USER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let q = if signed {
@@ -107,26 +107,43 @@ async fn handshake_storm(
                 } else {
                     format!("user=u{n}")
                 };
-                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { continue };
+                let mut s = match tokio::net::TcpStream::connect(addr).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        failed.get_or_insert(format!("connect: {e}"));
+                        continue;
+                    }
+                };
                 let req = format!("GET {prefix}?{q} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
-                if s.write_all(req.as_bytes()).await.is_err() {
+                if let Err(e) = s.write_all(req.as_bytes()).await {
+                    failed.get_or_insert(format!("write: {e}"));
                     continue;
                 }
                 let mut buf = [0u8; 512];
-                if let Ok(n) = s.read(&mut buf).await {
-                    if buf[..n].starts_with(b"HTTP/1.1 101") {
-                        ok += 1;
+                match s.read(&mut buf).await {
+                    Ok(n) if buf[..n].starts_with(b"HTTP/1.1 101") => ok += 1,
+                    Ok(n) => {
+                        failed.get_or_insert(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(format!("read: {e}"));
                     }
                 }
             }
-            ok
+            (ok, failed)
         }));
     }
-    let mut ok = 0;
+    let (mut ok, mut failed) = (0, None);
     for t in tasks {
-        ok += t.await.unwrap_or(0);
+        let (n, f) = t.await.unwrap_or((0, Some("task panicked".into())));
+        ok += n;
+        failed = failed.or(f);
     }
-    assert_eq!(ok, per * conc, "every handshake must succeed");
+    assert_eq!(
+        ok,
+        per * conc,
+        "every handshake must succeed ({prefix}); first failure: {failed:?}"
+    );
     ok as f64 / start.elapsed().as_secs_f64()
 }
 

@@ -3,4 +3,7 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
+    // Hooks run on a fiber (the engine has async support) so that a call can run inline
+    // on a tokio worker; the host imports answer at once and stay synchronous.
+    exports: { default: async },
 });

@@ -2,12 +2,15 @@
 //!
 //! Each call takes an idle instance from the tenant's pool (or instantiates
 //! one from the pre-linked component and runs `init`), sets its deadline, and
-//! runs on tokio's blocking pool so a slow plugin never stalls the network
-//! threads. A call that traps, times out, exceeds memory or returns malformed
+//! runs inline in the calling task, on the instance's fiber (the engine has async
+//! support): no thread hop. A call holds its worker thread for at most its deadline,
+//! then traps. A call that traps, times out, exceeds memory or returns malformed
 //! data fails alone; its instance is dropped. Reload swaps the whole loaded
 //! plugin (component, pool) atomically; calls in flight finish on the old one.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -62,6 +65,22 @@ struct Loaded {
     hash: String,
     idle: Mutex<Vec<Instance>>,
     modified: Option<FileStamp>,
+}
+
+/// One hook call on an instance: a future borrowing the instance's store.
+type HookCall<'a, R> = Pin<Box<dyn Future<Output = Result<R, CallError>> + Send + 'a>>;
+
+/// Run a future that never waits on anything outside itself (a plugin call or
+/// instantiation: every host import answers at once) to completion on this thread.
+fn run_now<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
 }
 
 /// What identifies one version of the plugin file: its modification time and length
@@ -179,16 +198,16 @@ impl WasmPolicy {
         })
     }
 
-    /// Run the handshake hook on the calling thread (no hop to the blocking pool).
-    /// For benchmarks and callers that are already off the async runtime.
+    /// Run the handshake hook to completion on the calling thread, outside any async
+    /// runtime (no instance permit is taken). For benchmarks.
     pub fn handshake_blocking(
         &self,
         req: &HandshakeRequest,
     ) -> Result<HandshakeDecision, PolicyError> {
         let arg = convert::handshake_request(req);
-        self.inner.call("on-handshake", move |p, s| {
-            checked(p.call_on_handshake(s, &arg), convert::decision)
-        })
+        run_now(self.inner.call("on-handshake", move |p, s| {
+            Box::pin(async move { checked(p.call_on_handshake(s, &arg).await, convert::decision) })
+        }))
     }
 
     /// Create (and `init`) `n` fresh instances and drop them; returns how long that took.
@@ -198,7 +217,7 @@ impl WasmPolicy {
         let loaded = self.inner.current();
         let start = std::time::Instant::now();
         for _ in 0..n {
-            drop(self.inner.instantiate(rt, &loaded)?);
+            drop(run_now(self.inner.instantiate(rt, &loaded))?);
         }
         Ok(start.elapsed())
     }
@@ -208,32 +227,15 @@ impl WasmPolicy {
         self.inner.current().hash.clone()
     }
 
-    async fn call<R: Send + 'static>(
+    async fn call<R>(
         &self,
         hook: &'static str,
-        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> Result<R, CallError> + Send + 'static,
+        f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<HostState>) -> HookCall<'a, R>,
     ) -> Result<R, PolicyError> {
         let Ok(_permit) = self.inner.permits.acquire().await else {
             return Err(self.inner.err(format!("{hook}: plugin pool closed")));
         };
-        let inner = self.inner.clone();
-        // On a multi-threaded runtime the call runs here, the worker handing its other
-        // tasks to a sibling meanwhile (block_in_place): no cross-thread hop. Elsewhere
-        // (a current-thread runtime) it goes to the blocking pool. Either way the call is
-        // off the async context, which WASI's synchronous streams require.
-        if matches!(
-            tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread)
-        ) {
-            return tokio::task::block_in_place(move || inner.call(hook, f));
-        }
-        match tokio::task::spawn_blocking(move || inner.call(hook, f)).await {
-            Ok(r) => r,
-            Err(e) => Err(PolicyError {
-                tenant: self.inner.tenant.to_string(),
-                message: format!("{hook}: {e}"),
-            }),
-        }
+        self.inner.call(hook, f).await
     }
 }
 
@@ -246,6 +248,7 @@ impl Spec {
     }
 
     /// Read, compile, check and pre-link the plugin file, and prove it with one `init`.
+    /// Blocking (compiling and `init` run on the calling thread).
     fn prepare(&self, rt: &Runtime) -> Result<Loaded, String> {
         let path = &self.path;
         let modified = stamp(path);
@@ -283,8 +286,7 @@ impl Spec {
             idle: Mutex::new(Vec::new()),
             modified,
         };
-        let first = self
-            .instantiate(rt, &loaded)
+        let first = run_now(self.instantiate(rt, &loaded))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if let Ok(mut idle) = loaded.idle.lock() {
             idle.push(first);
@@ -294,7 +296,7 @@ impl Spec {
     }
 
     /// A new instance with its own store, limits and `init` already run.
-    fn instantiate(&self, rt: &Runtime, loaded: &Loaded) -> Result<Instance, String> {
+    async fn instantiate(&self, rt: &Runtime, loaded: &Loaded) -> Result<Instance, String> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)
@@ -314,9 +316,10 @@ impl Spec {
         store.set_epoch_deadline(ticks(INIT_DEADLINE));
         let plugin = loaded
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|e| format!("instantiation failed: {}", describe(&e)))?;
-        match plugin.call_init(&mut store, &self.settings) {
+        match plugin.call_init(&mut store, &self.settings).await {
             Ok(Ok(())) => {}
             Ok(Err(msg)) => return Err(format!("init refused the settings: {msg}")),
             Err(e) => return Err(format!("init failed: {}", describe(&e))),
@@ -335,23 +338,23 @@ impl Inner {
         }
     }
 
-    fn call<R>(
+    async fn call<R>(
         &self,
         hook: &'static str,
-        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> Result<R, CallError>,
+        f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<HostState>) -> HookCall<'a, R>,
     ) -> Result<R, PolicyError> {
         let rt = runtime::runtime().map_err(|e| self.err(e))?;
         let loaded = self.current();
         let taken = loaded.idle.lock().ok().and_then(|mut v| v.pop());
         let mut inst = match taken {
             Some(i) => i,
-            None => self.instantiate(rt, &loaded).map_err(|e| {
+            None => self.instantiate(rt, &loaded).await.map_err(|e| {
                 Metrics::inc(&self.metrics.plugin_traps);
                 self.err(format!("{hook}: {e}"))
             })?,
         };
         inst.store.set_epoch_deadline(ticks(self.limits.deadline));
-        let result = f(&inst.plugin, &mut inst.store);
+        let result = f(&inst.plugin, &mut inst.store).await;
         let reusable = inst.store.data_mut().drain_stdio();
         let keep = |inst: Instance| {
             if reusable {
@@ -453,7 +456,7 @@ impl Policy for WasmPolicy {
     ) -> BoxFuture<'a, Result<HandshakeDecision, PolicyError>> {
         let arg = convert::handshake_request(req);
         Box::pin(self.call("on-handshake", move |p, s| {
-            checked(p.call_on_handshake(s, &arg), convert::decision)
+            Box::pin(async move { checked(p.call_on_handshake(s, &arg).await, convert::decision) })
         }))
     }
 
@@ -465,7 +468,7 @@ impl Policy for WasmPolicy {
     ) -> BoxFuture<'a, Result<Vec<Action>, PolicyError>> {
         let (c, e) = (convert::conn_info(conn), convert::client_event(event));
         Box::pin(self.call("on-event", move |p, s| {
-            checked(p.call_on_event(s, &c, &e), convert::actions)
+            Box::pin(async move { checked(p.call_on_event(s, &c, &e).await, convert::actions) })
         }))
     }
 
@@ -476,7 +479,7 @@ impl Policy for WasmPolicy {
     ) -> BoxFuture<'a, Result<IngressOutcome, PolicyError>> {
         let arg = convert::ingress_request(req);
         Box::pin(self.call("on-ingress", move |p, s| {
-            checked(p.call_on_ingress(s, &arg), convert::outcome)
+            Box::pin(async move { checked(p.call_on_ingress(s, &arg).await, convert::outcome) })
         }))
     }
 
@@ -488,7 +491,9 @@ impl Policy for WasmPolicy {
     ) -> BoxFuture<'a, Result<Vec<Action>, PolicyError>> {
         let (c, i) = (convert::conn_info(conn), convert::disconnect_info(info));
         Box::pin(self.call("on-disconnect", move |p, s| {
-            checked(p.call_on_disconnect(s, &c, &i), convert::actions)
+            Box::pin(
+                async move { checked(p.call_on_disconnect(s, &c, &i).await, convert::actions) },
+            )
         }))
     }
 

@@ -76,7 +76,7 @@ fn build() -> Result<Runtime, String> {
     >(&mut linker, |s| s))?;
     {
         use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-        use wasmtime_wasi::p2::bindings::{cli, sync};
+        use wasmtime_wasi::p2::bindings::{cli, io};
         let l = &mut linker;
         link(cli::environment::add_to_linker::<HostState, WasiCli>(
             l,
@@ -119,17 +119,18 @@ fn build() -> Result<Runtime, String> {
             l,
             HostState::cli,
         ))?;
-        link(wasmtime_wasi::p2::bindings::io::error::add_to_linker::<
-            HostState,
-            HasIo,
-        >(l, |s| &mut s.table))?;
-        link(sync::io::poll::add_to_linker::<HostState, HasIo>(l, |s| {
+        // Calls run on a fiber polled by the caller's task, inline on the tokio worker:
+        // so WASI's streams use their async host functions (the synchronous ones enter a
+        // tokio runtime of their own, which a worker thread forbids).
+        link(io::error::add_to_linker::<HostState, HasIo>(l, |s| {
             &mut s.table
         }))?;
-        link(sync::io::streams::add_to_linker::<HostState, HasIo>(
-            l,
-            |s| &mut s.table,
-        ))?;
+        link(io::poll::add_to_linker::<HostState, HasIo>(l, |s| {
+            &mut s.table
+        }))?;
+        link(io::streams::add_to_linker::<HostState, HasIo>(l, |s| {
+            &mut s.table
+        }))?;
         link(
             wasmtime_wasi::p2::bindings::random::insecure_seed::add_to_linker::<
                 HostState,

@@ -57,9 +57,15 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
     m: Arc<Metrics>,
     framing: Framing,
 ) {
-    let mut batch = Vec::with_capacity(64);
+    // Both buffers exist only while there is something to write: an idle connection
+    // holds neither (idle memory per connection is a goal; see docs/BENCHMARKS.md).
+    let mut batch = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     loop {
+        if rx.is_empty() && batch.capacity() > 0 {
+            batch = Vec::new();
+            buf = Vec::new();
+        }
         let n = tokio::select! {
             biased;
             _ = h.kill.cancelled() => return abort(&mut w, &[], &h, false).await,
@@ -74,6 +80,8 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
         let mut close = false;
         let mut written: Vec<crate::hub::WrittenFn> = Vec::new();
         buf.clear();
+        // One allocation for the turn (Engine.IO framing adds at most 14 bytes a packet).
+        buf.reserve((taken + 16 * n).min(MAX_COALESCE));
         let mut result = Ok(());
         for item in batch.drain(..) {
             let (bytes, is_close) = match item {

@@ -4,6 +4,9 @@
 //! 3. relay handshakes/s with the WASM md5-sign plugin vs the `open` policy.
 //!
 //! `cargo run --release -p relay-tests --example plugin_bench -- [calls] [connections] [concurrency]`
+//!
+//! `PLUGIN_BENCH_MD5=path/to/md5_sign.wasm` measures another build of the md5-sign plugin
+//! (e.g. other optimisation settings) in place of the bundled one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -152,11 +155,14 @@ fn main() -> anyhow::Result<()> {
     let conns = arg(2, 4_000);
     let conc = arg(3, 16);
     let dir = tempfile::tempdir()?;
+    let md5_sign = std::env::var_os("PLUGIN_BENCH_MD5")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| relay::plugin::bundled("md5-sign"));
     let mut settings = toml::Table::new();
     settings.insert("key".into(), toml::Value::String(KEY.into()));
     let policy = WasmPolicy::load(PluginEnv {
         tenant: Arc::from("bench"),
-        path: relay::plugin::bundled("md5-sign"),
+        path: md5_sign.clone(),
         cache_dir: dir.path().join("cache"),
         settings,
         limits: PluginLimits {
@@ -223,7 +229,7 @@ policy = "open"
 [[tenant]]
 name = "signed"
 policy = "wasm"
-plugin = "bundled:md5-sign"
+plugin = {md5_sign:?}
 settings = {{ key = "{KEY}" }}
 [[tenant]]
 name = "kit"

@@ -67,6 +67,10 @@ fn build() -> Result<Runtime, String> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    if std::env::var_os("RELAY_WASM_PERFMAP").is_some() {
+        // Name the plugins' compiled code for `perf` (/tmp/perf-PID.map).
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e:#}"))?;
     let mut linker: Linker<HostState> = Linker::new(&engine);
     let link = |r: wasmtime::Result<()>| r.map_err(|e| format!("linking host imports: {e:#}"));

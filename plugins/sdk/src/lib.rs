@@ -183,10 +183,16 @@ pub mod replay {
 
 /// First value of a query parameter in a raw (URL-encoded) query string, decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query_pairs(query)
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
+    // Decodes only what it must: the keys that need it and the one value returned.
+    query.split('&').filter(|p| !p.is_empty()).find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let found = if k.contains(['%', '+']) {
+            url_decode(k) == name
+        } else {
+            k == name
+        };
+        found.then(|| url_decode(v))
+    })
 }
 
 /// All parameters of a URL-encoded string (`a=1&b=x%20y`: a query or an

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use fastwebsockets::{OpCode, Role};
+use fastwebsockets::OpCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -560,17 +560,13 @@ where
 {
     use tokio::io::AsyncWriteExt;
     let (r, mut w) = tokio::io::split(io);
-    let (mut rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-    rd.set_auto_close(false);
-    rd.set_auto_pong(false);
-    rd.set_max_message_size(tenant.config.max_message_bytes.saturating_add(1));
+    let mut rd = super::lazy::LazyReader::new(r, tenant.config.max_message_bytes);
     if probe {
         // `2probe` → `3probe`, then the client pauses polling and sends `5` (upgrade).
         let ok = tokio::time::timeout(UPGRADE_TIMEOUT, async {
-            let mut nothing = |_: fastwebsockets::Frame<'_>| async { Ok::<(), std::io::Error>(()) };
             let mut probed = false;
             loop {
-                let f = match rd.read_frame(&mut nothing).await {
+                let f = match rd.read_frame().await {
                     Ok(f) => f,
                     Err(e) => {
                         tracing::debug!(sid = %s.sid, error = %e, "websocket upgrade: read failed");
@@ -649,7 +645,7 @@ where
         metrics: metrics.clone(),
         link: s.link.clone(),
     };
-    let end = read_loop(&mut rd, &s.link, opts, &node, &mut sink).await;
+    let end = Box::pin(read_loop(&mut rd, &s.link, opts, &node, &mut sink)).await;
     let _ = s.inbound.send(Event::TransportClosed(end)).await;
     let abort = writer.abort_handle();
     if !s.link.closing.is_cancelled() && !s.link.kill.is_cancelled() {

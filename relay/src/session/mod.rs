@@ -3,6 +3,7 @@
 //! authentication deadlines) beside the batching [`writer`].
 
 pub mod engineio;
+mod lazy;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use fastwebsockets::{OpCode, WebSocketError};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -119,12 +120,9 @@ async fn run<S>(
 {
     let metrics = node.metrics.clone();
     let (r, w) = tokio::io::split(io);
-    // fastwebsockets reads; our writer writes pre-encoded frames, so its write half is unused.
-    let (mut rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-    rd.set_auto_close(false);
-    rd.set_auto_pong(false);
-    // fastwebsockets refuses a frame when `len >= max`; we allow exactly `max_message_bytes`.
-    rd.set_max_message_size(tenant.config.max_message_bytes.saturating_add(1));
+    // fastwebsockets reads (only while the client is sending: an idle connection holds no
+    // read buffer); our writer writes pre-encoded frames.
+    let mut rd = lazy::LazyReader::new(r, tenant.config.max_message_bytes);
 
     let (h, rx) = ConnHandle::new(
         id,
@@ -165,7 +163,9 @@ async fn run<S>(
         tenant: tenant.clone(),
         node: node.clone(),
     };
-    let info = read_loop(&mut rd, &h.link, opts, &node, &mut sink).await;
+    // Boxed: inline, the loop's state machine made this task's future ~1.2 KB bigger than
+    // the two apart (idle memory per connection is a goal; see docs/BENCHMARKS.md).
+    let info = Box::pin(read_loop(&mut rd, &h.link, opts, &node, &mut sink)).await;
 
     node.disconnected(&tenant, &h, &info).await;
     // Let the writer drain what is queued (graceful close) but never wait forever.
@@ -356,7 +356,7 @@ impl MessageSink for JsonSink {
 }
 
 pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
-    rd: &mut WebSocketRead<R>,
+    rd: &mut lazy::LazyReader<R>,
     h: &Link,
     opts: ReadOpts,
     node: &Arc<Node>,
@@ -368,7 +368,6 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
     let mut close_deadline: Option<Instant> = None;
     let mut fragments: Option<(OpCode, Vec<u8>)> = None;
     let shutdown = node.shutdown.token.clone();
-    let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
     let far = || Instant::now() + Duration::from_secs(86_400);
     let (auth_deadline, auth_conn) = match &opts.auth {
         Some((at, c)) => (*at, Some(c.clone())),
@@ -377,43 +376,52 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
     let authed = || auth_conn.as_ref().is_none_or(|c| c.is_authenticated());
 
     loop {
-        let read = rd.read_frame(&mut no_obligations);
+        let read = rd.read_frame();
         tokio::pin!(read);
         let res = loop {
-            let idle_at = opts.idle.map(|d| last_rx + d);
+            let closing = h.closing.is_cancelled();
+            let idle_at = opts.idle.filter(|_| !closing).map(|d| last_rx + d);
             let ping_at = opts
                 .ping
-                .filter(|_| pinged_at.is_none())
+                .filter(|_| pinged_at.is_none() && !closing)
                 .map(|d| last_rx + d);
+            let auth_at = (!closing && !authed()).then_some(auth_deadline);
+            // One timer for the earliest deadline (each timer is ~100 bytes of every
+            // connection's state); which one it was is worked out on waking.
+            let next = [close_deadline, auth_at, idle_at, ping_at]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 biased;
                 r = &mut read => break r,
                 _ = h.kill.cancelled() => return info(Some(h.close_code()), "aborted"),
-                _ = sleep_until(close_deadline.unwrap_or_else(far)), if close_deadline.is_some() => {
-                    return info(Some(h.close_code()), "no close reply from peer");
-                }
                 _ = h.closing.cancelled(), if close_deadline.is_none() => {
                     close_deadline = Some(Instant::now() + CLOSE_WAIT);
                 }
-                _ = shutdown.cancelled(), if !h.closing.is_cancelled() => {
+                _ = shutdown.cancelled(), if !closing => {
                     h.close(1001, "server shutting down");
                 }
-                _ = sleep_until(auth_deadline), if !authed() && !h.closing.is_cancelled() => {
-                    if !authed() {
-                        Metrics::inc(&m.auth_timeouts);
-                        if let Some(n) = &opts.auth_notice {
-                            h.send(n.clone());
-                        }
-                        h.close(1008, "authentication timeout");
+                _ = sleep_until(next.unwrap_or_else(far)), if next.is_some() => {
+                    let now = Instant::now();
+                    if close_deadline.is_some_and(|t| t <= now) {
+                        return info(Some(h.close_code()), "no close reply from peer");
                     }
-                }
-                _ = sleep_until(idle_at.unwrap_or_else(far)), if idle_at.is_some() && !h.closing.is_cancelled() => {
-                    Metrics::inc(&m.idle_timeouts);
-                    h.close(1001, "idle timeout");
-                }
-                _ = sleep_until(ping_at.unwrap_or_else(far)), if ping_at.is_some() && !h.closing.is_cancelled() => {
-                    pinged_at = Some(Instant::now());
-                    h.send_control(frame::encode(frame::OP_PING, b""));
+                    if auth_at.is_some_and(|t| t <= now) {
+                        if !authed() {
+                            Metrics::inc(&m.auth_timeouts);
+                            if let Some(n) = &opts.auth_notice {
+                                h.send(n.clone());
+                            }
+                            h.close(1008, "authentication timeout");
+                        }
+                    } else if idle_at.is_some_and(|t| t <= now) {
+                        Metrics::inc(&m.idle_timeouts);
+                        h.close(1001, "idle timeout");
+                    } else if ping_at.is_some_and(|t| t <= now) {
+                        pinged_at = Some(now);
+                        h.send_control(frame::encode(frame::OP_PING, b""));
+                    }
                 }
             }
         };
@@ -436,7 +444,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
         last_rx = Instant::now();
         pinged_at = None;
         let (fin, opcode) = (frame.fin, frame.opcode);
-        let payload: Vec<u8> = frame.payload.to_vec();
+        let payload: Vec<u8> = frame.payload;
         if matches!(opcode, OpCode::Close | OpCode::Pong) && payload.len() > 125 {
             Metrics::inc(&m.protocol_errors);
             h.close(1002, "control frame too long");
@@ -507,7 +515,9 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
         if h.closing.is_cancelled() {
             continue; // closing: messages after our close frame are dropped
         }
-        if let Some(end) = sink.message(opcode == OpCode::Binary, payload).await {
+        // Boxed: the hook's future exists only while a message is handled, so an idle
+        // connection does not carry its space.
+        if let Some(end) = Box::pin(sink.message(opcode == OpCode::Binary, payload)).await {
             return end;
         }
     }

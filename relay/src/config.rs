@@ -281,7 +281,8 @@ pub struct TenantConfig {
     /// `bundled:<name>` for a plugin built from `plugins/` (e.g. `bundled:md5-sign`).
     #[serde(default)]
     pub plugin: Option<Spanned<String>>,
-    /// Wall-clock budget of one plugin call; past it the call fails. Default 5 ms.
+    /// CPU-time budget of one plugin call (20× in wall-clock time at most); past it the
+    /// call fails. Default 5 ms.
     #[serde(default = "defaults::plugin_deadline_ms")]
     pub plugin_deadline_ms: u64,
     /// Memory cap of one plugin instance. Default 32 MiB.

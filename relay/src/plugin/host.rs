@@ -36,6 +36,59 @@ pub struct HostState {
     pub(crate) logged: (usize, usize),
     /// Log lines written by this call (rate limit).
     pub(crate) log_lines: u32,
+    /// The current call's budget.
+    pub(crate) call_clock: CallClock,
+}
+
+/// How much of its budget a hook call has used: CPU time of the calling thread (the call
+/// runs start to finish on one thread: host imports never suspend it), with a wall-clock
+/// cap of 20× the budget.
+#[derive(Debug, Clone, Copy)]
+pub struct CallClock {
+    budget: Duration,
+    cpu_start: Duration,
+    wall_start: std::time::Instant,
+}
+
+impl CallClock {
+    fn new() -> Self {
+        CallClock {
+            budget: Duration::ZERO,
+            cpu_start: Duration::ZERO,
+            wall_start: std::time::Instant::now(),
+        }
+    }
+
+    /// A call with `budget` starts now.
+    pub fn start(&mut self, budget: Duration) {
+        self.budget = budget;
+        self.cpu_start = thread_cpu_time();
+        self.wall_start = std::time::Instant::now();
+    }
+
+    /// Whether the call has used its budget.
+    pub fn over_budget(&self) -> bool {
+        thread_cpu_time().saturating_sub(self.cpu_start) >= self.budget
+            || self.wall_start.elapsed() >= self.budget * 20
+    }
+}
+
+/// CPU time used by the calling thread.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is supported on
+    // every Linux relay runs on. On failure `ts` stays zero and only the wall-clock cap applies.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Log lines a plugin may write per call; more are counted but dropped.
@@ -71,6 +124,7 @@ impl HostState {
             stderr,
             logged: (0, 0),
             log_lines: 0,
+            call_clock: CallClock::new(),
         }
     }
 

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 use super::bindings::{Plugin, PluginPre};
 use super::convert;
@@ -313,7 +313,19 @@ impl Spec {
         );
         let mut store = Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(ticks(INIT_DEADLINE));
+        // The deadline is CPU time this call has used, checked at every epoch tick (1 ms):
+        // on a busy machine a worker thread can be descheduled for milliseconds mid-call,
+        // and a wall-clock deadline would fail calls that used microseconds. A call that
+        // takes longer than 20× its budget in wall-clock time fails anyway.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if ctx.data().call_clock.over_budget() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
+        store.data_mut().call_clock.start(INIT_DEADLINE);
+        store.set_epoch_deadline(1);
         let plugin = loaded
             .pre
             .instantiate_async(&mut store)
@@ -353,7 +365,8 @@ impl Inner {
                 self.err(format!("{hook}: {e}"))
             })?,
         };
-        inst.store.set_epoch_deadline(ticks(self.limits.deadline));
+        inst.store.data_mut().call_clock.start(self.limits.deadline);
+        inst.store.set_epoch_deadline(1);
         let result = f(&inst.plugin, &mut inst.store).await;
         let reusable = inst.store.data_mut().drain_stdio();
         let keep = |inst: Instance| {
@@ -407,10 +420,6 @@ impl Inner {
             }
         }
     }
-}
-
-fn ticks(d: Duration) -> u64 {
-    (d.as_nanos() / runtime::TICK.as_nanos()).max(1) as u64
 }
 
 /// A clear description of why a call failed.

@@ -139,7 +139,7 @@ def fanout_runs(q, clients, rooms, rate, scenario, secs):
                     "fanout", "--url", url, "--wire", wire, "--clients", clients,
                     "--rooms", rooms, "--push", push, "--rate", rate,
                     "--messages", 10_000_000, "--duration", secs, "--window", 64,
-                    "--size", 100, "--sample", sample, "--sources", 8,
+                    "--size", 100, "--sample", sample, "--sources", 8, "--pushers", 32,
                 ],
                 f"{scenario}|{name}|{clients}|{rooms}|{rate}",
                 s.pid,
@@ -323,7 +323,7 @@ def report(rows, started):
         w("")
 
     w("## (a) Fan-out: one room, pushes as fast as they are delivered\n")
-    w("100-byte data, at most 64 pushes in flight. Latency is measured under this saturating "
+    w("100-byte data, 32 HTTP connections pushing, at most 64 pushes in flight. Latency is measured under this saturating "
       "load, so it is mostly queueing.\n")
     for clients in (1000, 10_000):
         if any(by.get(f"fanout|{n}|{clients}|1|0") for _, _, n in FANOUT_SERVERS):
@@ -411,10 +411,49 @@ def report(rows, started):
             w(f"| {k} | {fmt(sum(v) / len(v))} |")
         w("")
 
+    targets(rows, by, w)
+    analysis = BENCH / "analysis.md"
+    if analysis.exists():
+        w(analysis.read_text())
     w("## Raw results\n")
     w("Every run's JSON line is in `target/bench/results.jsonl` after a run (not committed).\n")
     (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(out) + "\n")
     log("wrote docs/BENCHMARKS.md")
+
+
+def targets(rows, by, w):
+    """The issue's targets against this run's figures."""
+    out = []
+
+    def row(name, value, goal, ok):
+        out.append(f"| {name} | {value} | {goal} | {'met' if ok else '**not met**'} |")
+
+    r, sio = by.get("fanout|relay (ws-json)|1000|1|0"), by.get("fanout|Node socket.io|1000|1|0")
+    if r and sio:
+        d, s = r["deliveries_per_s"], sio["deliveries_per_s"]
+        row("fan-out, 1,000 clients", f"{d:,.0f}/s, {d / s:.1f}× Node socket.io", "≥ 1,000,000/s and ≥ 10×", d >= 1e6 and d >= 10 * s)
+    lat = by.get("latency|relay (ws-json)|1000|1|20")
+    if lat:
+        l = lat["latency_ms"]
+        row("latency, 20 pushes/s to 1,000 clients", f"p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} ms", "p50 ≤ 10 ms, p99 ≤ 25 ms", l["p50"] <= 10 and l["p99"] <= 25)
+    for name, goal in (("relay ws", 4.0), ("relay wss", 16.0)):
+        m = [x for x in rows if x["scenario"] == "idle" and x["label"].split("|")[1] == name]
+        if m:
+            kib = m[0]["server"]["bytes_per_conn"] / 1024
+            row(f"idle memory, {name}", f"{kib:.2f} KiB per connection", f"≤ {goal:g} KiB", kib <= goal)
+    hs = [x for x in rows if x["label"].startswith("handshakes|")]
+    if hs:
+        mean = lambda k: sum(x["per_s"] for x in hs if x["label"].split("|")[1] == k) / max(1, len([x for x in hs if x["label"].split("|")[1] == k]))
+        o, sgn = mean("open"), mean("wasm md5-sign")
+        if o:
+            row("handshakes, WASM md5-sign vs open", f"{100 * sgn / o:.0f}%", "≥ 90%", sgn >= 0.9 * o)
+    if out:
+        w("## Targets (issue 7) in this run\n")
+        w("| target | this run | goal | |")
+        w("|---|---|---|---|")
+        for line in out:
+            w(line)
+        w("")
 
 
 def plot(lat_rows):

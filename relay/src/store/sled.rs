@@ -391,23 +391,20 @@ impl KvStore for SledKv {
 
     fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> bool {
         let new = encode(&value, ttl);
+        // Expect the key to be absent (the usual case: a fresh nonce), so one
+        // compare-and-swap does the work of a read and a write; a present but expired
+        // entry is replaced by a second swap against what the first one found.
+        let mut expected: Option<sled::IVec> = None;
         loop {
-            let current = match self.tree.get(key) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "kv store read failed");
-                    return false;
-                }
-            };
-            if current.as_deref().is_some_and(|c| decode(c).is_some()) {
-                return false;
-            }
             match self
                 .tree
-                .compare_and_swap(key, current, Some(new.as_slice()))
+                .compare_and_swap(key, expected.as_ref(), Some(new.as_slice()))
             {
                 Ok(Ok(())) => return true,
-                Ok(Err(_)) => continue, // raced with another writer: look again
+                Ok(Err(found)) => match found.current {
+                    Some(c) if decode(&c).is_some() => return false,
+                    current => expected = current, // expired, or raced: swap against it
+                },
                 Err(e) => {
                     tracing::error!(error = %e, "kv store write failed");
                     return false;
@@ -463,6 +460,12 @@ mod tests {
         a.purge_expired();
         assert_eq!(a.tree.len(), 2);
         assert!(a.delete("k"));
+        // An expired entry counts as absent and is replaced; a live one is kept.
+        assert!(a.set_if_absent("n", b"1".to_vec(), Some(Duration::from_millis(1))));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(a.set_if_absent("n", b"2".to_vec(), None));
+        assert!(!a.set_if_absent("n", b"3".to_vec(), None));
+        assert_eq!(a.get("n"), Some(b"2".to_vec()));
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::queue;
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -127,7 +127,7 @@ pub struct ConnState {
 pub struct Link {
     /// Id used in log lines.
     pub id: ConnId,
-    tx: mpsc::Sender<Outbound>,
+    tx: queue::Sender<Outbound>,
     /// Cancelled to abort the connection now (slow consumer): the queue is dropped.
     pub kill: CancellationToken,
     /// Cancelled once a close frame is queued: the session then waits for the peer's close.
@@ -152,8 +152,8 @@ impl Link {
         capacity: usize,
         max_bytes: usize,
         metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    ) -> (Arc<Self>, queue::Receiver<Outbound>) {
+        let (tx, rx) = queue::channel(capacity.max(1));
         let l = Arc::new(Link {
             id,
             tx,
@@ -204,7 +204,7 @@ impl Link {
             }
             Err(e) => {
                 self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                if e == queue::SendError::Full {
                     self.abort(1013);
                 }
                 false
@@ -253,7 +253,7 @@ impl Link {
         self.close_code.store(code, Ordering::Relaxed);
         self.closing.cancel();
         self.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed);
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::Close(frame)) {
+        if let Err(queue::SendError::Full) = self.tx.try_send(Outbound::Close(frame)) {
             self.abort(code);
         }
     }
@@ -301,7 +301,7 @@ impl ConnHandle {
         capacity: usize,
         max_bytes: usize,
         metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+    ) -> (Arc<Self>, queue::Receiver<Outbound>) {
         let (link, rx) = Link::new(id, capacity, max_bytes, metrics);
         (Self::attach(id, remote, codec, link), rx)
     }

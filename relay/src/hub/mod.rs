@@ -6,6 +6,7 @@
 //! encoded once per wire format and never copied per recipient.
 
 mod conn;
+pub mod queue;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -267,7 +268,7 @@ mod tests {
     use crate::protocol::{json::WsJson, Message};
     use serde_json::json;
 
-    fn conn(hub: &Hub) -> (Arc<ConnHandle>, tokio::sync::mpsc::Receiver<Outbound>) {
+    fn conn(hub: &Hub) -> (Arc<ConnHandle>, super::queue::Receiver<Outbound>) {
         let codec = Arc::new(WsJson {
             event_field: "event".into(),
             offset_field: "offset".into(),

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::writer::{self, Framing};
 use super::{apply_decision, info, read_loop, MessageSink, ReadOpts, CLOSE_WAIT};
-use crate::hub::{ConnHandle, ConnId, Link, Outbound};
+use crate::hub::{queue, ConnHandle, ConnId, Link, Outbound};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::policy::{Action, ClientEvent, DisconnectInfo, HandshakeDecision, HandshakeRequest};
@@ -74,7 +74,7 @@ pub struct EioSession {
     b64: bool,
     link: Arc<Link>,
     /// The outbound queue's receiver, held by whichever transport writes now.
-    rx: Mutex<Option<mpsc::Receiver<Outbound>>>,
+    rx: Mutex<Option<queue::Receiver<Outbound>>>,
     inbound: mpsc::Sender<Event>,
     transport: Mutex<Transport>,
     /// Wakes a pending poll when an upgrade starts (it answers with a noop).
@@ -113,11 +113,11 @@ impl EioSession {
         }
     }
 
-    fn take_rx(&self) -> Option<mpsc::Receiver<Outbound>> {
+    fn take_rx(&self) -> Option<queue::Receiver<Outbound>> {
         self.rx.lock().ok().and_then(|mut g| g.take())
     }
 
-    fn put_rx(&self, rx: mpsc::Receiver<Outbound>) {
+    fn put_rx(&self, rx: queue::Receiver<Outbound>) {
         if let Ok(mut g) = self.rx.lock() {
             *g = Some(rx);
         }
@@ -392,7 +392,7 @@ async fn poll(s: Arc<EioSession>) -> Response<Full<Bytes>> {
         }
     }
     // Take whatever else is ready without waiting.
-    while let Ok(item) = rx.try_recv() {
+    while let Some(item) = rx.try_recv() {
         batch.push(item);
     }
     s.put_rx(rx);

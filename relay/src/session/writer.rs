@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
-use crate::hub::{Link, Outbound};
+use crate::hub::{queue, Link, Outbound};
 use crate::metrics::Metrics;
 use crate::protocol::{frame, socketio};
 
@@ -42,7 +41,7 @@ pub enum Framing {
 /// Run until a close frame is written, the connection is aborted, or the socket fails.
 pub async fn run<W: AsyncWrite + Unpin>(
     w: W,
-    rx: mpsc::Receiver<Outbound>,
+    rx: queue::Receiver<Outbound>,
     h: Arc<Link>,
     m: Arc<Metrics>,
 ) {
@@ -52,7 +51,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
 /// [`run`] with a choice of framing.
 pub async fn run_framed<W: AsyncWrite + Unpin>(
     mut w: W,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: queue::Receiver<Outbound>,
     h: Arc<Link>,
     m: Arc<Metrics>,
     framing: Framing,

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use super::queue;
 use bytes::Bytes;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::protocol::{frame, Codec};
@@ -121,6 +120,42 @@ pub struct ConnState {
     pub recover: Option<String>,
 }
 
+/// A one-way flag that tasks can wait for: what `CancellationToken` does for a link, held
+/// inline (a token is a separate ~150-byte allocation, and a link has two).
+#[derive(Default)]
+pub struct Signal {
+    set: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Signal {
+    /// Set the flag and wake every waiter (once; later calls do nothing).
+    pub fn cancel(&self) {
+        if !self.set.swap(true, Ordering::SeqCst) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Whether the flag is set.
+    pub fn is_cancelled(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the flag is set.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a `cancel` in between still wakes us.
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// The way to one client: a bounded outbound queue and the signals that end it. A
 /// WebSocket connection has one link and one [`ConnHandle`]; a Socket.IO client has one
 /// link shared by the handles of the namespaces it joined.
@@ -129,9 +164,9 @@ pub struct Link {
     pub id: ConnId,
     tx: queue::Sender<Outbound>,
     /// Cancelled to abort the connection now (slow consumer): the queue is dropped.
-    pub kill: CancellationToken,
+    pub kill: Signal,
     /// Cancelled once a close frame is queued: the session then waits for the peer's close.
-    pub closing: CancellationToken,
+    pub closing: Signal,
     close_code: AtomicU16,
     /// Bytes queued and not yet taken by the writer.
     queued_bytes: AtomicUsize,
@@ -157,8 +192,8 @@ impl Link {
         let l = Arc::new(Link {
             id,
             tx,
-            kill: CancellationToken::new(),
-            closing: CancellationToken::new(),
+            kill: Signal::default(),
+            closing: Signal::default(),
             close_code: AtomicU16::new(1013),
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes: max_bytes,
@@ -348,5 +383,38 @@ impl ConnHandle {
     /// The user id, if identified.
     pub fn user(&self) -> Option<Arc<str>> {
         self.state.lock().ok().and_then(|s| s.user.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Signal;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_signal_wakes_waiters_set_before_or_after_they_wait() {
+        let s = Arc::new(Signal::default());
+        assert!(!s.is_cancelled());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.cancelled().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.cancel();
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(1), w)
+                .await
+                .expect("woken")
+                .unwrap();
+        }
+        // Already set: returns at once; setting again changes nothing.
+        s.cancel();
+        tokio::time::timeout(Duration::from_millis(100), s.cancelled())
+            .await
+            .expect("already set");
+        assert!(s.is_cancelled());
     }
 }

@@ -96,28 +96,54 @@ pub async fn handshake(
         }
     }
     let tracker = node.shutdown.tracker.clone();
+    // Two tasks: this one waits for the upgrade and ends; the session's own task is just
+    // `run`, so what only the upgrade needed is not carried for the connection's whole life
+    // (idle memory per connection is a goal; see docs/BENCHMARKS.md).
     tracker.spawn(async move {
-        let _slot = slot; // the connection counts against the listener's limits until it ends
         match fut.await {
-            Ok(ws) => run(ws.into_inner(), tenant, node, id, remote, decision, recover).await,
+            Ok(ws) => {
+                let session = Session {
+                    slot,
+                    tenant,
+                    id,
+                    remote,
+                    decision,
+                    recover,
+                };
+                node.shutdown
+                    .tracker
+                    .spawn(run(ws.into_inner(), node.clone(), Box::new(session)));
+            }
             Err(e) => tracing::debug!(%remote, error = %e, "upgrade failed"),
         }
     });
     resp
 }
 
-/// The session after the upgrade.
-async fn run<S>(
-    io: S,
+/// What a session starts from (boxed: it is used once, at the start).
+struct Session {
+    /// The connection counts against the listener's limits until it ends.
+    slot: Arc<ConnSlot>,
     tenant: Arc<Tenant>,
-    node: Arc<Node>,
     id: ConnId,
     remote: SocketAddr,
     decision: HandshakeDecision,
     recover: Option<String>,
-) where
+}
+
+/// The session after the upgrade.
+async fn run<S>(io: S, node: Arc<Node>, session: Box<Session>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    let Session {
+        slot: _slot,
+        tenant,
+        id,
+        remote,
+        decision,
+        recover,
+    } = *session;
     let metrics = node.metrics.clone();
     let (r, w) = tokio::io::split(io);
     // fastwebsockets reads (only while the client is sending: an idle connection holds no
@@ -167,13 +193,18 @@ async fn run<S>(
     // the two apart (idle memory per connection is a goal; see docs/BENCHMARKS.md).
     let info = Box::pin(read_loop(&mut rd, &h.link, opts, &node, &mut sink)).await;
 
-    node.disconnected(&tenant, &h, &info).await;
+    // Boxed like the read loop: what runs once at the end need not be part of the state
+    // every connection carries while it is open.
+    Box::pin(node.disconnected(&tenant, &h, &info)).await;
     // Let the writer drain what is queued (graceful close) but never wait forever.
     if !h.closing.is_cancelled() && !h.kill.is_cancelled() {
         h.abort(info.code.unwrap_or(1000));
     }
     let abort = writer.abort_handle();
-    if tokio::time::timeout(CLOSE_WAIT, writer).await.is_err() {
+    if Box::pin(tokio::time::timeout(CLOSE_WAIT, writer))
+        .await
+        .is_err()
+    {
         abort.abort();
     }
     tracing::debug!(tenant = %tenant.name, conn = %h.id, code = ?info.code, reason = %info.reason, "disconnected");

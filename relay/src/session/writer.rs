@@ -67,7 +67,7 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
         }
         let n = tokio::select! {
             biased;
-            _ = h.kill.cancelled() => return abort(&mut w, &[], &h, false).await,
+            _ = h.kill.cancelled() => return Box::pin(abort(&mut w, &[], &h, false)).await,
             n = rx.recv_many(&mut batch, BATCH) => n,
         };
         if n == 0 {
@@ -148,7 +148,8 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
             Err(Stop::Killed(tail)) => {
                 // Finishing the partly written chunk keeps the stream well-formed, so the
                 // close frame can follow it.
-                return abort(&mut w, &tail, &h, has_close).await;
+                // Boxed, as above: the abort path's timer is not part of every writer's state.
+                return Box::pin(abort(&mut w, &tail, &h, has_close)).await;
             }
             Err(Stop::Io) => return,
         }

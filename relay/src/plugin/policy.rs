@@ -318,7 +318,10 @@ impl Spec {
         // and a wall-clock deadline would fail calls that used microseconds. A call that
         // takes longer than 20× its budget in wall-clock time fails anyway.
         store.epoch_deadline_callback(|ctx| {
-            Ok(if ctx.data().call_clock.over_budget() {
+            let state = ctx.data();
+            Ok(if state.call_clock.over_budget() {
+                let (cpu, host, wall) = state.call_clock.used();
+                tracing::debug!(tenant = %state.tenant, ?cpu, ?host, ?wall, "plugin call over its deadline");
                 UpdateDeadline::Interrupt
             } else {
                 UpdateDeadline::Continue(1)

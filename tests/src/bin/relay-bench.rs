@@ -845,7 +845,7 @@ async fn fanout_run(a: FanoutArgs) -> Result<()> {
         );
         let (rate, window, size, duration) = (a.rate, a.window, a.size, a.duration);
         tasks.push(tokio::spawn(async move {
-            let mut rng = k as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
+            let mut rng = (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
             let mut stalled_since: Option<(Instant, u64)> = None;
             for i in 0..per {
                 if start.elapsed().as_secs_f64() > duration {

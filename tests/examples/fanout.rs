@@ -36,27 +36,11 @@ async fn count_frames(mut s: TcpStream, counter: Arc<AtomicU64>, only_events: bo
         pending.extend_from_slice(&buf[..n]);
         let mut pos = 0;
         let mut frames = 0;
-        loop {
-            let rest = &pending[pos..];
-            if rest.len() < 2 {
-                break;
-            }
-            let (hdr, len) = match rest[1] & 0x7f {
-                126 if rest.len() >= 4 => (4, u16::from_be_bytes([rest[2], rest[3]]) as usize),
-                127 if rest.len() >= 10 => (
-                    10,
-                    u64::from_be_bytes(rest[2..10].try_into().unwrap_or_default()) as usize,
-                ),
-                126 | 127 => break,
-                l => (2, l as usize),
-            };
-            if rest.len() < hdr + len {
-                break;
-            }
-            if rest[0] & 0x0f == 1 && (!only_events || rest[hdr..].starts_with(b"42")) {
+        while let Some((opcode, payload, used)) = relay_tests::server_frame(&pending[pos..]) {
+            if opcode == 1 && (!only_events || payload.starts_with(b"42")) {
                 frames += 1;
             }
-            pos += hdr + len;
+            pos += used;
         }
         pending.drain(..pos);
         counter.fetch_add(frames, Relaxed);

@@ -509,3 +509,23 @@ impl HookServer {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
+
+/// The first complete WebSocket frame in `buf` (server frames: unmasked): its opcode,
+/// its payload and the bytes it takes; `None` until the whole frame is there.
+pub fn server_frame(buf: &[u8]) -> Option<(u8, &[u8], usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (hdr, len): (usize, usize) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
+        127 if buf.len() >= 10 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            (10, usize::try_from(u64::from_be_bytes(b)).ok()?)
+        }
+        126 | 127 => return None,
+        l => (2, l as usize),
+    };
+    let end = hdr.checked_add(len)?;
+    (buf.len() >= end).then(|| (buf[0] & 0x0f, &buf[hdr..end], end))
+}

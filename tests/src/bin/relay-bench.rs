@@ -318,6 +318,122 @@ impl Drop for Progress {
     }
 }
 
+/// Outcomes of many attempts (connections, handshakes, requests): successes, failures
+/// and the first failure's reason.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    failed: AtomicUsize,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn record(&self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.ok.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Relaxed);
+                if let Ok(mut f) = self.first_error.lock() {
+                    f.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Relaxed)
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.load(Relaxed)
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.first_error.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+/// Run `count` attempts on `workers` (one task each, attempts handed out in order),
+/// showing progress; returns the tally and the seconds taken.
+async fn storm<W, F, Fut>(
+    what: &'static str,
+    count: usize,
+    workers: Vec<W>,
+    attempt: F,
+) -> Result<(Arc<Tally>, f64)>
+where
+    W: Send + 'static,
+    F: Fn(W, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = (W, Result<(), String>)> + Send,
+{
+    let tally = Arc::new(Tally::default());
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let _p = {
+        let tally = tally.clone();
+        Progress::start(move || format!("{what} {}/{count}", tally.ok()))
+    };
+    let mut tasks = Vec::new();
+    for mut w in workers {
+        let (tally, next, attempt) = (tally.clone(), next.clone(), attempt.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Relaxed);
+                if i >= count {
+                    return;
+                }
+                let (back, outcome) = attempt(w, i).await;
+                w = back;
+                tally.record(outcome);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok((tally, start.elapsed().as_secs_f64()))
+}
+
+/// Report a storm: the table and the JSON line (`extra` adds scenario fields).
+fn report_rate(
+    common: &Common,
+    (scenario, what): (&str, &str),
+    count: usize,
+    (tally, secs): (&Tally, f64),
+    (before, after): (ProcSample, ProcSample),
+    extra: Value,
+) -> Result<()> {
+    let (ok, failed, err) = (tally.ok(), tally.failed(), tally.first_error());
+    let mut result = json!({
+        "scenario": scenario,
+        "label": common.label,
+        "count": count,
+        "ok": ok,
+        "failed": failed,
+        "first_error": err,
+        "per_s": ok as f64 / secs,
+        "server": {"cpu_pct": cpu_pct(before, after), "rss_kib": after.rss_kib},
+    });
+    if let (Some(r), Value::Object(x)) = (result.as_object_mut(), extra) {
+        r.extend(x);
+    }
+    emit(
+        common,
+        &[
+            (
+                what,
+                format!("{ok} of {count} in {secs:.2} s ({failed} failed)"),
+            ),
+            ("per second", format!("{:.0}", ok as f64 / secs)),
+            ("first error", err.unwrap_or_else(|| "-".into())),
+            ("server CPU", format!("{:.0}%", cpu_pct(before, after))),
+        ],
+        result,
+    )
+}
+
 // ---------------------------------------------------------------- clients
 
 /// What one client task shares with the run.
@@ -518,26 +634,8 @@ async fn client_loop(
         let mut pos = 0;
         let mut got = 0u64;
         let mut replies: Vec<u8> = Vec::new();
-        loop {
-            let rest = &pending[pos..];
-            if rest.len() < 2 {
-                break;
-            }
-            let (hdr, len) = match rest[1] & 0x7f {
-                126 if rest.len() >= 4 => (4, u16::from_be_bytes([rest[2], rest[3]]) as usize),
-                127 if rest.len() >= 10 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&rest[2..10]);
-                    (10, u64::from_be_bytes(b) as usize)
-                }
-                126 | 127 => break,
-                l => (2, l as usize),
-            };
-            if rest.len() < hdr + len {
-                break;
-            }
-            let payload = &rest[hdr..hdr + len];
-            match rest[0] & 0x0f {
+        while let Some((opcode, payload, used)) = relay_tests::server_frame(&pending[pos..]) {
+            match opcode {
                 0x0..=0x2 => {
                     if let Some(at) = memchr::memmem::find(payload, b"@T") {
                         got += 1;
@@ -576,7 +674,7 @@ async fn client_loop(
                 }
                 _ => {}
             }
-            pos += hdr + len;
+            pos += used;
         }
         pending.drain(..pos);
         if got > 0 {
@@ -609,57 +707,29 @@ async fn open_clients(
     sample_every: usize,
 ) -> Result<(usize, usize, Option<String>, f64)> {
     let target = Arc::new(parse_url(&args.url, args.ca.as_deref())?);
-    let next = Arc::new(AtomicUsize::new(offset));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
-    let start = Instant::now();
-    let _p = {
-        let ok = ok.clone();
-        Progress::start(move || format!("connected {}/{n}", ok.load(Relaxed)))
-    };
-    let mut tasks = Vec::new();
-    for _ in 0..args.connect_concurrency.max(1) {
-        let (target, next, ok, failed, first_error, shared) = (
-            target.clone(),
-            next.clone(),
-            ok.clone(),
-            failed.clone(),
-            first_error.clone(),
-            shared.clone(),
-        );
-        let (rooms, sources) = (args.rooms.max(1), args.sources);
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Relaxed);
-                if i >= offset + n {
-                    return;
+    let (rooms, sources) = (args.rooms.max(1), args.sources);
+    let workers = vec![(); args.connect_concurrency.max(1)];
+    let (shared, sample_every) = (shared.clone(), sample_every.max(1));
+    let (tally, secs) = storm("connected", n, workers, move |w, k| {
+        let (target, shared) = (target.clone(), shared.clone());
+        async move {
+            let i = offset + k;
+            let path = target
+                .path
+                .replace("{room}", &format!("room-{}", i % rooms));
+            let outcome = match connect(&target, source(i, sources), &path).await {
+                Ok((s, rest)) => {
+                    let sampled = i.is_multiple_of(sample_every);
+                    tokio::spawn(client_loop(s, rest, shared, i, sampled));
+                    Ok(())
                 }
-                let path = target
-                    .path
-                    .replace("{room}", &format!("room-{}", i % rooms));
-                match connect(&target, source(i, sources), &path).await {
-                    Ok((s, rest)) => {
-                        ok.fetch_add(1, Relaxed);
-                        let sampled = i % sample_every.max(1) == 0;
-                        tokio::spawn(client_loop(s, rest, shared.clone(), i, sampled));
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Relaxed);
-                        if let Ok(mut f) = first_error.lock() {
-                            f.get_or_insert_with(|| format!("{e:#}"));
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let err = first_error.lock().ok().and_then(|mut f| f.take());
-    Ok((ok.load(Relaxed), failed.load(Relaxed), err, secs))
+                Err(e) => Err(format!("{e:#}")),
+            };
+            (w, outcome)
+        }
+    })
+    .await?;
+    Ok((tally.ok(), tally.failed(), tally.first_error(), secs))
 }
 
 async fn wait_until(what: &str, secs: f64, f: impl Fn() -> bool) -> Result<()> {
@@ -1118,7 +1188,6 @@ async fn handshakes(a: HandshakeArgs) -> Result<()> {
         a.addr.ip().is_loopback(),
         "relay-bench only targets loopback addresses"
     );
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let salt = std::process::id();
     let target = Arc::new(Target {
         addr: a.addr,
@@ -1126,93 +1195,44 @@ async fn handshakes(a: HandshakeArgs) -> Result<()> {
         tls: None,
         path: a.path.clone(),
     });
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let (key, sources) = (a.sign_key.clone(), a.sources);
     let before = sample(a.common.server_pid);
-    let start = Instant::now();
-    let count = a.count;
-    let _p = {
-        let ok = ok.clone();
-        Progress::start(move || format!("handshakes {}/{count}", ok.load(Relaxed)))
-    };
-    let mut tasks = Vec::new();
-    for _ in 0..a.concurrency.max(1) {
-        let (target, ok, failed, first_error, key) = (
-            target.clone(),
-            ok.clone(),
-            failed.clone(),
-            first_error.clone(),
-            a.sign_key.clone(),
-        );
-        let sources = a.sources;
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = NEXT.fetch_add(1, Relaxed);
-                if i >= count {
-                    return;
+    let workers = vec![(); a.concurrency.max(1)];
+    let (tally, secs) = storm("handshakes", a.count, workers, move |w, i| {
+        let (target, key) = (target.clone(), key.clone());
+        async move {
+            let user = format!("b{salt}x{i}");
+            let query = match &key {
+                Some(key) => {
+                    let ts = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or_default();
+                    format!(
+                        "user={user}&ts={ts}&sign={}",
+                        md5_hex(&format!("{user}{ts}{key}"))
+                    )
                 }
-                let user = format!("b{salt}x{i}");
-                let query = match &key {
-                    Some(key) => {
-                        let ts = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or_default();
-                        format!(
-                            "user={user}&ts={ts}&sign={}",
-                            md5_hex(&format!("{user}{ts}{key}"))
-                        )
-                    }
-                    None => format!("user={user}"),
-                };
-                let sep = if target.path.contains('?') { '&' } else { '?' };
-                let path = format!("{}{sep}{query}", target.path);
-                match connect(&target, source(i, sources), &path).await {
-                    Ok(_) => {
-                        ok.fetch_add(1, Relaxed);
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Relaxed);
-                        if let Ok(mut f) = first_error.lock() {
-                            f.get_or_insert_with(|| format!("{e:#}"));
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let secs = start.elapsed().as_secs_f64();
+                None => format!("user={user}"),
+            };
+            let sep = if target.path.contains('?') { '&' } else { '?' };
+            let path = format!("{}{sep}{query}", target.path);
+            let outcome = connect(&target, source(i, sources), &path)
+                .await
+                .map(drop)
+                .map_err(|e| format!("{e:#}"));
+            (w, outcome)
+        }
+    })
+    .await?;
     let after = sample(a.common.server_pid);
-    let (ok, failed) = (ok.load(Relaxed), failed.load(Relaxed));
-    let err = first_error.lock().ok().and_then(|mut f| f.take());
-    let result = json!({
-        "scenario": "handshakes",
-        "label": a.common.label,
-        "path": a.path,
-        "signed": a.sign_key.is_some(),
-        "count": count,
-        "ok": ok,
-        "failed": failed,
-        "first_error": err,
-        "per_s": ok as f64 / secs,
-        "server": {"cpu_pct": cpu_pct(before, after), "rss_kib": after.rss_kib},
-    });
-    emit(
+    report_rate(
         &a.common,
-        &[
-            (
-                "handshakes",
-                format!("{ok} of {count} in {secs:.2} s ({failed} failed)"),
-            ),
-            ("per second", format!("{:.0}", ok as f64 / secs)),
-            ("first error", err.clone().unwrap_or_else(|| "-".into())),
-            ("server CPU", format!("{:.0}%", cpu_pct(before, after))),
-        ],
-        result,
+        ("handshakes", "handshakes"),
+        a.count,
+        (&tally, secs),
+        (before, after),
+        json!({"path": a.path, "signed": a.sign_key.is_some()}),
     )
 }
 
@@ -1260,91 +1280,41 @@ async fn push_bench(a: PushArgs) -> Result<()> {
         }
     };
     let make = Arc::new(make);
-    let next = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
     let mut pushers = Vec::new();
     for _ in 0..a.concurrency.max(1) {
         pushers.push(Pusher::open(&a.push).await?);
     }
     let before = sample(a.common.server_pid);
-    let start = Instant::now();
-    let count = a.count;
-    let _p = {
-        let ok = ok.clone();
-        Progress::start(move || format!("requests {}/{count}", ok.load(Relaxed)))
-    };
     let format = a.format;
-    let mut tasks = Vec::new();
-    for mut p in pushers {
-        let (next, ok, failed, first_error, make) = (
-            next.clone(),
-            ok.clone(),
-            failed.clone(),
-            first_error.clone(),
-            make.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Relaxed);
-                if i >= count {
-                    return;
+    let (tally, secs) = storm("requests", a.count, pushers, move |mut p, i| {
+        let make = make.clone();
+        async move {
+            let outcome = match p.send(make(i), ct).await {
+                // socket-im always answers 200; success is `"code":1`.
+                Ok((200, body))
+                    if format == PushFormat::Open
+                        || memchr::memmem::find(&body, b"\"code\":1").is_some() =>
+                {
+                    Ok(())
                 }
-                let outcome = match p.send(make(i), ct).await {
-                    // socket-im always answers 200; success is `"code":1`.
-                    Ok((200, body))
-                        if format == PushFormat::Open
-                            || memchr::memmem::find(&body, b"\"code\":1").is_some() =>
-                    {
-                        Ok(())
-                    }
-                    Ok((s, body)) => Err(format!("HTTP {s}: {}", String::from_utf8_lossy(&body))),
-                    Err(e) => Err(format!("{e:#}")),
-                };
-                match outcome {
-                    Ok(()) => {
-                        ok.fetch_add(1, Relaxed);
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Relaxed);
-                        if let Ok(mut f) = first_error.lock() {
-                            f.get_or_insert(e);
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let secs = start.elapsed().as_secs_f64();
+                Ok((s, body)) => Err(format!("HTTP {s}: {}", String::from_utf8_lossy(&body))),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            (p, outcome)
+        }
+    })
+    .await?;
     let after = sample(a.common.server_pid);
-    let (ok, failed) = (ok.load(Relaxed), failed.load(Relaxed));
-    let err = first_error.lock().ok().and_then(|mut f| f.take());
-    let result = json!({
-        "scenario": "push",
-        "label": a.common.label,
-        "format": match a.format { PushFormat::Open => "open", PushFormat::SocketIm => "socket-im" },
-        "count": count,
-        "ok": ok,
-        "failed": failed,
-        "first_error": err,
-        "per_s": ok as f64 / secs,
-        "server": {"cpu_pct": cpu_pct(before, after), "rss_kib": after.rss_kib},
-    });
-    emit(
+    let format = match a.format {
+        PushFormat::Open => "open",
+        PushFormat::SocketIm => "socket-im",
+    };
+    report_rate(
         &a.common,
-        &[
-            (
-                "requests",
-                format!("{ok} of {count} in {secs:.2} s ({failed} failed)"),
-            ),
-            ("per second", format!("{:.0}", ok as f64 / secs)),
-            ("first error", err.clone().unwrap_or_else(|| "-".into())),
-            ("server CPU", format!("{:.0}%", cpu_pct(before, after))),
-        ],
-        result,
+        ("push", "requests"),
+        a.count,
+        (&tally, secs),
+        (before, after),
+        json!({"format": format}),
     )
 }

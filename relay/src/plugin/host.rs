@@ -43,12 +43,19 @@ pub struct HostState {
 /// How much of its budget a hook call has used: CPU time of the calling thread (the call
 /// runs start to finish on one thread: host imports never suspend it), with a wall-clock
 /// cap of 20× the budget.
+///
+/// Reading a thread's CPU clock is a system call, too dear for every call of a few
+/// microseconds; so the clock is read from the first epoch tick on (only calls that last
+/// a tick, 1 ms, ever see one), and the time before that tick counts as fully used.
+/// Time in host imports (relay's storage) is measured with the cheap wall clock and does
+/// not count.
 #[derive(Debug, Clone, Copy)]
 pub struct CallClock {
     budget: Duration,
-    cpu_start: Duration,
     wall_start: std::time::Instant,
-    /// CPU time spent in host imports during this call (relay's storage, not the plugin).
+    /// Thread CPU time and host time at the first tick.
+    at_first_tick: Option<(Duration, Duration)>,
+    /// Wall-clock time spent in host imports during this call.
     in_host: Duration,
 }
 
@@ -56,8 +63,8 @@ impl CallClock {
     fn new() -> Self {
         CallClock {
             budget: Duration::ZERO,
-            cpu_start: Duration::ZERO,
             wall_start: std::time::Instant::now(),
+            at_first_tick: None,
             in_host: Duration::ZERO,
         }
     }
@@ -65,36 +72,44 @@ impl CallClock {
     /// A call with `budget` starts now.
     pub fn start(&mut self, budget: Duration) {
         self.budget = budget;
-        self.cpu_start = thread_cpu_time();
         self.wall_start = std::time::Instant::now();
+        self.at_first_tick = None;
         self.in_host = Duration::ZERO;
     }
 
-    /// Whether the call has used its budget. Time in host imports does not count: a store
-    /// write that happens to do sled's occasional page maintenance is not the plugin's doing.
-    pub fn over_budget(&self) -> bool {
-        thread_cpu_time()
-            .saturating_sub(self.cpu_start)
-            .saturating_sub(self.in_host)
-            >= self.budget
-            || self.wall_start.elapsed() >= self.budget * 20
+    /// At an epoch tick: whether the call has used its budget.
+    pub fn over_budget(&mut self) -> bool {
+        if self.wall_start.elapsed() >= self.budget * 20 {
+            return true;
+        }
+        self.plugin_cpu() >= self.budget
     }
 
-    /// What the call has used so far: (plugin CPU time, host-import CPU time, wall-clock time).
-    pub fn used(&self) -> (Duration, Duration, Duration) {
-        let cpu = thread_cpu_time().saturating_sub(self.cpu_start);
-        (
-            cpu.saturating_sub(self.in_host),
-            self.in_host,
-            self.wall_start.elapsed(),
-        )
+    /// The plugin's CPU time so far (the time before the first tick counted as one tick).
+    fn plugin_cpu(&mut self) -> Duration {
+        let now = thread_cpu_time();
+        match self.at_first_tick {
+            None => {
+                self.at_first_tick = Some((now, self.in_host));
+                super::runtime::TICK
+            }
+            Some((cpu0, host0)) => {
+                let host = self.in_host.saturating_sub(host0);
+                now.saturating_sub(cpu0).saturating_sub(host) + super::runtime::TICK
+            }
+        }
     }
 
-    /// Run a host import, keeping its CPU time out of the plugin's budget.
+    /// What the call has used so far: (plugin CPU time, host-import time, wall-clock time).
+    pub fn used(&mut self) -> (Duration, Duration, Duration) {
+        (self.plugin_cpu(), self.in_host, self.wall_start.elapsed())
+    }
+
+    /// Run a host import, keeping its time out of the plugin's budget.
     fn host<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let t = thread_cpu_time();
+        let t = std::time::Instant::now();
         let r = f();
-        self.in_host += thread_cpu_time().saturating_sub(t);
+        self.in_host += t.elapsed();
         r
     }
 }

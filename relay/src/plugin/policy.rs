@@ -317,8 +317,8 @@ impl Spec {
         // on a busy machine a worker thread can be descheduled for milliseconds mid-call,
         // and a wall-clock deadline would fail calls that used microseconds. A call that
         // takes longer than 20× its budget in wall-clock time fails anyway.
-        store.epoch_deadline_callback(|ctx| {
-            let state = ctx.data();
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
             Ok(if state.call_clock.over_budget() {
                 let (cpu, host, wall) = state.call_clock.used();
                 tracing::debug!(tenant = %state.tenant, ?cpu, ?host, ?wall, "plugin call over its deadline");

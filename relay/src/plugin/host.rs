@@ -259,3 +259,38 @@ impl host::Host for HostState {
         self.hub.connection_exists(&conn)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{thread_cpu_time, CallClock};
+    use std::time::Duration;
+
+    /// Burn `d` of this thread's CPU time (not wall time: the machine may be busy).
+    fn spin(d: Duration) {
+        let t = thread_cpu_time();
+        while thread_cpu_time().saturating_sub(t) < d {
+            std::hint::black_box(0u64);
+        }
+    }
+
+    #[test]
+    fn the_budget_is_the_plugins_cpu_time_not_waiting_or_host_time() {
+        let budget = Duration::from_millis(5);
+        // Waiting (a descheduled thread) uses no CPU: within budget, unlike a wall clock.
+        let mut c = CallClock::new();
+        c.start(budget);
+        assert!(!c.over_budget(), "first tick");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!c.over_budget(), "20 ms asleep is not 5 ms of CPU");
+        // Host imports do not count.
+        c.host(|| spin(Duration::from_millis(4)));
+        assert!(!c.over_budget(), "4 ms in the host (plus the first tick) does not count");
+        // The plugin's own CPU does.
+        spin(Duration::from_millis(20));
+        assert!(c.over_budget(), "20 ms of plugin CPU is over 5 ms");
+        // And so does wall-clock time past 20x the budget, whatever the CPU.
+        c.start(budget);
+        std::thread::sleep(budget * 21);
+        assert!(c.over_budget());
+    }
+}

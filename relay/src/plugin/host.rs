@@ -284,7 +284,10 @@ mod tests {
         assert!(!c.over_budget(), "20 ms asleep is not 5 ms of CPU");
         // Host imports do not count.
         c.host(|| spin(Duration::from_millis(4)));
-        assert!(!c.over_budget(), "4 ms in the host (plus the first tick) does not count");
+        assert!(
+            !c.over_budget(),
+            "4 ms in the host (plus the first tick) does not count"
+        );
         // The plugin's own CPU does.
         spin(Duration::from_millis(20));
         assert!(c.over_budget(), "20 ms of plugin CPU is over 5 ms");

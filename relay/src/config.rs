@@ -225,6 +225,10 @@ pub struct TenantConfig {
     /// Largest offline message (its JSON); larger ones are refused. Default 65536.
     #[serde(default = "defaults::offline_max_bytes")]
     pub offline_max_bytes: usize,
+    /// Most bytes the tenant's key-value store holds (keys, values and 64 bytes per
+    /// entry; it lives in memory): writes beyond fail the plugin's call. Default 64 MiB.
+    #[serde(default = "defaults::kv_max_bytes")]
+    pub kv_max_bytes: usize,
     /// Message log directory (relative to the config file). Default `<data_dir>/logs/<tenant>`.
     #[serde(default)]
     pub log_dir: Option<Spanned<String>>,
@@ -378,6 +382,9 @@ mod defaults {
     }
     pub fn offline_max_bytes() -> usize {
         64 << 10
+    }
+    pub fn kv_max_bytes() -> usize {
+        64 << 20
     }
     pub fn namespaces() -> Vec<String> {
         vec!["/".into()]
@@ -535,6 +542,7 @@ impl Config {
                 ("offline_max", t.offline_max),
                 ("offline_ttl_ms", t.offline_ttl_ms as usize),
                 ("offline_max_bytes", t.offline_max_bytes),
+                ("kv_max_bytes", t.kv_max_bytes),
             ] {
                 if value == 0 {
                     return self.err(

@@ -66,6 +66,8 @@ pub struct Running {
     /// Its shutdown handle.
     pub shutdown: Shutdown,
     grace: Duration,
+    /// Written out at the end of [`Running::stop`] (or when dropped).
+    kv_log: Arc<store::kv::KvLog>,
 }
 
 impl Running {
@@ -82,9 +84,13 @@ impl Running {
     pub async fn stop(self) -> bool {
         self.shutdown.trigger();
         self.shutdown.tracker.close();
-        tokio::time::timeout(self.grace, self.shutdown.tracker.wait())
+        let done = tokio::time::timeout(self.grace, self.shutdown.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        // Last: what the connections' final hook calls wrote goes to disk too.
+        let kv_log = self.kv_log.clone();
+        let _ = tokio::task::spawn_blocking(move || kv_log.close()).await;
+        done
     }
 }
 
@@ -109,8 +115,8 @@ fn config_error(config: &Config, key: String, message: String) -> config::Config
     }
 }
 
-/// Gives a tenant (by name) its key-value store.
-type KvFactory<'a> = dyn Fn(&str) -> Result<Arc<dyn store::KvStore>, Error> + 'a;
+/// Gives a tenant its key-value store.
+type KvFactory<'a> = dyn Fn(&config::TenantConfig) -> Result<Arc<dyn store::KvStore>, Error> + 'a;
 
 /// Build every tenant (loading, compiling and initialising WASM plugins); `kv_for`
 /// gives each tenant its key-value store.
@@ -124,7 +130,7 @@ fn build_tenants(
         let deps = TenantDeps {
             cache_dir: config.data_dir().join("plugin-cache"),
             plugin_path: t.plugin.as_ref().map(|p| config.plugin_path(p.get_ref())),
-            kv: kv_for(t.name.get_ref())?,
+            kv: kv_for(t)?,
             log_dir: config.log_dir(t),
             metrics: metrics.clone(),
         };
@@ -139,8 +145,8 @@ fn build_tenants(
 /// fit the contract, import nothing forbidden and accept their settings.
 /// (It does not open the store, which a running relay holds locked.)
 pub fn check(config: &Config) -> Result<(), Error> {
-    let memory = |_: &str| -> Result<Arc<dyn store::KvStore>, Error> {
-        Ok(Arc::new(store::MemoryKv::new()))
+    let memory = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
+        Ok(Arc::new(store::TenantKv::in_memory(t.kv_max_bytes)))
     };
     build_tenants(config, &Arc::new(metrics::Metrics::default()), &memory).map(|_| ())
 }
@@ -180,13 +186,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let shutdown = Shutdown::new();
     let metrics = Arc::new(metrics::Metrics::default());
     let db = store::sled::SledStore::open(&config.data_dir().join("store"))?;
-    let sled_kv = |tenant: &str| -> Result<Arc<dyn store::KvStore>, Error> {
-        let kv = db
-            .kv(tenant)
-            .map_err(|e| Error::Io(std::io::Error::other(format!("store: {e}"))))?;
-        Ok(Arc::new(kv))
+    let kv_log = store::kv::KvLog::start(db.db())?;
+    let logged_kv = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
+        let kv = kv_log
+            .open(t.name.get_ref(), t.kv_max_bytes)
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        Ok(kv)
     };
-    let tenants = build_tenants(&config, &metrics, &sled_kv)?;
+    let tenants = build_tenants(&config, &metrics, &logged_kv)?;
     let store: Arc<dyn store::MessageStore> = Arc::new(db.clone());
     let (committer, commit_task) = store::commit::Committer::start(
         store.clone(),
@@ -313,5 +320,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         node,
         shutdown,
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        kv_log,
     })
 }

@@ -84,6 +84,13 @@ metrics! {
     offline_expired: AtomicU64,
     /// Offline messages refused (too large, no target, or a store failure).
     offline_refused: AtomicU64,
+    /// Plugin hook calls made.
+    plugin_calls: AtomicU64,
+    /// Hook calls not made: the plugin does not implement that optional hook.
+    plugin_hooks_skipped: AtomicU64,
+    /// Key-value writes refused (key or value too large, or the store full); each fails
+    /// its plugin call.
+    kv_refused: AtomicU64,
     /// Plugin calls that trapped, ran past their deadline or exceeded memory.
     plugin_traps: AtomicU64,
     /// Plugin calls whose result was malformed (bad JSON, invalid status, ...).

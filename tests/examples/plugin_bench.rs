@@ -64,7 +64,7 @@ fn request(i: usize) -> HandshakeRequest {
 }
 
 /// The md5-sign plugin's logic in native Rust (window, sign, replay set).
-fn native_handshake(req: &HandshakeRequest, seen: &relay::store::MemoryKv) -> bool {
+fn native_handshake(req: &HandshakeRequest, seen: &relay::store::TenantKv) -> bool {
     use relay::store::KvStore;
     let q = |k: &str| req.query_param(k).unwrap_or_default();
     let (user, ts, sign) = (q("user"), q("ts"), q("sign"));
@@ -82,6 +82,7 @@ fn native_handshake(req: &HandshakeRequest, seen: &relay::store::MemoryKv) -> bo
         Vec::new(),
         Some(Duration::from_secs(600)),
     )
+    .unwrap_or(false)
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -169,7 +170,7 @@ fn main() -> anyhow::Result<()> {
             deadline: Duration::from_millis(100),
             ..PluginLimits::default()
         },
-        kv: Arc::new(relay::store::MemoryKv::new()),
+        kv: Arc::new(relay::store::TenantKv::in_memory(256 << 20)),
         hub: Arc::new(relay::hub::Hub::default()),
         metrics: Arc::new(relay::metrics::Metrics::default()),
     })
@@ -189,7 +190,7 @@ fn main() -> anyhow::Result<()> {
             "rejected: {d:?}"
         );
     }
-    let seen = relay::store::MemoryKv::new();
+    let seen = relay::store::TenantKv::in_memory(256 << 20);
     let mut native = Vec::with_capacity(calls);
     for r in &reqs {
         let t = Instant::now();

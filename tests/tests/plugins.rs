@@ -366,6 +366,97 @@ async fn md5_sign_plugin_verifies_window_and_replay() -> Result<()> {
 }
 
 #[tokio::test]
+async fn hooks_a_plugin_leaves_out_are_not_called() -> Result<()> {
+    // md5-sign defines on_handshake and on_event only; testkit adds on_ingress.
+    let relay = TestRelay::start(&format!(
+        "{}{}{}",
+        plugin_tenant("m", "bundled:md5-sign", "settings = { key = \"k\" }"),
+        plugin_tenant("t", "bundled:testkit", ""),
+        r#"
+[[listener]]
+name = "ws"
+kind = "ws"
+bind = "127.0.0.1:0"
+http_ingress = true
+routes = [{ path = "/m", tenant = "m" }, { path = "/t", tenant = "t" }]
+"#
+    ))
+    .await?;
+    let path = signed("ann", "k", unix_now()).replacen("/?", "/m?", 1);
+    let mut c = ws(relay.addr("ws"), &path).await?;
+    c.send(json!({"event": "join", "room": "r"})).await?;
+    assert_eq!(c.recv().await?["event"], "joined");
+    assert_eq!(relay.metric("plugin_calls"), 2, "handshake and event");
+    c.close(1000).await?;
+    relay
+        .eventually("the connection is gone", |r| {
+            r.metric("connections_open") == 0
+        })
+        .await?;
+    // No on-ingress: a push is answered 404 without a call, as an empty hook would.
+    let (status, body) = http(
+        relay.addr("ws"),
+        "POST",
+        "/m/push",
+        Some("application/json"),
+        br#"{"room":"r","data":1}"#,
+    )
+    .await?;
+    assert_eq!((status, body.as_str()), (404, r#"{"error":"not found"}"#));
+    assert_eq!(
+        relay.metric("plugin_calls"),
+        2,
+        "no disconnect or ingress call"
+    );
+    assert_eq!(relay.metric("plugin_hooks_skipped"), 2);
+    // testkit's on_ingress is called.
+    let (status, _) = http(
+        relay.addr("ws"),
+        "POST",
+        "/t/push",
+        Some("application/json"),
+        br#"{"room":"r","data":1}"#,
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(relay.metric("plugin_calls"), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_or_oversized_key_value_write_fails_that_call_only() -> Result<()> {
+    // Room for three small entries (each counts its key, its value and 64 bytes).
+    let relay = testkit("kv_max_bytes = 240").await?;
+    let mut c = ws(relay.addr("ws"), "/?user=u").await?;
+    for k in ["k1", "k2", "k3"] {
+        c.send(json!({"event": "kv-set", "key": k, "value": "v"}))
+            .await?;
+        assert_eq!(c.recv().await?["ok"], true, "{k}");
+    }
+    c.send(json!({"event": "kv-set", "key": "k4", "value": "v"}))
+        .await?;
+    c.expect_silence(Duration::from_millis(200)).await?;
+    c.send(json!({"event": "kv-once", "key": "k5"})).await?;
+    c.expect_silence(Duration::from_millis(200)).await?;
+    let long_key = "x".repeat(1025);
+    c.send(json!({"event": "kv-set", "key": long_key, "value": "v"}))
+        .await?;
+    c.expect_silence(Duration::from_millis(200)).await?;
+    assert_eq!(relay.metric("kv_refused"), 3);
+    assert_eq!(relay.metric("plugin_traps"), 3);
+    // What is there stays readable, replacing a value of the same size fits, and the
+    // connection keeps being served.
+    c.send(json!({"event": "kv-get", "key": "k2"})).await?;
+    assert_eq!(c.recv().await?["value"], "v");
+    c.send(json!({"event": "kv-set", "key": "k1", "value": "w"}))
+        .await?;
+    assert_eq!(c.recv().await?["ok"], true);
+    c.send(json!({"event": "kv-get", "key": "k1"})).await?;
+    assert_eq!(c.recv().await?["value"], "w");
+    Ok(())
+}
+
+#[tokio::test]
 async fn hot_reload_swaps_plugins_without_dropping_connections() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("tenant.wasm");

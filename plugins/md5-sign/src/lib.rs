@@ -25,6 +25,7 @@ fn refuse(why: &str) -> HandshakeDecision {
     reject(401, why)
 }
 
+#[relay_plugin_sdk::plugin]
 impl Plugin for Md5Sign {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;
@@ -59,11 +60,13 @@ impl Plugin for Md5Sign {
         if !sign::verify(&expected, &sign) {
             return Ok(refuse("bad sign"));
         }
-        if !replay::first_use(
-            "handshake",
-            &sign.to_ascii_lowercase(),
-            (cfg.window * 2) as u32,
-        ) {
+        // Remember the sign while its `ts` is inside the window: it could be replayed
+        // until then, and not after.
+        let now = host::now_ms() / 1000;
+        let ttl = (t + cfg.window)
+            .saturating_sub(now)
+            .clamp(1, u32::MAX.into()) as u32;
+        if !replay::first_use("handshake", &sign.to_ascii_lowercase(), ttl) {
             return Ok(refuse("sign already used"));
         }
         Ok(accept(Some(user), vec![]))
@@ -87,5 +90,3 @@ impl Plugin for Md5Sign {
         })
     }
 }
-
-relay_plugin_sdk::plugin!(Md5Sign);

@@ -216,6 +216,7 @@ fn live(controller: &str, method: &str, session: &Value, data: &Value) -> Option
     })
 }
 
+#[relay_plugin_sdk::plugin]
 impl Plugin for Mswoole {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;
@@ -342,5 +343,3 @@ impl Plugin for Mswoole {
         })
     }
 }
-
-relay_plugin_sdk::plugin!(Mswoole);

@@ -1,12 +1,14 @@
 //! Write relay plugins in Rust.
 //!
 //! A plugin implements [`Plugin`] (only `on_handshake` is required; the other
-//! hooks default to doing nothing) and exports it with [`plugin!`]:
+//! hooks default to doing nothing) in a block marked [`plugin`], which exports it
+//! and tells relay which hooks to call:
 //!
 //! ```ignore
 //! use relay_plugin_sdk::*;
 //!
 //! struct Hello;
+//! #[plugin]
 //! impl Plugin for Hello {
 //!     fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
 //!         match query_param(&req.query, "user") {
@@ -18,7 +20,6 @@
 //!         Ok(vec![reply(&serde_json::json!({"echo": ev.text}))])
 //!     }
 //! }
-//! relay_plugin_sdk::plugin!(Hello);
 //! ```
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
@@ -40,12 +41,15 @@ pub mod bindings {
 pub use bindings::relay::plugin::host::Level;
 pub use bindings::relay::plugin::types::{
     Accept, Action, ClientEvent, Close, ConnInfo, DisconnectInfo, Emit, HandshakeDecision,
-    HandshakeRequest, HttpRequest, Identity, IngressOutcome, IngressRequest, IngressSource,
+    HandshakeRequest, Hooks, HttpRequest, Identity, IngressOutcome, IngressRequest, IngressSource,
     LogLine, Membership, Message, Offline, Pair, Reject, Target, Webhook,
 };
 pub use serde_json;
 
 /// A tenant's plugin. Every hook runs under relay's deadline and memory cap.
+///
+/// Implement it in a block marked [`#[plugin]`](plugin): relay calls only the optional
+/// hooks the block defines; one left out behaves as its default here, without a call.
 pub trait Plugin {
     /// Once per instance, with the tenant's `settings` as JSON text.
     fn init(_settings: &str) -> Result<(), String> {
@@ -71,34 +75,10 @@ pub trait Plugin {
     }
 }
 
-/// Export a [`Plugin`] implementation as the component's `plugin` world.
-#[macro_export]
-macro_rules! plugin {
-    ($plugin:ty) => {
-        struct __RelayPluginExport;
-        impl $crate::bindings::Guest for __RelayPluginExport {
-            fn init(settings: String) -> Result<(), String> {
-                <$plugin as $crate::Plugin>::init(&settings)
-            }
-            fn on_handshake(req: $crate::HandshakeRequest) -> Result<$crate::HandshakeDecision, String> {
-                <$plugin as $crate::Plugin>::on_handshake(req)
-            }
-            fn on_event(conn: $crate::ConnInfo, event: $crate::ClientEvent) -> Result<Vec<$crate::Action>, String> {
-                <$plugin as $crate::Plugin>::on_event(conn, event)
-            }
-            fn on_ingress(req: $crate::IngressRequest) -> Result<$crate::IngressOutcome, String> {
-                <$plugin as $crate::Plugin>::on_ingress(req)
-            }
-            fn on_disconnect(
-                conn: $crate::ConnInfo,
-                info: $crate::DisconnectInfo,
-            ) -> Result<Vec<$crate::Action>, String> {
-                <$plugin as $crate::Plugin>::on_disconnect(conn, info)
-            }
-        }
-        $crate::bindings::__export_plugin!(__RelayPluginExport with_types_in $crate::bindings);
-    };
-}
+/// Export an `impl Plugin for YourType { ... }` block as the component's plugin: put
+/// `#[relay_plugin_sdk::plugin]` on the block. relay calls only the optional hooks the
+/// block defines (the others behave as the trait's defaults without a call).
+pub use relay_plugin_sdk_macros::plugin;
 
 /// Host services: logging, time, randomness, the tenant's key-value store, presence.
 pub mod host {

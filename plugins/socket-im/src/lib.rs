@@ -103,6 +103,7 @@ fn text(v: &Value) -> String {
     }
 }
 
+#[relay_plugin_sdk::plugin]
 impl Plugin for SocketIm {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;
@@ -320,5 +321,3 @@ fn notify(cfg: &Settings, http: &HttpRequest, body: &[u8]) -> IngressOutcome {
     actions.push(append_log(&file, &log_line(&published)));
     answer(1, "message notify successed!", actions)
 }
-
-relay_plugin_sdk::plugin!(SocketIm);

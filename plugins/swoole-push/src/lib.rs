@@ -182,6 +182,7 @@ fn out(status: u16, body: &Value, actions: Vec<Action>) -> IngressOutcome {
     respond(status, body, actions)
 }
 
+#[relay_plugin_sdk::plugin]
 impl Plugin for SwoolePush {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;
@@ -380,5 +381,3 @@ impl Plugin for SwoolePush {
         Ok(Vec::new())
     }
 }
-
-relay_plugin_sdk::plugin!(SwoolePush);

@@ -21,6 +21,7 @@ fn version() -> String {
     VERSION.get().cloned().unwrap_or_default()
 }
 
+#[relay_plugin_sdk::plugin]
 impl Plugin for Testkit {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;
@@ -204,5 +205,3 @@ impl Plugin for Testkit {
         }
     }
 }
-
-relay_plugin_sdk::plugin!(Testkit);

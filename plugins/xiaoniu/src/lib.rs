@@ -170,6 +170,7 @@ fn validate(kind: &str, o: &Map<String, Value>) -> Result<&'static Client, Strin
     Ok(client)
 }
 
+#[relay_plugin_sdk::plugin]
 impl Plugin for Xiaoniu {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;
@@ -366,5 +367,3 @@ fn answer(errcode: u8, errmsg: &str) -> IngressOutcome {
         actions: Vec::new(),
     }
 }
-
-relay_plugin_sdk::plugin!(Xiaoniu);

@@ -6,4 +6,9 @@ wasmtime::component::bindgen!({
     // Hooks run on a fiber (the engine has async support) so that a call can run inline
     // on a tokio worker; the host imports answer at once and stay synchronous.
     exports: { default: async },
+    // A refused key-value write (too large, store full) traps the call.
+    imports: {
+        "relay:plugin/host.kv-set": trappable,
+        "relay:plugin/host.kv-set-if-absent": trappable,
+    },
 });

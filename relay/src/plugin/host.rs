@@ -10,12 +10,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::relay::plugin::host::{self, Level};
 use crate::hub::{Hub, Presence};
-use crate::store::KvStore;
+use crate::metrics::Metrics;
+use crate::store::{KvError, KvStore};
 
-/// Keys longer than this are refused by `kv-*` (the call traps).
-pub const MAX_KEY: usize = 1024;
-/// Values longer than this are refused by `kv-set` (the call traps).
-pub const MAX_VALUE: usize = 1 << 20;
 /// Largest `random-bytes` request.
 pub const MAX_RANDOM: u32 = 1024;
 /// Bytes of stdout/stderr a store may hold before its instance is recycled.
@@ -30,6 +27,7 @@ pub struct HostState {
     pub(crate) tenant: Arc<str>,
     pub(crate) kv: Arc<dyn KvStore>,
     pub(crate) hub: Arc<Hub>,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) stdout: MemoryOutputPipe,
     pub(crate) stderr: MemoryOutputPipe,
     /// How much of stdout/stderr has already gone to the log.
@@ -132,6 +130,16 @@ fn thread_cpu_time() -> Duration {
     )
 }
 
+/// A refused key-value write traps the call (see `wit/plugin.wit`): the plugin's request
+/// fails with this reason.
+fn kv_trap(call: &str, tenant: &str, metrics: &Metrics, e: KvError) -> wasmtime::Error {
+    Metrics::inc(&metrics.kv_refused);
+    if let KvError::Full(_) = e {
+        tracing::warn!(tenant, "plugin: {call} refused: {e}");
+    }
+    wasmtime::Error::msg(format!("{call}: {e}"))
+}
+
 /// Log lines a plugin may write per call; more are counted but dropped.
 pub const MAX_LOG_LINES_PER_CALL: u32 = 20;
 
@@ -147,7 +155,13 @@ impl WasiView for HostState {
 impl HostState {
     /// Fresh state: no environment, arguments, stdin or preopens; stdout and
     /// stderr are in-memory pipes drained into relay's log after each call.
-    pub fn new(tenant: Arc<str>, kv: Arc<dyn KvStore>, hub: Arc<Hub>, limits: StoreLimits) -> Self {
+    pub fn new(
+        tenant: Arc<str>,
+        kv: Arc<dyn KvStore>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        limits: StoreLimits,
+    ) -> Self {
         let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
         let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
@@ -161,6 +175,7 @@ impl HostState {
             tenant,
             kv,
             hub,
+            metrics,
             stdout,
             stderr,
             logged: (0, 0),
@@ -222,24 +237,28 @@ impl host::Host for HostState {
         self.call_clock.host(|| kv.get(&key))
     }
 
-    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_secs: Option<u32>) {
-        if key.len() <= MAX_KEY && value.len() <= MAX_VALUE {
-            let kv = &self.kv;
-            self.call_clock
-                .host(|| kv.set(&key, value, ttl_secs.map(|s| Duration::from_secs(s.into()))));
-        } else {
-            tracing::warn!(tenant = %self.tenant, "plugin: kv-set refused: key over 1 KiB or value over 1 MiB");
-        }
+    fn kv_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_secs: Option<u32>,
+    ) -> wasmtime::Result<()> {
+        let kv = &self.kv;
+        self.call_clock
+            .host(|| kv.set(&key, value, ttl_secs.map(|s| Duration::from_secs(s.into()))))
+            .map_err(|e| kv_trap("kv-set", &self.tenant, &self.metrics, e))
     }
 
-    fn kv_set_if_absent(&mut self, key: String, value: Vec<u8>, ttl_secs: Option<u32>) -> bool {
-        if key.len() > MAX_KEY || value.len() > MAX_VALUE {
-            tracing::warn!(tenant = %self.tenant, "plugin: kv-set-if-absent refused: key over 1 KiB or value over 1 MiB");
-            return false;
-        }
+    fn kv_set_if_absent(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_secs: Option<u32>,
+    ) -> wasmtime::Result<bool> {
         let kv = &self.kv;
         self.call_clock
             .host(|| kv.set_if_absent(&key, value, ttl_secs.map(|s| Duration::from_secs(s.into()))))
+            .map_err(|e| kv_trap("kv-set-if-absent", &self.tenant, &self.metrics, e))
     }
 
     fn kv_delete(&mut self, key: String) -> bool {

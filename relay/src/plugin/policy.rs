@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
+use super::bindings::relay::plugin::types::Hooks;
 use super::bindings::{Plugin, PluginPre};
 use super::convert;
 use super::host::HostState;
@@ -63,6 +64,8 @@ struct Instance {
 struct Loaded {
     pre: PluginPre<HostState>,
     hash: String,
+    /// The optional hooks it implements (from its first `init`): relay calls no others.
+    hooks: Hooks,
     idle: Mutex<Vec<Instance>>,
     modified: Option<FileStamp>,
 }
@@ -217,7 +220,7 @@ impl WasmPolicy {
         let loaded = self.inner.current();
         let start = std::time::Instant::now();
         for _ in 0..n {
-            drop(run_now(self.inner.instantiate(rt, &loaded))?);
+            drop(run_now(self.inner.instantiate(rt, &loaded.pre))?);
         }
         Ok(start.elapsed())
     }
@@ -274,29 +277,37 @@ impl Spec {
             .linker
             .instantiate_pre(&compiled.component)
             .and_then(PluginPre::new)
-            .map_err(|e| {
-                format!(
+            .map_err(|e| match runtime::other_contract(&rt.engine, &compiled.component) {
+                Some(v) => format!(
+                    "{}: built against relay:plugin@{v}, but this relay implements relay:plugin@{}: rebuild the plugin with the current SDK",
+                    path.display(),
+                    runtime::CONTRACT_VERSION
+                ),
+                None => format!(
                     "{}: does not fit the relay:plugin world: {e:#}",
                     path.display()
-                )
+                ),
             })?;
+        let (first, hooks) =
+            run_now(self.instantiate(rt, &pre)).map_err(|e| format!("{}: {e}", path.display()))?;
         let loaded = Loaded {
             pre,
             hash: compiled.hash,
-            idle: Mutex::new(Vec::new()),
+            hooks,
+            idle: Mutex::new(vec![first]),
             modified,
         };
-        let first = run_now(self.instantiate(rt, &loaded))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Ok(mut idle) = loaded.idle.lock() {
-            idle.push(first);
-        }
-        tracing::info!(tenant = %self.tenant, plugin = %path.display(), hash = %&loaded.hash[..12], cached = compiled.cached, "plugin loaded");
+        tracing::info!(tenant = %self.tenant, plugin = %path.display(), hash = %&loaded.hash[..12], cached = compiled.cached, hooks = ?loaded.hooks, "plugin loaded");
         Ok(loaded)
     }
 
-    /// A new instance with its own store, limits and `init` already run.
-    async fn instantiate(&self, rt: &Runtime, loaded: &Loaded) -> Result<Instance, String> {
+    /// A new instance with its own store, limits and `init` already run, and the optional
+    /// hooks its `init` says it implements.
+    async fn instantiate(
+        &self,
+        rt: &Runtime,
+        pre: &PluginPre<HostState>,
+    ) -> Result<(Instance, Hooks), String> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)
@@ -309,6 +320,7 @@ impl Spec {
             self.tenant.clone(),
             self.kv.clone(),
             self.hub.clone(),
+            self.metrics.clone(),
             limits,
         );
         let mut store = Store::new(&rt.engine, state);
@@ -329,19 +341,18 @@ impl Spec {
         });
         store.data_mut().call_clock.start(INIT_DEADLINE);
         store.set_epoch_deadline(1);
-        let plugin = loaded
-            .pre
+        let plugin = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| format!("instantiation failed: {}", describe(&e)))?;
-        match plugin.call_init(&mut store, &self.settings).await {
-            Ok(Ok(())) => {}
+        let hooks = match plugin.call_init(&mut store, &self.settings).await {
+            Ok(Ok(hooks)) => hooks,
             Ok(Err(msg)) => return Err(format!("init refused the settings: {msg}")),
             Err(e) => return Err(format!("init failed: {}", describe(&e))),
-        }
+        };
         store.data_mut().drain_stdio();
         Metrics::inc(&self.metrics.plugin_instances);
-        Ok(Instance { store, plugin })
+        Ok((Instance { store, plugin }, hooks))
     }
 }
 
@@ -351,6 +362,19 @@ impl Inner {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// Whether the loaded version implements an optional hook (if not, the call is
+    /// skipped and counted).
+    fn implements(&self, hook: Hooks) -> bool {
+        let yes = match self.current.read() {
+            Ok(g) => g.hooks.contains(hook),
+            Err(p) => p.into_inner().hooks.contains(hook),
+        };
+        if !yes {
+            Metrics::inc(&self.metrics.plugin_hooks_skipped);
+        }
+        yes
     }
 
     async fn call<R>(
@@ -363,11 +387,17 @@ impl Inner {
         let taken = loaded.idle.lock().ok().and_then(|mut v| v.pop());
         let mut inst = match taken {
             Some(i) => i,
-            None => self.instantiate(rt, &loaded).await.map_err(|e| {
-                Metrics::inc(&self.metrics.plugin_traps);
-                self.err(format!("{hook}: {e}"))
-            })?,
+            None => {
+                self.instantiate(rt, &loaded.pre)
+                    .await
+                    .map_err(|e| {
+                        Metrics::inc(&self.metrics.plugin_traps);
+                        self.err(format!("{hook}: {e}"))
+                    })?
+                    .0
+            }
         };
+        Metrics::inc(&self.metrics.plugin_calls);
         inst.store.data_mut().call_clock.start(self.limits.deadline);
         inst.store.set_epoch_deadline(1);
         let result = f(&inst.plugin, &mut inst.store).await;
@@ -478,6 +508,9 @@ impl Policy for WasmPolicy {
         event: &'a ClientEvent,
         _presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<Vec<Action>, PolicyError>> {
+        if !self.inner.implements(Hooks::ON_EVENT) {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
         let (c, e) = (convert::conn_info(conn), convert::client_event(event));
         Box::pin(self.call("on-event", move |p, s| {
             Box::pin(async move { checked(p.call_on_event(s, &c, &e).await, convert::actions) })
@@ -489,6 +522,11 @@ impl Policy for WasmPolicy {
         req: &'a IngressRequest,
         _presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<IngressOutcome, PolicyError>> {
+        if !self.inner.implements(Hooks::ON_INGRESS) {
+            let not_found =
+                IngressOutcome::json(404, &serde_json::json!({"error": "not found"}), Vec::new());
+            return Box::pin(std::future::ready(Ok(not_found)));
+        }
         let arg = convert::ingress_request(req);
         Box::pin(self.call("on-ingress", move |p, s| {
             Box::pin(async move { checked(p.call_on_ingress(s, &arg).await, convert::outcome) })
@@ -501,6 +539,9 @@ impl Policy for WasmPolicy {
         info: &'a DisconnectInfo,
         _presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<Vec<Action>, PolicyError>> {
+        if !self.inner.implements(Hooks::ON_DISCONNECT) {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
         let (c, i) = (convert::conn_info(conn), convert::disconnect_info(info));
         Box::pin(self.call("on-disconnect", move |p, s| {
             Box::pin(

@@ -156,6 +156,28 @@ fn build() -> Result<Runtime, String> {
     Ok(Runtime { engine, linker })
 }
 
+/// The `relay:plugin` contract version this relay implements (`wit/plugin.wit`).
+pub const CONTRACT_VERSION: &str = "0.3.0";
+
+/// The `relay:plugin` version a component was built against, if its imports name one
+/// other than [`CONTRACT_VERSION`] (so a load failure can say "rebuild it").
+pub fn other_contract(engine: &Engine, component: &Component) -> Option<String> {
+    let names: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    other_contract_in(names.iter().map(String::as_str))
+}
+
+fn other_contract_in<'a>(imports: impl Iterator<Item = &'a str>) -> Option<String> {
+    imports
+        .filter_map(|name| name.strip_prefix("relay:plugin/"))
+        .filter_map(|rest| rest.split_once('@').map(|(_, v)| v))
+        .find(|v| *v != CONTRACT_VERSION)
+        .map(str::to_owned)
+}
+
 /// Every import of `component` that relay does not provide, by name.
 pub fn forbidden_imports(engine: &Engine, component: &Component) -> Vec<String> {
     component
@@ -228,4 +250,26 @@ pub fn compile(rt: &Runtime, wasm: &[u8], cache_dir: &Path) -> Result<Compiled, 
         hash,
         cached: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{other_contract_in, CONTRACT_VERSION};
+
+    #[test]
+    fn a_plugin_built_against_another_contract_is_named() {
+        let old = [
+            "wasi:cli/stdout@0.2.6",
+            "relay:plugin/types@0.2.0",
+            "relay:plugin/host@0.2.0",
+        ];
+        assert_eq!(other_contract_in(old.into_iter()).as_deref(), Some("0.2.0"));
+        let current = format!("relay:plugin/host@{CONTRACT_VERSION}");
+        assert_eq!(
+            other_contract_in([current.as_str(), "wasi:io/error@0.2.6"].into_iter()),
+            None
+        );
+        assert!(include_str!("../../../wit/plugin.wit")
+            .contains(&format!("package relay:plugin@{CONTRACT_VERSION};")));
+    }
 }

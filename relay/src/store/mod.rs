@@ -1,14 +1,24 @@
-//! Storage: the tenant-scoped key-value store plugins use, behind [`KvStore`],
-//! and offline messages behind [`MessageStore`]; durable on [`sled`](self::sled)
-//! (the default) or in memory. [`commit`] makes writes durable in groups.
+//! Storage: the tenant-scoped key-value store plugins use, behind [`KvStore`]
+//! (in memory, made durable by a write-behind log: [`kv`]), and offline messages
+//! and room history behind [`MessageStore`], on [`sled`](self::sled). [`commit`]
+//! makes message writes durable in groups.
 
 pub mod commit;
+pub mod kv;
 pub mod sled;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+
+pub use kv::{KvError, TenantKv};
+
+/// Wall-clock milliseconds since the Unix epoch (stored expiry times outlive the process).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 use crate::protocol::Message;
 
@@ -101,90 +111,16 @@ pub trait KvStore: Send + Sync + 'static {
     /// The value of `key`, unless absent or expired.
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     /// Set `key`, optionally expiring after `ttl`.
-    fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>);
-    /// Set `key` only if absent or expired; `true` if it was set.
-    fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> bool;
+    fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError>;
+    /// Set `key` only if absent or expired; `Ok(true)` if it was set.
+    fn set_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError>;
     /// Delete `key`; `true` if it existed (and had not expired).
     fn delete(&self, key: &str) -> bool;
     /// Drop expired entries (called periodically).
     fn purge_expired(&self) {}
-}
-
-/// In-memory key-value store (not durable: lost on restart).
-#[derive(Debug, Default)]
-pub struct MemoryKv {
-    map: DashMap<String, (Vec<u8>, Option<Instant>)>,
-}
-
-impl MemoryKv {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-fn live(exp: &Option<Instant>) -> bool {
-    exp.is_none_or(|e| e > Instant::now())
-}
-
-impl KvStore for MemoryKv {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.map
-            .get(key)
-            .filter(|e| live(&e.1))
-            .map(|e| e.0.clone())
-    }
-
-    fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) {
-        self.map
-            .insert(key.to_owned(), (value, ttl.map(|t| Instant::now() + t)));
-    }
-
-    fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> bool {
-        let mut fresh = false;
-        self.map
-            .entry(key.to_owned())
-            .and_modify(|e| {
-                if !live(&e.1) {
-                    *e = (value.clone(), ttl.map(|t| Instant::now() + t));
-                    fresh = true;
-                }
-            })
-            .or_insert_with(|| {
-                fresh = true;
-                (value.clone(), ttl.map(|t| Instant::now() + t))
-            });
-        fresh
-    }
-
-    fn delete(&self, key: &str) -> bool {
-        self.map.remove(key).is_some_and(|(_, (_, exp))| live(&exp))
-    }
-
-    fn purge_expired(&self) {
-        let now = Instant::now();
-        self.map.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttl_and_set_if_absent() {
-        let kv = MemoryKv::new();
-        assert!(kv.set_if_absent("a", b"1".to_vec(), Some(Duration::from_millis(30))));
-        assert!(!kv.set_if_absent("a", b"2".to_vec(), None));
-        assert_eq!(kv.get("a"), Some(b"1".to_vec()));
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(kv.get("a"), None);
-        assert!(kv.set_if_absent("a", b"3".to_vec(), None));
-        assert!(kv.delete("a"));
-        assert!(!kv.delete("a"));
-        kv.set("b", vec![], Some(Duration::from_millis(1)));
-        std::thread::sleep(Duration::from_millis(5));
-        kv.purge_expired();
-        assert!(kv.map.is_empty());
-    }
 }

@@ -1,14 +1,16 @@
 //! The embedded store on `sled`: one database per data directory, one tree
-//! per purpose (`kv/<tenant>` for plugin key-value stores), a schema version.
+//! per purpose and tenant (`offline/<tenant>`, `history/<tenant>`, and
+//! `kvlog/<tenant>` for the key-value log of [`super::kv`]), a schema version.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use super::{KvStore, Mailbox, MessageStore, Pushed, StoredMessage};
+use super::{now_ms, Mailbox, MessageStore, Pushed, StoredMessage};
 use crate::protocol::Message;
 
-/// Schema version this relay writes and reads.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Schema version this relay writes and reads. 2: key-value stores are logs
+/// (`kvlog/<tenant>`; a version-1 `kv/<tenant>` tree is moved into its log when opened).
+pub const SCHEMA_VERSION: u64 = 2;
 const SCHEMA_KEY: &[u8] = b"relay:schema";
 
 /// Errors opening or using the store.
@@ -78,6 +80,12 @@ impl SledStore {
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::TooNew { path, found });
                 }
+                if found < SCHEMA_VERSION {
+                    // Version 1 differs only in its key-value trees, which are moved as
+                    // each tenant's store opens (`kv::KvLog::open`).
+                    db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                        .map_err(err)?;
+                }
             }
         }
         Ok(SledStore {
@@ -114,11 +122,9 @@ impl SledStore {
         Ok(t)
     }
 
-    /// The key-value store of `tenant`.
-    pub fn kv(&self, tenant: &str) -> Result<SledKv, sled::Error> {
-        Ok(SledKv {
-            tree: self.db.open_tree(format!("kv/{tenant}"))?,
-        })
+    /// The database, for the key-value log ([`super::kv::KvLog`]).
+    pub fn db(&self) -> sled::Db {
+        self.db.clone()
     }
 }
 
@@ -350,122 +356,33 @@ fn mark_trimmed(tree: &sled::Tree, room: &str, offset: u64) -> Result<(), String
     .map_err(|e| e.to_string())
 }
 
-/// A tenant's key-value store in its own sled tree. Values carry their expiry
-/// (milliseconds since the Unix epoch, 0 = never) in an 8-byte prefix.
-pub struct SledKv {
-    tree: sled::Tree,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn encode(value: &[u8], ttl: Option<Duration>) -> Vec<u8> {
-    let exp = ttl.map_or(0, |t| now_ms().saturating_add(t.as_millis() as u64).max(1));
-    let mut v = Vec::with_capacity(8 + value.len());
-    v.extend_from_slice(&exp.to_be_bytes());
-    v.extend_from_slice(value);
-    v
-}
-
-/// The value if the stored entry is live.
-fn decode(raw: &[u8]) -> Option<&[u8]> {
-    let (exp, value) = raw.split_at_checked(8)?;
-    let exp = u64::from_be_bytes(exp.try_into().ok()?);
-    (exp == 0 || exp > now_ms()).then_some(value)
-}
-
-impl KvStore for SledKv {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let raw = self.tree.get(key).ok()??;
-        decode(&raw).map(<[u8]>::to_vec)
-    }
-
-    fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) {
-        if let Err(e) = self.tree.insert(key, encode(&value, ttl)) {
-            tracing::error!(error = %e, "kv store write failed");
-        }
-    }
-
-    fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> bool {
-        let new = encode(&value, ttl);
-        // Expect the key to be absent (the usual case: a fresh nonce), so one
-        // compare-and-swap does the work of a read and a write; a present but expired
-        // entry is replaced by a second swap against what the first one found.
-        let mut expected: Option<sled::IVec> = None;
-        loop {
-            match self
-                .tree
-                .compare_and_swap(key, expected.as_ref(), Some(new.as_slice()))
-            {
-                Ok(Ok(())) => return true,
-                Ok(Err(found)) => match found.current {
-                    Some(c) if decode(&c).is_some() => return false,
-                    current => expected = current, // expired, or raced: swap against it
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, "kv store write failed");
-                    return false;
-                }
-            }
-        }
-    }
-
-    fn delete(&self, key: &str) -> bool {
-        match self.tree.remove(key) {
-            Ok(Some(raw)) => decode(&raw).is_some(),
-            _ => false,
-        }
-    }
-
-    fn purge_expired(&self) {
-        for (k, v) in self.tree.iter().flatten() {
-            if decode(&v).is_none() {
-                let _ = self
-                    .tree
-                    .compare_and_swap(&k, Some(&v), None as Option<&[u8]>);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn kv_persists_expires_and_is_per_tenant() {
+    fn kv_logs_live_in_the_store_and_survive_reopening() {
+        use crate::store::{kv::KvLog, KvStore};
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
-            let a = s.kv("a").unwrap();
-            a.set("k", b"v".to_vec(), None);
-            a.set("gone", b"v".to_vec(), Some(Duration::from_millis(1)));
-            assert!(a.set_if_absent("once", vec![], Some(Duration::from_secs(60))));
-            assert!(!a.set_if_absent("once", vec![], None));
-            assert_eq!(s.kv("b").unwrap().get("k"), None);
-            s.db.flush().unwrap();
+            let log = KvLog::start(s.db()).unwrap();
+            let a = log.open("a", 1 << 20).unwrap();
+            a.set("k", b"v".to_vec(), None).unwrap();
+            assert!(a
+                .set_if_absent("once", vec![], Some(Duration::from_secs(60)))
+                .unwrap());
+            assert_eq!(log.open("b", 1 << 20).unwrap().get("k"), None);
+            log.close();
         }
-        std::thread::sleep(Duration::from_millis(5));
         let s = SledStore::open(dir.path()).unwrap();
-        let a = s.kv("a").unwrap();
+        let log = KvLog::start(s.db()).unwrap();
+        let a = log.open("a", 1 << 20).unwrap();
         assert_eq!(a.get("k"), Some(b"v".to_vec()), "survives reopening");
-        assert_eq!(a.get("gone"), None);
         assert!(
-            !a.set_if_absent("once", vec![], None),
+            !a.set_if_absent("once", vec![], None).unwrap(),
             "still used after restart"
         );
-        a.purge_expired();
-        assert_eq!(a.tree.len(), 2);
-        assert!(a.delete("k"));
-        // An expired entry counts as absent and is replaced; a live one is kept.
-        assert!(a.set_if_absent("n", b"1".to_vec(), Some(Duration::from_millis(1))));
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(a.set_if_absent("n", b"2".to_vec(), None));
-        assert!(!a.set_if_absent("n", b"3".to_vec(), None));
-        assert_eq!(a.get("n"), Some(b"2".to_vec()));
     }
 
     #[test]

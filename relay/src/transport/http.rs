@@ -399,7 +399,7 @@ mod tests {
             let deps = crate::tenant::TenantDeps {
                 cache_dir: "unused".into(),
                 plugin_path: None,
-                kv: Arc::new(crate::store::MemoryKv::new()),
+                kv: Arc::new(crate::store::TenantKv::in_memory(1 << 20)),
                 log_dir: "unused".into(),
                 metrics: Default::default(),
             };

@@ -1,0 +1,832 @@
+//! The tenants' key-value stores (plugins' `kv-*` host calls): in memory, made
+//! durable by a write-behind log in sled.
+//!
+//! Plugins use their store on hot paths — md5-sign's replay check writes a key on
+//! every signed handshake — and a sled write costs ~10 µs here, as much as the whole
+//! rest of a handshake. So every operation is a hash-map operation in memory (the
+//! store is authoritative there), and each write appends a record of itself to its
+//! shard's pending buffer. A background thread, [`KvLog`], writes what is pending as
+//! one sled value per tenant every [`KV_WINDOW`] (~0.4 µs per write instead of ~10).
+//! Opening a store replays its log; once the log has grown well past the live data,
+//! the thread writes the live data as a snapshot and drops the records before it.
+//!
+//! Durability: a write reaches sled within [`KV_WINDOW`] and the disk within sled's
+//! flush interval (100 ms); a crash loses at most the writes of that last stretch
+//! (sled alone, which the store used before, gave the same 100 ms). Stopping
+//! ([`KvLog::close`]) writes everything first.
+//!
+//! A store holds at most `kv_max_bytes` (key and value bytes plus [`ENTRY_OVERHEAD`]
+//! per entry); a write beyond is refused with [`KvError::Full`]. Expired entries stop
+//! being visible at once and are dropped from memory by [`KvStore::purge_expired`].
+
+use std::collections::hash_map::{HashMap, RandomState};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::{now_ms, KvStore};
+
+/// How long a write may wait in memory before the log thread writes it to sled.
+pub const KV_WINDOW: Duration = Duration::from_millis(5);
+/// Longest key.
+pub const MAX_KEY: usize = 1024;
+/// Longest value.
+pub const MAX_VALUE: usize = 1 << 20;
+/// What an entry costs besides its key and value bytes, for `kv_max_bytes`
+/// (hash-map slot, allocation headers).
+pub const ENTRY_OVERHEAD: usize = 64;
+/// Shards of a store (each a mutex and a map): writes from both worker threads rarely meet.
+const SHARDS: usize = 16;
+/// The log is compacted once it holds this many bytes and twice the live data.
+const COMPACT_MIN: usize = 4 << 20;
+/// Largest snapshot record.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+const OP_SET: u8 = 1;
+const OP_DELETE: u8 = 2;
+
+/// Why a write was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// The key or the value is too long.
+    #[error("key over {MAX_KEY} bytes or value over {MAX_VALUE} bytes")]
+    TooLarge,
+    /// The store holds `kv_max_bytes` already.
+    #[error("the tenant's key-value store is full (kv_max_bytes = {0})")]
+    Full(usize),
+}
+
+/// Expiry (ms since the Unix epoch; 0 = never) of an entry written now with `ttl`.
+fn expiry(ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |t| now_ms().saturating_add(t.as_millis() as u64).max(1))
+}
+
+fn live(expires_ms: u64, now: u64) -> bool {
+    expires_ms == 0 || expires_ms > now
+}
+
+struct Entry {
+    value: Box<[u8]>,
+    expires_ms: u64,
+}
+
+fn cost(key: &str, value_len: usize) -> usize {
+    key.len() + value_len + ENTRY_OVERHEAD
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Box<str>, Entry>,
+    /// Log records of writes not yet handed to the log thread.
+    pending: Vec<u8>,
+}
+
+fn put_set(out: &mut Vec<u8>, key: &str, value: &[u8], expires_ms: u64) {
+    out.push(OP_SET);
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&expires_ms.to_be_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
+fn put_delete(out: &mut Vec<u8>, key: &str) {
+    out.push(OP_DELETE);
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+}
+
+/// One decoded log operation.
+enum Op<'a> {
+    Set(&'a str, &'a [u8], u64),
+    Delete(&'a str),
+}
+
+/// The operations of one log record; `None` where it is malformed.
+fn ops(mut rec: &[u8]) -> impl Iterator<Item = Option<Op<'_>>> {
+    fn take<'a>(rec: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = rec.split_at_checked(n)?;
+        *rec = rest;
+        Some(head)
+    }
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if rec.is_empty() || failed {
+            return None;
+        }
+        let op = (|| {
+            let kind = take(&mut rec, 1)?[0];
+            let klen = u16::from_be_bytes(take(&mut rec, 2)?.try_into().ok()?) as usize;
+            let key = std::str::from_utf8(take(&mut rec, klen)?).ok()?;
+            match kind {
+                OP_SET => {
+                    let exp = u64::from_be_bytes(take(&mut rec, 8)?.try_into().ok()?);
+                    let vlen = u32::from_be_bytes(take(&mut rec, 4)?.try_into().ok()?) as usize;
+                    Some(Op::Set(key, take(&mut rec, vlen)?, exp))
+                }
+                OP_DELETE => Some(Op::Delete(key)),
+                _ => None,
+            }
+        })();
+        failed = op.is_none();
+        Some(op)
+    })
+}
+
+/// Wakes the log thread.
+#[derive(Default)]
+struct Wake {
+    /// (something is pending, stop requested)
+    flags: Mutex<(bool, bool)>,
+    cond: Condvar,
+}
+
+impl Wake {
+    fn lock(&self) -> MutexGuard<'_, (bool, bool)> {
+        self.flags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pending(&self) {
+        self.lock().0 = true;
+        self.cond.notify_one();
+    }
+}
+
+/// One tenant's key-value store.
+pub struct TenantKv {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    /// Bytes held, as counted for `max_bytes`.
+    used: AtomicUsize,
+    max_bytes: usize,
+    /// Set by the first write after the log thread last took what was pending.
+    dirty: AtomicBool,
+    /// `None`: memory only (`relay check`, benchmarks).
+    wake: Option<Arc<Wake>>,
+}
+
+impl std::fmt::Debug for TenantKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantKv")
+            .field("used", &self.used.load(Ordering::Relaxed))
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+impl TenantKv {
+    fn new(max_bytes: usize, wake: Option<Arc<Wake>>) -> Self {
+        TenantKv {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            used: AtomicUsize::new(0),
+            max_bytes,
+            dirty: AtomicBool::new(false),
+            wake,
+        }
+    }
+
+    /// A store kept in memory only (lost when the process ends), holding at most `max_bytes`.
+    pub fn in_memory(max_bytes: usize) -> Self {
+        Self::new(max_bytes, None)
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // A panic while holding a shard cannot leave it inconsistent (each change is one
+        // map operation, then its log record).
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes held, as counted against `kv_max_bytes`.
+    pub fn used_bytes(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Entries held (expired ones included until purged).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |s| s.map.len()))
+            .sum()
+    }
+
+    /// Whether the store holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A write happened: make sure the log thread comes for it.
+    fn logged(&self) {
+        if let Some(w) = &self.wake {
+            if !self.dirty.swap(true, Ordering::AcqRel) {
+                w.pending();
+            }
+        }
+    }
+
+    /// Reserve room for an entry growing from `old` to `new` bytes.
+    fn reserve(&self, old: usize, new: usize) -> Result<(), KvError> {
+        if new <= old {
+            self.used.fetch_sub(old - new, Ordering::Relaxed);
+            return Ok(());
+        }
+        let grow = new - old;
+        let before = self.used.fetch_add(grow, Ordering::Relaxed);
+        if before + grow > self.max_bytes {
+            self.used.fetch_sub(grow, Ordering::Relaxed);
+            return Err(KvError::Full(self.max_bytes));
+        }
+        Ok(())
+    }
+
+    fn check(key: &str, value: &[u8]) -> Result<(), KvError> {
+        if key.len() > MAX_KEY || value.len() > MAX_VALUE {
+            return Err(KvError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// Insert or replace `key` in a locked shard, logging it when `log`.
+    fn put(
+        &self,
+        s: &mut Shard,
+        key: &str,
+        value: Vec<u8>,
+        expires_ms: u64,
+        log: bool,
+    ) -> Result<(), KvError> {
+        let old = s.map.get(key).map_or(0, |e| cost(key, e.value.len()));
+        self.reserve(old, cost(key, value.len()))?;
+        if log && self.wake.is_some() {
+            put_set(&mut s.pending, key, &value, expires_ms);
+        }
+        let value = value.into_boxed_slice();
+        match s.map.get_mut(key) {
+            Some(e) => {
+                e.value = value;
+                e.expires_ms = expires_ms;
+            }
+            None => {
+                s.map.insert(key.into(), Entry { value, expires_ms });
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self, s: &mut Shard, key: &str) -> Option<Entry> {
+        let e = s.map.remove(key)?;
+        self.used
+            .fetch_sub(cost(key, e.value.len()), Ordering::Relaxed);
+        Some(e)
+    }
+
+    /// Apply one replayed log operation (no new log record).
+    fn replay(&self, op: Op<'_>, now: u64) {
+        match op {
+            Op::Set(key, value, exp) => {
+                let mut s = self.shard(key);
+                if live(exp, now) {
+                    // Replay ignores the cap: what was accepted once stays.
+                    let new = cost(key, value.len());
+                    let entry = Entry {
+                        value: value.into(),
+                        expires_ms: exp,
+                    };
+                    if let Some(old) = s.map.insert(key.into(), entry) {
+                        self.used
+                            .fetch_sub(cost(key, old.value.len()), Ordering::Relaxed);
+                    }
+                    self.used.fetch_add(new, Ordering::Relaxed);
+                } else {
+                    self.remove(&mut s, key);
+                }
+            }
+            Op::Delete(key) => {
+                let mut s = self.shard(key);
+                self.remove(&mut s, key);
+            }
+        }
+    }
+
+    /// Take every shard's pending records (in shard order; each shard's in write order).
+    fn take_pending(&self, out: &mut Vec<u8>) {
+        self.dirty.store(false, Ordering::Release);
+        for s in self.shards.iter() {
+            let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+            if out.is_empty() {
+                std::mem::swap(out, &mut s.pending);
+            } else {
+                out.extend_from_slice(&s.pending);
+                s.pending.clear();
+            }
+            if s.pending.capacity() > 64 << 10 {
+                s.pending = Vec::new();
+            }
+        }
+    }
+
+    /// The live entries as set records, in chunks of about [`SNAPSHOT_CHUNK`] bytes.
+    fn snapshot(&self) -> Vec<Vec<u8>> {
+        let now = now_ms();
+        let mut chunks = vec![Vec::new()];
+        for s in self.shards.iter() {
+            let s = s.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, e) in s.map.iter().filter(|(_, e)| live(e.expires_ms, now)) {
+                let last = chunks.last_mut().filter(|c| c.len() < SNAPSHOT_CHUNK);
+                let out = match last {
+                    Some(c) => c,
+                    None => {
+                        chunks.push(Vec::new());
+                        chunks.last_mut().expect("just pushed")
+                    }
+                };
+                put_set(out, k, &e.value, e.expires_ms);
+            }
+        }
+        chunks.retain(|c| !c.is_empty());
+        chunks
+    }
+}
+
+impl KvStore for TenantKv {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let s = self.shard(key);
+        let e = s.map.get(key)?;
+        live(e.expires_ms, now_ms()).then(|| e.value.to_vec())
+    }
+
+    fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
+        Self::check(key, &value)?;
+        let exp = expiry(ttl);
+        {
+            let mut s = self.shard(key);
+            self.put(&mut s, key, value, exp, true)?;
+        }
+        self.logged();
+        Ok(())
+    }
+
+    fn set_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError> {
+        Self::check(key, &value)?;
+        let exp = expiry(ttl);
+        {
+            let mut s = self.shard(key);
+            if s.map.get(key).is_some_and(|e| live(e.expires_ms, now_ms())) {
+                return Ok(false);
+            }
+            self.put(&mut s, key, value, exp, true)?;
+        }
+        self.logged();
+        Ok(true)
+    }
+
+    fn delete(&self, key: &str) -> bool {
+        let was_live = {
+            let mut s = self.shard(key);
+            let Some(e) = self.remove(&mut s, key) else {
+                return false;
+            };
+            if self.wake.is_some() {
+                put_delete(&mut s.pending, key);
+            }
+            live(e.expires_ms, now_ms())
+        };
+        self.logged();
+        was_live
+    }
+
+    fn purge_expired(&self) {
+        let now = now_ms();
+        for s in self.shards.iter() {
+            let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+            let mut freed = 0;
+            s.map.retain(|k, e| {
+                let keep = live(e.expires_ms, now);
+                if !keep {
+                    freed += cost(k, e.value.len());
+                }
+                keep
+            });
+            self.used.fetch_sub(freed, Ordering::Relaxed);
+            // Expiry needs no log record: replaying a log drops what has expired.
+        }
+    }
+}
+
+/// A store and where its log lives.
+struct Logged {
+    kv: Arc<TenantKv>,
+    tenant: String,
+    tree: sled::Tree,
+    next_seq: u64,
+    /// Bytes in the log (records since and including the last snapshot).
+    log_bytes: usize,
+}
+
+impl Logged {
+    fn write(&mut self, rec: &[u8]) -> sled::Result<()> {
+        self.tree.insert(self.next_seq.to_be_bytes(), rec)?;
+        self.next_seq += 1;
+        self.log_bytes += rec.len();
+        Ok(())
+    }
+
+    /// Write the live data as a snapshot, make it durable, then drop the records before it.
+    fn compact(&mut self) -> sled::Result<()> {
+        let first = self.next_seq;
+        self.log_bytes = 0;
+        for chunk in self.kv.snapshot() {
+            self.write(&chunk)?;
+        }
+        self.tree.flush()?;
+        let old: Vec<sled::IVec> = self
+            .tree
+            .range(..first.to_be_bytes())
+            .keys()
+            .collect::<sled::Result<_>>()?;
+        for k in old {
+            self.tree.remove(k)?;
+        }
+        Ok(())
+    }
+}
+
+/// The log thread and the stores it writes for.
+pub struct KvLog {
+    db: sled::Db,
+    wake: Arc<Wake>,
+    stores: Arc<Mutex<Vec<Logged>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for KvLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvLog").finish()
+    }
+}
+
+/// Tree of a tenant's log.
+fn log_tree(tenant: &str) -> String {
+    format!("kvlog/{tenant}")
+}
+
+/// Tree of a tenant's store as schema 1 kept it (one sled entry per key).
+fn legacy_tree(tenant: &str) -> String {
+    format!("kv/{tenant}")
+}
+
+impl KvLog {
+    /// Start the log thread for stores in `db`.
+    pub fn start(db: sled::Db) -> std::io::Result<Arc<Self>> {
+        let wake = Arc::new(Wake::default());
+        let stores: Arc<Mutex<Vec<Logged>>> = Arc::default();
+        let thread = {
+            let (wake, stores) = (wake.clone(), stores.clone());
+            std::thread::Builder::new()
+                .name("relay-kv-log".into())
+                .spawn(move || run(&wake, &stores))?
+        };
+        Ok(Arc::new(KvLog {
+            db,
+            wake,
+            stores,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Open `tenant`'s store: replay its log (and move a schema-1 store into it), holding
+    /// at most `max_bytes`.
+    pub fn open(&self, tenant: &str, max_bytes: usize) -> Result<Arc<TenantKv>, String> {
+        let err = |e: sled::Error| format!("key-value store of tenant {tenant}: {e}");
+        let kv = Arc::new(TenantKv::new(max_bytes, Some(self.wake.clone())));
+        let tree = self.db.open_tree(log_tree(tenant)).map_err(err)?;
+        let now = now_ms();
+        let (mut next_seq, mut log_bytes) = (0u64, 0usize);
+        for item in tree.iter() {
+            let (k, rec) = item.map_err(err)?;
+            let seq = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    format!(
+                        "key-value store of tenant {tenant}: bad log key; the store may be corrupt"
+                    )
+                })?;
+            for op in ops(&rec) {
+                let Some(op) = op else {
+                    return Err(format!("key-value store of tenant {tenant}: log record {seq} is unreadable; the store may be corrupt"));
+                };
+                kv.replay(op, now);
+            }
+            next_seq = seq + 1;
+            log_bytes += rec.len();
+        }
+        let mut logged = Logged {
+            kv: kv.clone(),
+            tenant: tenant.to_owned(),
+            tree,
+            next_seq,
+            log_bytes,
+        };
+        // Schema 1 kept one sled entry per key (8-byte expiry, then the value).
+        let legacy = legacy_tree(tenant);
+        if self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == legacy.as_bytes())
+        {
+            let old = self.db.open_tree(&legacy).map_err(err)?;
+            for item in old.iter() {
+                let (k, v) = item.map_err(err)?;
+                let (Ok(key), Some((exp, value))) =
+                    (std::str::from_utf8(&k), v.split_at_checked(8))
+                else {
+                    continue;
+                };
+                if TenantKv::check(key, value).is_err() {
+                    continue;
+                }
+                let exp = u64::from_be_bytes(exp.try_into().unwrap_or_default());
+                kv.replay(Op::Set(key, value, exp), now);
+            }
+            logged.compact().map_err(err)?;
+            drop(old);
+            self.db.drop_tree(legacy.as_bytes()).map_err(err)?;
+            tracing::info!(
+                tenant,
+                keys = kv.len(),
+                "key-value store moved to the schema 2 log"
+            );
+        }
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(logged);
+        Ok(kv)
+    }
+
+    /// Write everything pending, flush sled and stop the thread (later writes stay in
+    /// memory only). Called at shutdown; idempotent.
+    pub fn close(&self) {
+        {
+            let mut f = self.wake.lock();
+            f.1 = true;
+        }
+        self.wake.cond.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::error!(error = %e, "flushing the key-value log failed");
+        }
+    }
+}
+
+impl Drop for KvLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The log thread: wait for writes, let [`KV_WINDOW`] gather more, write each store's
+/// pending records as one sled value, compact logs that have grown.
+fn run(wake: &Wake, stores: &Mutex<Vec<Logged>>) {
+    let mut rec = Vec::new();
+    loop {
+        let stop = {
+            let mut f = wake.lock();
+            while !f.0 && !f.1 {
+                f = wake.cond.wait(f).unwrap_or_else(|p| p.into_inner());
+            }
+            f.0 = false;
+            f.1
+        };
+        if !stop {
+            std::thread::sleep(KV_WINDOW);
+        }
+        let mut stores = stores.lock().unwrap_or_else(|p| p.into_inner());
+        for s in stores.iter_mut() {
+            rec.clear();
+            s.kv.take_pending(&mut rec);
+            if !rec.is_empty() {
+                if let Err(e) = s.write(&rec) {
+                    tracing::error!(tenant = %s.tenant, error = %e, "writing the key-value log failed; these writes are kept in memory only");
+                }
+            }
+            if rec.capacity() > 1 << 20 {
+                rec = Vec::new();
+            }
+            if s.log_bytes > COMPACT_MIN && s.log_bytes > 2 * s.kv.used_bytes() {
+                let before = s.log_bytes;
+                match s.compact() {
+                    Ok(()) => {
+                        tracing::debug!(tenant = %s.tenant, before, after = s.log_bytes, "key-value log compacted")
+                    }
+                    Err(e) => {
+                        tracing::error!(tenant = %s.tenant, error = %e, "compacting the key-value log failed")
+                    }
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(dir: &std::path::Path) -> sled::Db {
+        sled::Config::new().path(dir).open().unwrap()
+    }
+
+    #[test]
+    fn values_expire_and_set_if_absent_sees_only_live_keys() {
+        let kv = TenantKv::in_memory(1 << 20);
+        assert!(kv
+            .set_if_absent("a", b"1".to_vec(), Some(Duration::from_millis(30)))
+            .unwrap());
+        assert!(!kv.set_if_absent("a", b"2".to_vec(), None).unwrap());
+        assert_eq!(kv.get("a"), Some(b"1".to_vec()));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(kv.get("a"), None);
+        assert!(kv.set_if_absent("a", b"3".to_vec(), None).unwrap());
+        assert!(kv.delete("a"));
+        assert!(!kv.delete("a"));
+        kv.set("b", vec![], Some(Duration::from_millis(1))).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        kv.purge_expired();
+        assert!(kv.is_empty());
+        assert_eq!(kv.used_bytes(), 0);
+    }
+
+    #[test]
+    fn the_cap_refuses_writes_beyond_it_and_frees_with_deletes() {
+        let kv = TenantKv::in_memory(3 * (ENTRY_OVERHEAD + 10));
+        for k in ["k1", "k2", "k3"] {
+            kv.set(k, vec![0; 8], None).unwrap();
+        }
+        assert_eq!(
+            kv.set("k4", vec![0; 8], None),
+            Err(KvError::Full(3 * (ENTRY_OVERHEAD + 10)))
+        );
+        assert_eq!(
+            kv.set_if_absent("k4", vec![0; 8], None),
+            Err(KvError::Full(3 * (ENTRY_OVERHEAD + 10)))
+        );
+        // Replacing a value with one of the same size fits.
+        kv.set("k1", vec![1; 8], None).unwrap();
+        assert!(kv.delete("k2"));
+        kv.set("k4", vec![0; 8], None).unwrap();
+        assert_eq!(
+            kv.set(&"x".repeat(MAX_KEY + 1), vec![], None),
+            Err(KvError::TooLarge)
+        );
+        assert_eq!(
+            kv.set("v", vec![0; MAX_VALUE + 1], None),
+            Err(KvError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn the_log_brings_back_every_write_and_delete_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = KvLog::start(db(dir.path())).unwrap();
+            let a = log.open("a", 1 << 20).unwrap();
+            let b = log.open("b", 1 << 20).unwrap();
+            a.set("k", b"1".to_vec(), None).unwrap();
+            a.set("k", b"2".to_vec(), None).unwrap();
+            a.set("gone", b"x".to_vec(), None).unwrap();
+            assert!(a.delete("gone"));
+            a.set("short", b"x".to_vec(), Some(Duration::from_millis(50)))
+                .unwrap();
+            assert!(a
+                .set_if_absent("n", vec![], Some(Duration::from_secs(60)))
+                .unwrap());
+            b.set("k", b"b".to_vec(), None).unwrap();
+            log.close();
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        let log = KvLog::start(db(dir.path())).unwrap();
+        let a = log.open("a", 1 << 20).unwrap();
+        let b = log.open("b", 1 << 20).unwrap();
+        assert_eq!(a.get("k"), Some(b"2".to_vec()));
+        assert_eq!(a.get("gone"), None);
+        assert_eq!(a.get("short"), None, "expired while the relay was down");
+        assert!(
+            !a.set_if_absent("n", vec![], None).unwrap(),
+            "a nonce stays used"
+        );
+        assert_eq!(b.get("k"), Some(b"b".to_vec()), "tenants are apart");
+        assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn writes_reach_sled_within_the_window_without_a_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = db(dir.path());
+        let log = KvLog::start(sled.clone()).unwrap();
+        let a = log.open("a", 1 << 20).unwrap();
+        a.set("k", b"v".to_vec(), None).unwrap();
+        let tree = sled.open_tree(log_tree("a")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tree.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no log record");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (_, rec) = tree.iter().next().unwrap().unwrap();
+        assert!(matches!(
+            ops(&rec).next(),
+            Some(Some(Op::Set("k", b"v", 0)))
+        ));
+    }
+
+    #[test]
+    fn compaction_keeps_the_live_data_and_drops_old_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = db(dir.path());
+        {
+            let log = KvLog::start(sled.clone()).unwrap();
+            let a = log.open("a", 64 << 20).unwrap();
+            // 80 rewrites of the same 1,000 keys (~15 MB): the log grows far past the
+            // live data (~0.2 MB).
+            for round in 0..80u32 {
+                for i in 0..1000u32 {
+                    a.set(&format!("key{i}"), round.to_be_bytes().repeat(40), None)
+                        .unwrap();
+                }
+                std::thread::sleep(KV_WINDOW * 2);
+            }
+            log.close();
+        }
+        let records = sled.open_tree(log_tree("a")).unwrap().len();
+        let bytes: usize = sled
+            .open_tree(log_tree("a"))
+            .unwrap()
+            .iter()
+            .map(|r| r.unwrap().1.len())
+            .sum();
+        assert!(
+            bytes < COMPACT_MIN + (1 << 20),
+            "log still {bytes} bytes in {records} records"
+        );
+        let log = KvLog::start(sled).unwrap();
+        let a = log.open("a", 64 << 20).unwrap();
+        assert_eq!(a.len(), 1000);
+        assert_eq!(a.get("key7"), Some(79u32.to_be_bytes().repeat(40)));
+    }
+
+    #[test]
+    fn a_schema_1_store_moves_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = db(dir.path());
+        let old = sled.open_tree(legacy_tree("a")).unwrap();
+        let mut v = 0u64.to_be_bytes().to_vec();
+        v.extend_from_slice(b"kept");
+        old.insert("token", v).unwrap();
+        let mut expired = 1u64.to_be_bytes().to_vec();
+        expired.extend_from_slice(b"old");
+        old.insert("stale", expired).unwrap();
+        drop(old);
+        {
+            let log = KvLog::start(sled.clone()).unwrap();
+            let a = log.open("a", 1 << 20).unwrap();
+            assert_eq!(a.get("token"), Some(b"kept".to_vec()));
+            assert_eq!(a.get("stale"), None);
+            log.close();
+        }
+        assert!(!sled
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == legacy_tree("a").as_bytes()));
+        let log = KvLog::start(sled).unwrap();
+        assert_eq!(
+            log.open("a", 1 << 20).unwrap().get("token"),
+            Some(b"kept".to_vec())
+        );
+    }
+
+    #[test]
+    fn an_unreadable_log_record_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = db(dir.path());
+        sled.open_tree(log_tree("a"))
+            .unwrap()
+            .insert(0u64.to_be_bytes(), &[OP_SET, 0, 9, b'k'][..])
+            .unwrap();
+        let log = KvLog::start(sled).unwrap();
+        let e = log.open("a", 1 << 20).unwrap_err();
+        assert!(e.contains("log record 0 is unreadable"), "{e}");
+    }
+}

@@ -298,6 +298,11 @@ pub struct TenantConfig {
     /// How often the plugin file is checked for changes (hot reload). 0 = never. Default 1000 ms.
     #[serde(default = "defaults::plugin_watch_ms")]
     pub plugin_watch_ms: u64,
+    /// Request headers the plugin sees (lowercase names), for handshakes and HTTP pushes;
+    /// unset = all of them (handshakes: all but the WebSocket upgrade's own). Each header
+    /// passed costs its hook call a little, so name the ones the plugin reads.
+    #[serde(default)]
+    pub plugin_headers: Option<Spanned<Vec<String>>>,
     /// Policy-specific settings (keys, secrets, options), handed to the policy as they are.
     #[serde(default)]
     pub settings: Option<Spanned<toml::Table>>,
@@ -584,6 +589,18 @@ impl Config {
                     )
                 }
                 _ => {}
+            }
+            if let Some(h) = &t.plugin_headers {
+                if let Some(bad) = h.get_ref().iter().find(|n| {
+                    http::HeaderName::from_bytes(n.as_bytes()).is_err()
+                        || n.bytes().any(|b| b.is_ascii_uppercase())
+                }) {
+                    return self.err(
+                        Some(h.span()),
+                        k("plugin_headers"),
+                        format!("{bad:?} is not a lowercase HTTP header name"),
+                    );
+                }
             }
             if t.plugin_deadline_ms == 0 || t.plugin_memory_mb == 0 {
                 return self.err(
@@ -884,5 +901,22 @@ mod tests {
         let e = Config::parse(text, None).unwrap_err();
         assert_eq!(e.key, "listener[0].routes[0].tenant");
         assert!(e.message.contains("ghost"));
+    }
+
+    #[test]
+    fn plugin_headers_must_be_lowercase_header_names() {
+        for bad in ["X-Token", "bad name"] {
+            let text = format!(
+                "[[tenant]]\nname = \"a\"\npolicy = \"open\"\nplugin_headers = [\"host\", \"{bad}\"]\n"
+            );
+            let e = Config::parse(&text, None).unwrap_err();
+            assert_eq!(e.key, "tenant[0].plugin_headers");
+            assert_eq!(e.line, Some(4), "{e}");
+            assert!(e.message.contains(bad), "{e}");
+        }
+        let text = "[[tenant]]\nname = \"a\"\npolicy = \"open\"\nplugin_headers = [\"x-token\"]\n\n[[listener]]\nname = \"x\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{ path = \"/\", tenant = \"a\" }]\n";
+        if let Err(e) = Config::parse(text, None) {
+            panic!("{e}");
+        }
     }
 }

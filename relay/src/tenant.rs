@@ -92,6 +92,12 @@ impl Tenant {
                     kv: kv.clone(),
                     hub: hub.clone(),
                     metrics: deps.metrics,
+                    headers: crate::plugin::HeaderFilter::new(
+                        config
+                            .plugin_headers
+                            .as_ref()
+                            .map(|h| h.get_ref().as_slice()),
+                    ),
                 })?)
             }
             other => return Err(format!("unknown policy {other:?}")),

@@ -52,10 +52,15 @@ fn request(i: usize) -> HandshakeRequest {
             "user={user}&ts={ts}&sign={}",
             md5_hex(&format!("{user}{ts}{KEY}"))
         ),
-        headers: vec![
-            ("host".into(), "127.0.0.1".into()),
-            ("upgrade".into(), "websocket".into()),
-        ],
+        headers: [("host", "127.0.0.1"), ("upgrade", "websocket")]
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_static(v),
+                )
+            })
+            .collect(),
         remote: "127.0.0.1:1".parse().expect("addr"),
         tls: false,
         namespace: None,
@@ -173,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         kv: Arc::new(relay::store::TenantKv::in_memory(256 << 20)),
         hub: Arc::new(relay::hub::Hub::default()),
         metrics: Arc::new(relay::metrics::Metrics::default()),
+        headers: Default::default(),
     })
     .map_err(|e| anyhow::anyhow!(e))?;
 

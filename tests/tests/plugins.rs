@@ -424,6 +424,41 @@ routes = [{ path = "/m", tenant = "m" }, { path = "/t", tenant = "t" }]
 }
 
 #[tokio::test]
+async fn hooks_see_the_request_headers_the_tenant_lets_through() -> Result<()> {
+    let seen = |resp: &str| {
+        resp.lines()
+            .find_map(|l| l.strip_prefix("x-seen-headers: "))
+            .map(|v| v.trim().to_owned())
+    };
+    // By default every header but the WebSocket upgrade's own.
+    let relay = testkit("").await?;
+    let resp = raw_upgrade(
+        relay.addr("ws"),
+        "/?headers=1",
+        "X-Token: t1\r\nOrigin: http://a\r\n",
+    )
+    .await?;
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    let mut names: Vec<String> = seen(&resp)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["host", "origin", "x-token"], "{resp}");
+    // plugin_headers narrows them.
+    let relay = testkit("plugin_headers = [\"x-token\"]").await?;
+    let resp = raw_upgrade(
+        relay.addr("ws"),
+        "/?headers=1",
+        "X-Token: t1\r\nOrigin: http://a\r\n",
+    )
+    .await?;
+    assert_eq!(seen(&resp).as_deref(), Some("x-token"), "{resp}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_full_or_oversized_key_value_write_fails_that_call_only() -> Result<()> {
     // Room for three small entries (each counts its key, its value and 64 bytes).
     let relay = testkit("kv_max_bytes = 240").await?;

@@ -43,20 +43,18 @@ impl Plugin for Md5Sign {
 
     fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
         let cfg = SETTINGS.get().ok_or("not initialised")?;
-        let (Some(user), Some(ts), Some(sign)) = (
-            query_param(&req.query, "user"),
-            query_param(&req.query, "ts"),
-            query_param(&req.query, "sign"),
-        ) else {
+        let [Some(user), Some(ts), Some(sign)] = query_params(&req.query, ["user", "ts", "sign"])
+        else {
             return Ok(refuse("user, ts and sign are required"));
         };
+        let sign = sign.to_ascii_lowercase();
         let Ok(t) = ts.parse::<u64>() else {
             return Ok(refuse("ts must be unix seconds"));
         };
         if !replay::within_window(t as i64, cfg.window) {
             return Ok(refuse("ts outside the allowed window"));
         }
-        let expected = sign::md5_hex(format!("{user}{ts}{}", cfg.key).as_bytes());
+        let expected = sign::md5_hex_of(&[user.as_bytes(), ts.as_bytes(), cfg.key.as_bytes()]);
         if !sign::verify(&expected, &sign) {
             return Ok(refuse("bad sign"));
         }
@@ -66,7 +64,7 @@ impl Plugin for Md5Sign {
         let ttl = (t + cfg.window)
             .saturating_sub(now)
             .clamp(1, u32::MAX.into()) as u32;
-        if !replay::first_use("handshake", &sign.to_ascii_lowercase(), ttl) {
+        if !replay::first_use("handshake", &sign, ttl) {
             return Ok(refuse("sign already used"));
         }
         Ok(accept(Some(user), vec![]))

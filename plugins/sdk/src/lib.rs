@@ -102,19 +102,42 @@ pub mod sign {
 
     /// Lowercase hex of `bytes`.
     pub fn hex(bytes: &[u8]) -> String {
-        hex::encode(bytes)
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for &b in bytes {
+            out.push(DIGITS[usize::from(b >> 4)] as char);
+            out.push(DIGITS[usize::from(b & 15)] as char);
+        }
+        out
     }
 
     /// `md5(data)` as lowercase hex, the form every seed scheme uses.
     pub fn md5_hex(data: &[u8]) -> String {
-        hex::encode(Md5::digest(data))
+        hex(&Md5::digest(data))
+    }
+
+    /// `md5` of the concatenation of `parts` as lowercase hex: `md5_hex_of(&[user, ts, key])`
+    /// is `md5_hex(format!("{user}{ts}{key}"))` without building the string.
+    pub fn md5_hex_of(parts: &[&[u8]]) -> String {
+        let mut h = Md5::new();
+        for p in parts {
+            h.update(p);
+        }
+        hex(&h.finalize())
     }
 
     /// Compare a received signature with the expected one without leaking, through
     /// timing, how many leading characters matched. ASCII case is ignored (hex).
     pub fn verify(expected: &str, received: &str) -> bool {
-        let (a, b) = (expected.to_ascii_lowercase(), received.to_ascii_lowercase());
-        a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+        let (a, b) = (expected.as_bytes(), received.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        // Every byte is looked at whatever the others hold (no early exit).
+        let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| {
+            acc | (x.to_ascii_lowercase() ^ y.to_ascii_lowercase())
+        });
+        bool::from(diff.ct_eq(&0))
     }
 }
 
@@ -157,40 +180,73 @@ pub mod replay {
     /// on every reuse. Backed by the tenant's key-value store, so it holds across
     /// instances; pick `ttl_secs` at least as long as the nonce could be valid.
     pub fn first_use(scope: &str, nonce: &str, ttl_secs: u32) -> bool {
-        crate::host::kv_set_if_absent(&format!("replay:{scope}:{nonce}"), b"", Some(ttl_secs))
+        let mut key = String::with_capacity(8 + scope.len() + nonce.len());
+        for part in ["replay:", scope, ":", nonce] {
+            key.push_str(part);
+        }
+        crate::host::kv_set_if_absent(&key, b"", Some(ttl_secs))
     }
 }
 
 /// First value of a query parameter in a raw (URL-encoded) query string, decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    // Decodes only what it must: the keys that need it and the one value returned.
-    query.split('&').filter(|p| !p.is_empty()).find_map(|p| {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        let found = if k.contains(['%', '+']) {
-            url_decode(k) == name
-        } else {
-            k == name
+    let [v] = query_params(query, [name]);
+    v
+}
+
+/// The first value of each of `names` in a raw (URL-encoded) query string, decoded, in
+/// one pass over the query: `let [user, ts] = query_params(&req.query, ["user", "ts"]);`.
+pub fn query_params<const N: usize>(query: &str, names: [&str; N]) -> [Option<String>; N] {
+    // Decodes only what it must (the keys that need it and the values returned) and
+    // reads the query once: hooks run on every handshake.
+    let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+    let mut missing = N;
+    for pair in query.as_bytes().split(|&b| b == b'&') {
+        if missing == 0 {
+            break;
+        }
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &pair[pair.len()..]),
         };
-        found.then(|| url_decode(v))
-    })
+        if k.is_empty() && v.is_empty() {
+            continue;
+        }
+        let decoded_key = needs_decoding(k).then(|| decode_bytes(k));
+        let key = decoded_key.as_deref().unwrap_or(k);
+        for (slot, name) in found.iter_mut().zip(names) {
+            if slot.is_none() && key == name.as_bytes() {
+                *slot = Some(if needs_decoding(v) {
+                    utf8(decode_bytes(v))
+                } else {
+                    text(v)
+                });
+                missing -= 1;
+            }
+        }
+    }
+    found
 }
 
-/// All parameters of a URL-encoded string (`a=1&b=x%20y`: a query or an
-/// `application/x-www-form-urlencoded` body), decoded (`+` is a space).
-pub fn query_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (url_decode(k), url_decode(v))
-        })
-        .collect()
+/// Bytes of a `&str` cut at ASCII delimiters, as text (lossily, should they not be UTF-8).
+fn text(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(v).into_owned(),
+    }
 }
 
-/// Percent-decode (and `+` → space); invalid escapes are kept as they are.
-pub fn url_decode(s: &str) -> String {
-    let b = s.as_bytes();
+fn needs_decoding(b: &[u8]) -> bool {
+    b.iter().any(|&c| c == b'%' || c == b'+')
+}
+
+/// Text from decoded bytes (invalid UTF-8 becomes U+FFFD).
+fn utf8(v: Vec<u8>) -> String {
+    String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Percent- and `+`-decoding of URL-encoded bytes.
+fn decode_bytes(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -210,7 +266,25 @@ pub fn url_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// All parameters of a URL-encoded string (`a=1&b=x%20y`: a query or an
+/// `application/x-www-form-urlencoded` body), decoded (`+` is a space).
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (url_decode(k), url_decode(v))
+        })
+        .collect()
+}
+
+/// Percent-decode (and `+` → space); invalid escapes are kept as they are.
+pub fn url_decode(s: &str) -> String {
+    utf8(decode_bytes(s.as_bytes()))
 }
 
 /// Parameters of a form body (`application/x-www-form-urlencoded`); invalid UTF-8 is replaced.
@@ -359,5 +433,71 @@ pub fn respond(status: u16, body: &serde_json::Value, actions: Vec<Action>) -> I
         }],
         body: body.to_string().into_bytes(),
         actions,
+    }
+}
+
+// Run on the host: `cargo test -p relay-plugin-sdk --target <host triple>` in `plugins/`
+// (relay's `tests/tests/sdk.rs` does, as part of the workspace's tests).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_param_decodes_only_what_it_returns() {
+        let q = "a=1&user=ann%20b&b+c=x+y&empty=&flag&a=2&bad=%zz&utf=%E4%BD%A0";
+        assert_eq!(
+            query_param(q, "a").as_deref(),
+            Some("1"),
+            "the first of two"
+        );
+        assert_eq!(query_param(q, "user").as_deref(), Some("ann b"));
+        assert_eq!(
+            query_param(q, "b c").as_deref(),
+            Some("x y"),
+            "keys decode too"
+        );
+        assert_eq!(query_param(q, "empty").as_deref(), Some(""));
+        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
+        assert_eq!(
+            query_param(q, "bad").as_deref(),
+            Some("%zz"),
+            "bad escapes stay"
+        );
+        assert_eq!(query_param(q, "utf").as_deref(), Some("你"));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(query_param("", "a"), None);
+        assert_eq!(
+            query_params(q, ["utf", "a", "missing", "user"]),
+            [
+                Some("你".into()),
+                Some("1".into()),
+                None,
+                Some("ann b".into())
+            ],
+            "several names in one pass"
+        );
+        assert_eq!(
+            url_decode("%E4%BD"),
+            "\u{FFFD}",
+            "invalid UTF-8 is replaced"
+        );
+        assert_eq!(url_decode("100%"), "100%");
+    }
+
+    #[test]
+    fn signatures_compare_ignoring_hex_case() {
+        let good = sign::md5_hex(b"ann1700000000key");
+        assert_eq!(
+            sign::md5_hex_of(&[b"ann", b"1700000000", b"key"]),
+            good,
+            "parts hash as their concatenation"
+        );
+        assert!(sign::verify(&good, &good.to_ascii_uppercase()));
+        assert!(!sign::verify(&good, &good[1..]), "length differs");
+        let mut bad = good.clone().into_bytes();
+        bad[31] = if bad[31] == b'0' { b'1' } else { b'0' };
+        assert!(!sign::verify(&good, std::str::from_utf8(&bad).unwrap()));
+        assert_eq!(sign::md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(sign::hex(&[0x00, 0x9f, 0xff]), "009fff");
     }
 }

@@ -70,6 +70,13 @@ impl Plugin for Testkit {
                 name: "x-plugin-version".into(),
                 value: version(),
             });
+            if query_param(&req.query, "headers").is_some() {
+                let names: Vec<&str> = req.headers.iter().map(|h| h.name.as_str()).collect();
+                a.headers.push(Pair {
+                    name: "x-seen-headers".into(),
+                    value: names.join(","),
+                });
+            }
             if let Some(nsp) = &req.namespace {
                 a.actions.push(reply(
                     &json!({"event": "welcome", "namespace": nsp, "auth": auth}),

@@ -15,16 +15,7 @@ use crate::protocol::Message;
 /// Most actions one hook may return.
 pub const MAX_ACTIONS: usize = 4096;
 
-fn pairs(v: &[(String, String)]) -> Vec<w::Pair> {
-    v.iter()
-        .map(|(n, v)| w::Pair {
-            name: n.clone(),
-            value: v.clone(),
-        })
-        .collect()
-}
-
-fn unpairs(v: Vec<w::Pair>) -> Vec<(String, String)> {
+fn unpairs(v: Vec<w::PairResult>) -> Vec<(String, String)> {
     v.into_iter().map(|p| (p.name, p.value)).collect()
 }
 
@@ -36,69 +27,196 @@ fn parse_json(what: &str, s: &str) -> Result<Value, String> {
     serde_json::from_str(s).map_err(|e| format!("{what} is not valid JSON ({e}): {:.80}", s))
 }
 
+// Hook arguments borrow relay's values: each `*Args` holds the little that has to be
+// made into text first (addresses, JSON, the header list), and `wit()` lends it all.
+
+/// Headers of the WebSocket upgrade itself: relay handles them, a plugin has no use for
+/// them (and each header passed costs the call two strings).
+const UPGRADE_HEADERS: [&str; 5] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+];
+
+/// Which request headers hooks see: the tenant's `plugin_headers`, or all (but, for
+/// handshakes, the upgrade's own).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderFilter {
+    only: Option<Vec<String>>,
+}
+
+impl HeaderFilter {
+    /// Only `names` (lowercase), or every header when `None`.
+    pub fn new(names: Option<&[String]>) -> Self {
+        HeaderFilter {
+            only: names.map(<[String]>::to_vec),
+        }
+    }
+
+    fn passes(&self, name: &str, handshake: bool) -> bool {
+        match &self.only {
+            Some(names) => names.iter().any(|n| n == name),
+            None => !(handshake && UPGRADE_HEADERS.contains(&name)),
+        }
+    }
+}
+
 /// A handshake for the plugin.
-pub fn handshake_request(r: &HandshakeRequest) -> w::HandshakeRequest {
-    w::HandshakeRequest {
-        conn: r.conn.clone(),
-        path: r.path.clone(),
-        query: r.query.clone(),
-        headers: pairs(&r.headers),
-        remote: r.remote.to_string(),
-        tls: r.tls,
-        namespace: r.namespace.clone(),
-        auth: r.auth.as_ref().map(Value::to_string),
+pub struct HandshakeArgs<'r> {
+    req: &'r HandshakeRequest,
+    headers: Vec<w::PairParam<'r>>,
+    remote: String,
+    auth: Option<String>,
+}
+
+impl<'r> HandshakeArgs<'r> {
+    /// Prepare `req` with the headers `filter` lets through (and are UTF-8 text).
+    pub fn new(req: &'r HandshakeRequest, filter: &HeaderFilter) -> Self {
+        HandshakeArgs {
+            req,
+            headers: req
+                .headers
+                .iter()
+                .filter(|(name, _)| filter.passes(name.as_str(), true))
+                .filter_map(|(name, value)| {
+                    Some(w::PairParam {
+                        name: name.as_str(),
+                        value: value.to_str().ok()?,
+                    })
+                })
+                .collect(),
+            remote: req.remote.to_string(),
+            auth: req.auth.as_ref().map(Value::to_string),
+        }
+    }
+
+    /// The WIT value.
+    pub fn wit(&self) -> w::HandshakeRequest<'_> {
+        let r = self.req;
+        w::HandshakeRequest {
+            conn: &r.conn,
+            path: &r.path,
+            query: &r.query,
+            headers: &self.headers,
+            remote: &self.remote,
+            tls: r.tls,
+            namespace: r.namespace.as_deref(),
+            auth: self.auth.as_deref(),
+        }
     }
 }
 
 /// A connection for the plugin.
-pub fn conn_info(c: &ConnInfo) -> w::ConnInfo {
-    w::ConnInfo {
-        id: c.id.clone(),
-        user: c.user.clone(),
-        data: json_text(&c.data),
-        authenticated: c.authenticated,
-        remote: c.remote.to_string(),
+pub struct ConnArgs<'r> {
+    conn: &'r ConnInfo,
+    data: Option<String>,
+    remote: String,
+}
+
+impl<'r> ConnArgs<'r> {
+    /// Prepare `conn`.
+    pub fn new(conn: &'r ConnInfo) -> Self {
+        ConnArgs {
+            conn,
+            data: json_text(&conn.data),
+            remote: conn.remote.to_string(),
+        }
+    }
+
+    /// The WIT value.
+    pub fn wit(&self) -> w::ConnInfo<'_> {
+        w::ConnInfo {
+            id: &self.conn.id,
+            user: self.conn.user.as_deref(),
+            data: self.data.as_deref(),
+            authenticated: self.conn.authenticated,
+            remote: &self.remote,
+        }
     }
 }
 
 /// A client event for the plugin.
-pub fn client_event(e: &ClientEvent) -> w::ClientEvent {
-    w::ClientEvent {
-        name: e.name.clone(),
-        data: e.data.as_ref().map(Value::to_string),
-        text: e.text.clone(),
-        ack: e.ack,
+pub struct EventArgs<'r> {
+    event: &'r ClientEvent,
+    data: Option<String>,
+}
+
+impl<'r> EventArgs<'r> {
+    /// Prepare `event`.
+    pub fn new(event: &'r ClientEvent) -> Self {
+        EventArgs {
+            event,
+            data: event.data.as_ref().map(Value::to_string),
+        }
+    }
+
+    /// The WIT value.
+    pub fn wit(&self) -> w::ClientEvent<'_> {
+        w::ClientEvent {
+            name: self.event.name.as_deref(),
+            data: self.data.as_deref(),
+            text: &self.event.text,
+            ack: self.event.ack,
+        }
     }
 }
 
 /// Disconnect details for the plugin.
-pub fn disconnect_info(d: &DisconnectInfo) -> w::DisconnectInfo {
+pub fn disconnect_info(d: &DisconnectInfo) -> w::DisconnectInfo<'_> {
     w::DisconnectInfo {
         code: d.code,
-        reason: d.reason.clone(),
+        reason: &d.reason,
     }
 }
 
 /// An ingress request for the plugin.
-pub fn ingress_request(r: &IngressRequest) -> w::IngressRequest {
-    let source = match &r.source {
-        IngressSource::Http {
-            method,
-            path,
-            query,
+pub struct IngressArgs<'r> {
+    req: &'r IngressRequest,
+    headers: Vec<w::PairParam<'r>>,
+    remote: String,
+}
+
+impl<'r> IngressArgs<'r> {
+    /// Prepare `req` with the headers `filter` lets through.
+    pub fn new(req: &'r IngressRequest, filter: &HeaderFilter) -> Self {
+        let headers = match &req.source {
+            IngressSource::Http { headers, .. } => headers
+                .iter()
+                .filter(|(name, _)| filter.passes(name, false))
+                .map(|(name, value)| w::PairParam { name, value })
+                .collect(),
+            IngressSource::Udp => Vec::new(),
+        };
+        IngressArgs {
+            req,
             headers,
-        } => w::IngressSource::Http(w::HttpRequest {
-            method: method.clone(),
-            path: path.clone(),
-            query: query.clone(),
-            headers: pairs(headers),
-        }),
-        IngressSource::Udp => w::IngressSource::Udp,
-    };
-    w::IngressRequest {
-        source,
-        remote: r.remote.to_string(),
-        body: r.body.to_vec(),
+            remote: req.remote.to_string(),
+        }
+    }
+
+    /// The WIT value.
+    pub fn wit(&self) -> w::IngressRequest<'_> {
+        let source = match &self.req.source {
+            IngressSource::Http {
+                method,
+                path,
+                query,
+                ..
+            } => w::IngressSource::Http(w::HttpRequest {
+                method,
+                path,
+                query,
+                headers: &self.headers,
+            }),
+            IngressSource::Udp => w::IngressSource::Udp,
+        };
+        w::IngressRequest {
+            source,
+            remote: &self.remote,
+            body: &self.req.body,
+        }
     }
 }
 

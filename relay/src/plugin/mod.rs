@@ -12,6 +12,7 @@ pub mod host;
 pub mod policy;
 pub mod runtime;
 
+pub use convert::HeaderFilter;
 pub use policy::{PluginLimits, WasmPolicy};
 
 /// Directory of the plugins bundled in `plugins/`, built by relay's build script.

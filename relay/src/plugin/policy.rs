@@ -10,7 +10,6 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -70,9 +69,6 @@ struct Loaded {
     modified: Option<FileStamp>,
 }
 
-/// One hook call on an instance: a future borrowing the instance's store.
-type HookCall<'a, R> = Pin<Box<dyn Future<Output = Result<R, CallError>> + Send + 'a>>;
-
 /// Run a future that never waits on anything outside itself (a plugin call or
 /// instantiation: every host import answers at once) to completion on this thread.
 fn run_now<F: Future>(f: F) -> F::Output {
@@ -114,6 +110,7 @@ struct Spec {
     kv: Arc<dyn KvStore>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    headers: convert::HeaderFilter,
 }
 
 struct Inner {
@@ -169,6 +166,8 @@ pub struct PluginEnv {
     pub hub: Arc<Hub>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Which request headers hooks see.
+    pub headers: convert::HeaderFilter,
 }
 
 impl WasmPolicy {
@@ -187,6 +186,7 @@ impl WasmPolicy {
             kv: env.kv,
             hub: env.hub,
             metrics: env.metrics,
+            headers: env.headers,
         };
         let loaded = spec.prepare(rt)?;
         let max_idle = spec.limits.max_idle;
@@ -207,10 +207,14 @@ impl WasmPolicy {
         &self,
         req: &HandshakeRequest,
     ) -> Result<HandshakeDecision, PolicyError> {
-        let arg = convert::handshake_request(req);
-        run_now(self.inner.call("on-handshake", move |p, s| {
-            Box::pin(async move { checked(p.call_on_handshake(s, &arg).await, convert::decision) })
-        }))
+        run_now(async {
+            let args = convert::HandshakeArgs::new(req, &self.inner.headers);
+            let mut lease = self.inner.lease("on-handshake", None).await?;
+            let (p, s) = lease.parts();
+            let raw = p.call_on_handshake(s, args.wit()).await;
+            self.inner
+                .finish("on-handshake", lease, checked(raw, convert::decision))
+        })
     }
 
     /// Create (and `init`) `n` fresh instances and drop them; returns how long that took.
@@ -230,15 +234,26 @@ impl WasmPolicy {
         self.inner.current().hash.clone()
     }
 
-    async fn call<R>(
-        &self,
-        hook: &'static str,
-        f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<HostState>) -> HookCall<'a, R>,
-    ) -> Result<R, PolicyError> {
-        let Ok(_permit) = self.inner.permits.acquire().await else {
+    /// An instance for one call, once one of the tenant's `plugin_instances` is free.
+    async fn lease(&self, hook: &'static str) -> Result<Lease<'_>, PolicyError> {
+        let Ok(permit) = self.inner.permits.acquire().await else {
             return Err(self.inner.err(format!("{hook}: plugin pool closed")));
         };
-        self.inner.call(hook, f).await
+        self.inner.lease(hook, Some(permit)).await
+    }
+}
+
+/// An instance taken from the pool for one call (and the call's permit): the caller
+/// calls the hook on its parts, then hands the result to [`Inner::finish`].
+struct Lease<'p> {
+    _permit: Option<tokio::sync::SemaphorePermit<'p>>,
+    loaded: Arc<Loaded>,
+    inst: Instance,
+}
+
+impl Lease<'_> {
+    fn parts(&mut self) -> (&Plugin, &mut Store<HostState>) {
+        (&self.inst.plugin, &mut self.inst.store)
     }
 }
 
@@ -377,11 +392,12 @@ impl Inner {
         yes
     }
 
-    async fn call<R>(
+    /// Take an idle instance (or make one) and start its call's deadline.
+    async fn lease<'p>(
         &self,
         hook: &'static str,
-        f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<HostState>) -> HookCall<'a, R>,
-    ) -> Result<R, PolicyError> {
+        permit: Option<tokio::sync::SemaphorePermit<'p>>,
+    ) -> Result<Lease<'p>, PolicyError> {
         let rt = runtime::runtime().map_err(|e| self.err(e))?;
         let loaded = self.current();
         let taken = loaded.idle.lock().ok().and_then(|mut v| v.pop());
@@ -400,7 +416,25 @@ impl Inner {
         Metrics::inc(&self.metrics.plugin_calls);
         inst.store.data_mut().call_clock.start(self.limits.deadline);
         inst.store.set_epoch_deadline(1);
-        let result = f(&inst.plugin, &mut inst.store).await;
+        Ok(Lease {
+            _permit: permit,
+            loaded,
+            inst,
+        })
+    }
+
+    /// End a call: keep the instance for the next one unless the call failed in a way
+    /// that leaves it suspect (trap, malformed output, stdio nearly full), and say why a
+    /// failed call failed.
+    fn finish<R>(
+        &self,
+        hook: &'static str,
+        lease: Lease<'_>,
+        result: Result<R, CallError>,
+    ) -> Result<R, PolicyError> {
+        let Lease {
+            loaded, mut inst, ..
+        } = lease;
         let reusable = inst.store.data_mut().drain_stdio();
         let keep = |inst: Instance| {
             if reusable {
@@ -496,10 +530,15 @@ impl Policy for WasmPolicy {
         req: &'a HandshakeRequest,
         _presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<HandshakeDecision, PolicyError>> {
-        let arg = convert::handshake_request(req);
-        Box::pin(self.call("on-handshake", move |p, s| {
-            Box::pin(async move { checked(p.call_on_handshake(s, &arg).await, convert::decision) })
-        }))
+        const HOOK: &str = "on-handshake";
+        Box::pin(async move {
+            let args = convert::HandshakeArgs::new(req, &self.inner.headers);
+            let mut lease = self.lease(HOOK).await?;
+            let (p, s) = lease.parts();
+            let raw = p.call_on_handshake(s, args.wit()).await;
+            self.inner
+                .finish(HOOK, lease, checked(raw, convert::decision))
+        })
     }
 
     fn on_event<'a>(
@@ -508,13 +547,18 @@ impl Policy for WasmPolicy {
         event: &'a ClientEvent,
         _presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<Vec<Action>, PolicyError>> {
+        const HOOK: &str = "on-event";
         if !self.inner.implements(Hooks::ON_EVENT) {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
-        let (c, e) = (convert::conn_info(conn), convert::client_event(event));
-        Box::pin(self.call("on-event", move |p, s| {
-            Box::pin(async move { checked(p.call_on_event(s, &c, &e).await, convert::actions) })
-        }))
+        Box::pin(async move {
+            let (c, e) = (convert::ConnArgs::new(conn), convert::EventArgs::new(event));
+            let mut lease = self.lease(HOOK).await?;
+            let (p, s) = lease.parts();
+            let raw = p.call_on_event(s, c.wit(), e.wit()).await;
+            self.inner
+                .finish(HOOK, lease, checked(raw, convert::actions))
+        })
     }
 
     fn on_ingress<'a>(
@@ -522,15 +566,20 @@ impl Policy for WasmPolicy {
         req: &'a IngressRequest,
         _presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<IngressOutcome, PolicyError>> {
+        const HOOK: &str = "on-ingress";
         if !self.inner.implements(Hooks::ON_INGRESS) {
             let not_found =
                 IngressOutcome::json(404, &serde_json::json!({"error": "not found"}), Vec::new());
             return Box::pin(std::future::ready(Ok(not_found)));
         }
-        let arg = convert::ingress_request(req);
-        Box::pin(self.call("on-ingress", move |p, s| {
-            Box::pin(async move { checked(p.call_on_ingress(s, &arg).await, convert::outcome) })
-        }))
+        Box::pin(async move {
+            let args = convert::IngressArgs::new(req, &self.inner.headers);
+            let mut lease = self.lease(HOOK).await?;
+            let (p, s) = lease.parts();
+            let raw = p.call_on_ingress(s, args.wit()).await;
+            self.inner
+                .finish(HOOK, lease, checked(raw, convert::outcome))
+        })
     }
 
     fn on_disconnect<'a>(
@@ -539,15 +588,20 @@ impl Policy for WasmPolicy {
         info: &'a DisconnectInfo,
         _presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<Vec<Action>, PolicyError>> {
+        const HOOK: &str = "on-disconnect";
         if !self.inner.implements(Hooks::ON_DISCONNECT) {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
-        let (c, i) = (convert::conn_info(conn), convert::disconnect_info(info));
-        Box::pin(self.call("on-disconnect", move |p, s| {
-            Box::pin(
-                async move { checked(p.call_on_disconnect(s, &c, &i).await, convert::actions) },
-            )
-        }))
+        Box::pin(async move {
+            let c = convert::ConnArgs::new(conn);
+            let mut lease = self.lease(HOOK).await?;
+            let (p, s) = lease.parts();
+            let raw = p
+                .call_on_disconnect(s, c.wit(), convert::disconnect_info(info))
+                .await;
+            self.inner
+                .finish(HOOK, lease, checked(raw, convert::actions))
+        })
     }
 
     fn reload(&self) -> Option<Result<String, String>> {

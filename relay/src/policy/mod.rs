@@ -33,7 +33,7 @@ pub struct HandshakeRequest {
     /// Raw query string (without `?`).
     pub query: String,
     /// Request headers (names lowercase).
-    pub headers: Vec<(String, String)>,
+    pub headers: http::HeaderMap,
     /// Peer address.
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
@@ -45,6 +45,11 @@ pub struct HandshakeRequest {
 }
 
 impl HandshakeRequest {
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
     /// First value of a query parameter, URL-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
         form_urlencoded::parse(self.query.as_bytes())

@@ -38,7 +38,7 @@ use crate::protocol::socketio::{
 };
 use crate::protocol::Message;
 use crate::tenant::Tenant;
-use crate::transport::http::{header_pairs, text_response, ConnSlot, TcpListenerCtx};
+use crate::transport::http::{text_response, ConnSlot, TcpListenerCtx};
 
 /// Open Engine.IO sessions of a tenant, by session id.
 pub type Sessions = DashMap<ConnId, Arc<EioSession>>;
@@ -84,7 +84,7 @@ pub struct EioSession {
     /// The first request's details, for the handshake hook.
     path: String,
     query: String,
-    headers: Vec<(String, String)>,
+    headers: http::HeaderMap,
     remote: SocketAddr,
     tls: bool,
     /// A polling session counts against its listener's connection limits.
@@ -309,7 +309,7 @@ async fn open(
         ended: CancellationToken::new(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().unwrap_or("").to_owned(),
-        headers: header_pairs(req.headers()),
+        headers: req.headers().clone(),
         remote,
         tls,
         _slot: slot,

@@ -25,7 +25,7 @@ use crate::policy::{DisconnectInfo, HandshakeDecision, HandshakeRequest};
 use crate::protocol::frame;
 use crate::store::Mailbox;
 use crate::tenant::Tenant;
-use crate::transport::http::{header_pairs, text_response, ConnSlot};
+use crate::transport::http::{text_response, ConnSlot};
 
 /// How long a session waits for the peer's close frame after sending its own.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
@@ -39,19 +39,26 @@ pub async fn handshake(
     tls: bool,
     slot: Arc<ConnSlot>,
 ) -> Response<Full<Bytes>> {
+    // A malformed upgrade is answered 400 before the policy is asked. Rejecting after
+    // this is fine: the upgrade only happens if the response is the 101 built here.
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(e) => return text_response(400, &format!("bad websocket handshake: {e}\n")),
+    };
     let id = ConnId::random();
     let hreq = HandshakeRequest {
         conn: id.to_string(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().unwrap_or("").to_owned(),
-        headers: header_pairs(req.headers()),
+        // Moved, not copied: the request is done with them.
+        headers: std::mem::take(req.headers_mut()),
         remote,
         tls,
         namespace: None,
         auth: None,
     };
     let recover = presented_offset(&hreq);
-    let decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
+    let mut decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
         Ok(d) => d,
         Err(e) => {
             Metrics::inc(&node.metrics.policy_errors);
@@ -59,7 +66,7 @@ pub async fn handshake(
             return text_response(500, "policy error\n");
         }
     };
-    let extra_headers = match &decision {
+    let extra_headers = match &mut decision {
         HandshakeDecision::Reject {
             status,
             headers,
@@ -78,13 +85,10 @@ pub async fn handshake(
             }
             return resp;
         }
-        HandshakeDecision::Accept { headers, .. } => headers.clone(),
+        HandshakeDecision::Accept { headers, .. } => std::mem::take(headers),
         HandshakeDecision::Defer { .. } => Vec::new(),
     };
-    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(x) => x,
-        Err(e) => return text_response(400, &format!("bad websocket handshake: {e}\n")),
-    };
+    drop(hreq);
     let (parts, _) = resp.into_parts();
     let mut resp = Response::from_parts(parts, Full::new(Bytes::new()));
     for (k, v) in extra_headers {

@@ -19,8 +19,10 @@
 //! per entry); a write beyond is refused with [`KvError::Full`]. Expired entries stop
 //! being visible at once and are dropped from memory by [`KvStore::purge_expired`].
 
-use std::collections::hash_map::{HashMap, RandomState};
+use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -57,9 +59,9 @@ pub enum KvError {
     Full(usize),
 }
 
-/// Expiry (ms since the Unix epoch; 0 = never) of an entry written now with `ttl`.
-fn expiry(ttl: Option<Duration>) -> u64 {
-    ttl.map_or(0, |t| now_ms().saturating_add(t.as_millis() as u64).max(1))
+/// Expiry (ms since the Unix epoch; 0 = never) of an entry written at `now` with `ttl`.
+fn expiry(now: u64, ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |t| now.saturating_add(t.as_millis() as u64).max(1))
 }
 
 fn live(expires_ms: u64, now: u64) -> bool {
@@ -67,6 +69,7 @@ fn live(expires_ms: u64, now: u64) -> bool {
 }
 
 struct Entry {
+    key: Box<str>,
     value: Box<[u8]>,
     expires_ms: u64,
 }
@@ -75,11 +78,33 @@ fn cost(key: &str, value_len: usize) -> usize {
     key.len() + value_len + ENTRY_OVERHEAD
 }
 
+/// One shard: its entries, hashed once per operation by the store's SipHash (keys come
+/// from plugins, often from client input: the hash is keyed against flooding).
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Box<str>, Entry>,
+    map: HashTable<Entry>,
     /// Log records of writes not yet handed to the log thread.
     pending: Vec<u8>,
+}
+
+impl Shard {
+    fn get(&self, hash: u64, key: &str) -> Option<&Entry> {
+        self.map.find(hash, |e| &*e.key == key)
+    }
+
+    fn get_mut(&mut self, hash: u64, key: &str) -> Option<&mut Entry> {
+        self.map.find_mut(hash, |e| &*e.key == key)
+    }
+
+    fn take(&mut self, hash: u64, key: &str) -> Option<Entry> {
+        let found = self.map.find_entry(hash, |e| &*e.key == key).ok()?;
+        Some(found.remove().0)
+    }
+
+    fn add(&mut self, hash: u64, entry: Entry, hasher: &RandomState) {
+        self.map
+            .insert_unique(hash, entry, |e| hasher.hash_one(&*e.key));
+    }
 }
 
 fn put_set(out: &mut Vec<u8>, key: &str, value: &[u8], expires_ms: u64) {
@@ -192,11 +217,17 @@ impl TenantKv {
         Self::new(max_bytes, None)
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+    /// `key`'s hash and its shard, locked.
+    fn shard(&self, key: &str) -> (u64, MutexGuard<'_, Shard>) {
+        let hash = self.hasher.hash_one(key);
+        // Bits the shard's table uses for neither bucket index (low) nor tag (top 7).
+        let i = ((hash >> 40) as usize) % SHARDS;
         // A panic while holding a shard cannot leave it inconsistent (each change is one
         // map operation, then its log record).
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        (
+            hash,
+            self.shards[i].lock().unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Bytes held, as counted against `kv_max_bytes`.
@@ -248,64 +279,67 @@ impl TenantKv {
         Ok(())
     }
 
-    /// Insert or replace `key` in a locked shard, logging it when `log`.
+    /// Insert or replace `key` in its locked shard, logging it.
     fn put(
         &self,
         s: &mut Shard,
+        hash: u64,
         key: &str,
         value: Vec<u8>,
         expires_ms: u64,
-        log: bool,
     ) -> Result<(), KvError> {
-        let old = s.map.get(key).map_or(0, |e| cost(key, e.value.len()));
+        let old = s.get(hash, key).map_or(0, |e| cost(key, e.value.len()));
         self.reserve(old, cost(key, value.len()))?;
-        if log && self.wake.is_some() {
+        if self.wake.is_some() {
             put_set(&mut s.pending, key, &value, expires_ms);
         }
         let value = value.into_boxed_slice();
-        match s.map.get_mut(key) {
+        match s.get_mut(hash, key) {
             Some(e) => {
                 e.value = value;
                 e.expires_ms = expires_ms;
             }
-            None => {
-                s.map.insert(key.into(), Entry { value, expires_ms });
-            }
+            None => s.add(
+                hash,
+                Entry {
+                    key: key.into(),
+                    value,
+                    expires_ms,
+                },
+                &self.hasher,
+            ),
         }
         Ok(())
     }
 
-    fn remove(&self, s: &mut Shard, key: &str) -> Option<Entry> {
-        let e = s.map.remove(key)?;
+    fn remove(&self, s: &mut Shard, hash: u64, key: &str) -> Option<Entry> {
+        let e = s.take(hash, key)?;
         self.used
             .fetch_sub(cost(key, e.value.len()), Ordering::Relaxed);
         Some(e)
     }
 
-    /// Apply one replayed log operation (no new log record).
+    /// Apply one replayed log operation (no new log record; the cap does not apply:
+    /// what was accepted once stays).
     fn replay(&self, op: Op<'_>, now: u64) {
         match op {
             Op::Set(key, value, exp) => {
-                let mut s = self.shard(key);
+                let (hash, mut s) = self.shard(key);
+                self.remove(&mut s, hash, key);
                 if live(exp, now) {
-                    // Replay ignores the cap: what was accepted once stays.
-                    let new = cost(key, value.len());
+                    self.used
+                        .fetch_add(cost(key, value.len()), Ordering::Relaxed);
                     let entry = Entry {
+                        key: key.into(),
                         value: value.into(),
                         expires_ms: exp,
                     };
-                    if let Some(old) = s.map.insert(key.into(), entry) {
-                        self.used
-                            .fetch_sub(cost(key, old.value.len()), Ordering::Relaxed);
-                    }
-                    self.used.fetch_add(new, Ordering::Relaxed);
-                } else {
-                    self.remove(&mut s, key);
+                    s.add(hash, entry, &self.hasher);
                 }
             }
             Op::Delete(key) => {
-                let mut s = self.shard(key);
-                self.remove(&mut s, key);
+                let (hash, mut s) = self.shard(key);
+                self.remove(&mut s, hash, key);
             }
         }
     }
@@ -333,7 +367,7 @@ impl TenantKv {
         let mut chunks = vec![Vec::new()];
         for s in self.shards.iter() {
             let s = s.lock().unwrap_or_else(|p| p.into_inner());
-            for (k, e) in s.map.iter().filter(|(_, e)| live(e.expires_ms, now)) {
+            for e in s.map.iter().filter(|e| live(e.expires_ms, now)) {
                 let last = chunks.last_mut().filter(|c| c.len() < SNAPSHOT_CHUNK);
                 let out = match last {
                     Some(c) => c,
@@ -342,7 +376,7 @@ impl TenantKv {
                         chunks.last_mut().expect("just pushed")
                     }
                 };
-                put_set(out, k, &e.value, e.expires_ms);
+                put_set(out, &e.key, &e.value, e.expires_ms);
             }
         }
         chunks.retain(|c| !c.is_empty());
@@ -352,17 +386,17 @@ impl TenantKv {
 
 impl KvStore for TenantKv {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let s = self.shard(key);
-        let e = s.map.get(key)?;
+        let (hash, s) = self.shard(key);
+        let e = s.get(hash, key)?;
         live(e.expires_ms, now_ms()).then(|| e.value.to_vec())
     }
 
     fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
         Self::check(key, &value)?;
-        let exp = expiry(ttl);
+        let exp = expiry(now_ms(), ttl);
         {
-            let mut s = self.shard(key);
-            self.put(&mut s, key, value, exp, true)?;
+            let (hash, mut s) = self.shard(key);
+            self.put(&mut s, hash, key, value, exp)?;
         }
         self.logged();
         Ok(())
@@ -375,13 +409,13 @@ impl KvStore for TenantKv {
         ttl: Option<Duration>,
     ) -> Result<bool, KvError> {
         Self::check(key, &value)?;
-        let exp = expiry(ttl);
+        let now = now_ms();
         {
-            let mut s = self.shard(key);
-            if s.map.get(key).is_some_and(|e| live(e.expires_ms, now_ms())) {
+            let (hash, mut s) = self.shard(key);
+            if s.get(hash, key).is_some_and(|e| live(e.expires_ms, now)) {
                 return Ok(false);
             }
-            self.put(&mut s, key, value, exp, true)?;
+            self.put(&mut s, hash, key, value, expiry(now, ttl))?;
         }
         self.logged();
         Ok(true)
@@ -389,8 +423,8 @@ impl KvStore for TenantKv {
 
     fn delete(&self, key: &str) -> bool {
         let was_live = {
-            let mut s = self.shard(key);
-            let Some(e) = self.remove(&mut s, key) else {
+            let (hash, mut s) = self.shard(key);
+            let Some(e) = self.remove(&mut s, hash, key) else {
                 return false;
             };
             if self.wake.is_some() {
@@ -407,10 +441,10 @@ impl KvStore for TenantKv {
         for s in self.shards.iter() {
             let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
             let mut freed = 0;
-            s.map.retain(|k, e| {
+            s.map.retain(|e| {
                 let keep = live(e.expires_ms, now);
                 if !keep {
-                    freed += cost(k, e.value.len());
+                    freed += cost(&e.key, e.value.len());
                 }
                 keep
             });

@@ -164,6 +164,19 @@ async fn purge_expired_keys(node: Arc<Node>, stop: tokio_util::sync::Cancellatio
     }
 }
 
+/// At shutdown, queue a close frame (1001) on every connection, after what is queued.
+/// WebSocket sessions wait for nothing else to learn of the shutdown (a waiter per
+/// connection is memory an idle connection would carry); one registered just as this
+/// runs looks at the token itself (`session::run`).
+async fn close_connections_at_shutdown(node: Arc<Node>) {
+    node.shutdown.token.cancelled().await;
+    for t in node.tenants.values() {
+        for h in t.hub.all() {
+            h.link.close(1001, "server shutting down");
+        }
+    }
+}
+
 /// Poll a tenant's plugin file and reload it when it changes.
 async fn watch_plugin(
     tenant: Arc<Tenant>,
@@ -227,6 +240,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     shutdown
         .tracker
         .spawn(purge_expired_keys(node.clone(), shutdown.token.clone()));
+    shutdown
+        .tracker
+        .spawn(close_connections_at_shutdown(node.clone()));
     for tenant in node.tenants.values() {
         if tenant.config.plugin_watch_ms > 0 && tenant.config.policy.get_ref() == "wasm" {
             let every = Duration::from_millis(tenant.config.plugin_watch_ms);

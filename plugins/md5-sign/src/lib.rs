@@ -51,19 +51,15 @@ impl Plugin for Md5Sign {
         let Ok(t) = ts.parse::<u64>() else {
             return Ok(refuse("ts must be unix seconds"));
         };
-        if !replay::within_window(t as i64, cfg.window) {
+        // The sign is remembered while its `ts` is inside the window: it could be replayed
+        // until then, and not after.
+        let Some(ttl) = replay::window_left(t as i64, cfg.window) else {
             return Ok(refuse("ts outside the allowed window"));
-        }
+        };
         let expected = sign::md5_hex_of(&[user.as_bytes(), ts.as_bytes(), cfg.key.as_bytes()]);
         if !sign::verify(&expected, &sign) {
             return Ok(refuse("bad sign"));
         }
-        // Remember the sign while its `ts` is inside the window: it could be replayed
-        // until then, and not after.
-        let now = host::now_ms() / 1000;
-        let ttl = (t + cfg.window)
-            .saturating_sub(now)
-            .clamp(1, u32::MAX.into()) as u32;
         if !replay::first_use("handshake", &sign, ttl) {
             return Ok(refuse("sign already used"));
         }

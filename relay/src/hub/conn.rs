@@ -1,10 +1,10 @@
 //! One connection as the hub sees it: its id, its outbound queue and its state.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 
 use super::queue;
 use bytes::Bytes;
@@ -104,6 +104,68 @@ impl Outbound {
     }
 }
 
+/// The rooms of one connection: a sorted `Vec`, not a hash set. Most connections are in
+/// one or a few rooms, and an empty or one-room hash set costs a ~100-byte table per
+/// connection where this costs 16 bytes a room (idle memory per connection is a goal;
+/// see docs/BENCHMARKS.md); lookups stay logarithmic up to `max_rooms_per_connection`.
+#[derive(Debug, Default)]
+pub struct RoomSet(Vec<Arc<str>>);
+
+impl RoomSet {
+    /// Whether `room` is in the set.
+    pub fn contains(&self, room: &str) -> bool {
+        self.0.binary_search_by(|r| (**r).cmp(room)).is_ok()
+    }
+
+    /// Add `room`; `false` if it was there already.
+    pub fn insert(&mut self, room: Arc<str>) -> bool {
+        match self.0.binary_search_by(|r| (**r).cmp(&room)) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, room);
+                true
+            }
+        }
+    }
+
+    /// Remove `room`; `false` if it was not there.
+    pub fn remove(&mut self, room: &str) -> bool {
+        match self.0.binary_search_by(|r| (**r).cmp(room)) {
+            Ok(i) => {
+                self.0.remove(i);
+                if self.0.capacity() > 4 * self.0.len().max(1) {
+                    self.0.shrink_to_fit();
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Rooms in the set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The rooms, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for RoomSet {
+    type Item = Arc<str>;
+    type IntoIter = std::vec::IntoIter<Arc<str>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 /// Mutable state of a connection (identity, rooms), guarded by a short-lived lock.
 #[derive(Debug, Default)]
 pub struct ConnState {
@@ -112,7 +174,7 @@ pub struct ConnState {
     /// Policy data attached to the connection (session), handed back on every hook.
     pub data: Value,
     /// Rooms joined.
-    pub rooms: HashSet<Arc<str>>,
+    pub rooms: RoomSet,
     /// Set when the hub has forgotten the connection: it may not join rooms or users again.
     pub closed: bool,
     /// The room-history offset (`<epoch>:<n>`) the client presented at its handshake:
@@ -120,53 +182,35 @@ pub struct ConnState {
     pub recover: Option<String>,
 }
 
-/// A one-way flag that tasks can wait for: what `CancellationToken` does for a link, held
-/// inline (a token is a separate ~150-byte allocation, and a link has two).
-#[derive(Default)]
-pub struct Signal {
-    set: AtomicBool,
-    notify: tokio::sync::Notify,
+/// [`Link`] state bit: aborted now (slow consumer); what is queued is dropped.
+const KILLED: u8 = 1;
+/// [`Link`] state bit: a close frame is queued; the session waits for the peer's close.
+const CLOSING: u8 = 2;
+
+/// Who watches a link: the session's reader and its writer, each woken when the link is
+/// killed (the reader also when it starts closing). Two waker slots instead of a
+/// `Notify` future in every waiting state keep an idle connection's futures small
+/// (idle memory per connection is a goal; see docs/BENCHMARKS.md).
+#[derive(Clone, Copy)]
+pub enum Watcher {
+    /// The task reading from the client.
+    Reader = 0,
+    /// The task writing to the client.
+    Writer = 1,
 }
 
-impl Signal {
-    /// Set the flag and wake every waiter (once; later calls do nothing).
-    pub fn cancel(&self) {
-        if !self.set.swap(true, Ordering::SeqCst) {
-            self.notify.notify_waiters();
-        }
-    }
-
-    /// Whether the flag is set.
-    pub fn is_cancelled(&self) -> bool {
-        self.set.load(Ordering::SeqCst)
-    }
-
-    /// Wait until the flag is set.
-    pub async fn cancelled(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            // Register before looking, so a `cancel` in between still wakes us.
-            notified.as_mut().enable();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// The way to one client: a bounded outbound queue and the signals that end it. A
+/// The way to one client: a bounded outbound queue and the flags that end it. A
 /// WebSocket connection has one link and one [`ConnHandle`]; a Socket.IO client has one
 /// link shared by the handles of the namespaces it joined.
 pub struct Link {
     /// Id used in log lines.
     pub id: ConnId,
     tx: queue::Sender<Outbound>,
-    /// Cancelled to abort the connection now (slow consumer): the queue is dropped.
-    pub kill: Signal,
-    /// Cancelled once a close frame is queued: the session then waits for the peer's close.
-    pub closing: Signal,
+    /// [`KILLED`] and [`CLOSING`].
+    state: AtomicU8,
+    watchers: Mutex<[Option<Waker>; 2]>,
+    /// Other tasks waiting for the kill (Engine.IO's driver).
+    killed: tokio::sync::Notify,
     close_code: AtomicU16,
     /// Bytes queued and not yet taken by the writer.
     queued_bytes: AtomicUsize,
@@ -192,8 +236,9 @@ impl Link {
         let l = Arc::new(Link {
             id,
             tx,
-            kill: Signal::default(),
-            closing: Signal::default(),
+            state: AtomicU8::new(0),
+            watchers: Mutex::new([None, None]),
+            killed: tokio::sync::Notify::new(),
             close_code: AtomicU16::new(1013),
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes: max_bytes,
@@ -221,9 +266,79 @@ impl Link {
         self.push(Outbound::Written(f))
     }
 
+    /// Whether the link was aborted.
+    #[inline]
+    pub fn is_killed(&self) -> bool {
+        self.state.load(Ordering::Acquire) & KILLED != 0
+    }
+
+    /// Whether a close frame is queued (or the link was aborted while closing).
+    #[inline]
+    pub fn is_closing(&self) -> bool {
+        self.state.load(Ordering::Acquire) & CLOSING != 0
+    }
+
+    /// `(killed, closing)` now; unless killed, the task of `cx` is woken (as `who`) when
+    /// that changes: when the link is killed, and for the reader also when it starts
+    /// closing.
+    pub fn watch(&self, who: Watcher, cx: &mut Context<'_>) -> (bool, bool) {
+        let before = self.state.load(Ordering::Acquire);
+        if before & KILLED == 0 {
+            if let Ok(mut w) = self.watchers.lock() {
+                let slot = &mut w[who as usize];
+                if !slot.as_ref().is_some_and(|s| s.will_wake(cx.waker())) {
+                    *slot = Some(cx.waker().clone());
+                }
+            }
+        }
+        // Look again after registering: a change in between is seen here or wakes us.
+        let now = self.state.load(Ordering::Acquire);
+        (now & KILLED != 0, now & CLOSING != 0)
+    }
+
+    /// Wait until the link is killed (for tasks other than the reader and the writer).
+    pub async fn killed(&self) {
+        loop {
+            let notified = self.killed.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a kill in between still wakes us.
+            notified.as_mut().enable();
+            if self.is_killed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Set state bits and wake the watchers concerned.
+    fn set(&self, bit: u8) {
+        let before = self.state.fetch_or(bit, Ordering::AcqRel);
+        if before & bit != 0 {
+            return;
+        }
+        let wake: Vec<Waker> = match self.watchers.lock() {
+            Ok(mut w) => {
+                let reader = w[Watcher::Reader as usize].take();
+                let writer = if bit == KILLED {
+                    w[Watcher::Writer as usize].take()
+                } else {
+                    None
+                };
+                reader.into_iter().chain(writer).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        wake.into_iter().for_each(Waker::wake);
+        if bit == KILLED {
+            self.killed.notify_waiters();
+            // The writer may be waiting on the queue.
+            self.tx.wake_receiver();
+        }
+    }
+
     #[inline]
     fn push(&self, item: Outbound) -> bool {
-        if self.closing.is_cancelled() {
+        if self.is_closing() {
             return false;
         }
         let n = item.bytes().len();
@@ -255,15 +370,15 @@ impl Link {
 
     /// Abort: drop what is queued, send a close frame with `code` if the socket allows, disconnect.
     pub fn abort(&self, code: u16) {
-        if !self.kill.is_cancelled() {
-            if !self.closing.is_cancelled() {
+        if !self.is_killed() {
+            if !self.is_closing() {
                 self.close_code.store(code, Ordering::Relaxed);
             }
             if code == 1013 {
                 Metrics::inc(&self.metrics.slow_consumers);
                 tracing::warn!(conn = %self.id, "slow consumer: outbound queue full, disconnecting (1013)");
             }
-            self.kill.cancel();
+            self.set(KILLED);
         }
     }
 
@@ -274,7 +389,7 @@ impl Link {
 
     /// Queue a close frame after everything already queued; the session ends once the peer answers.
     pub fn close(&self, code: u16, reason: &str) {
-        if self.closing.is_cancelled() {
+        if self.is_closing() {
             return;
         }
         self.send_close(frame::close(code, reason), code);
@@ -282,11 +397,11 @@ impl Link {
 
     /// Queue an already encoded close frame carrying `code`.
     pub fn send_close(&self, frame: Bytes, code: u16) {
-        if self.closing.is_cancelled() {
+        if self.is_closing() {
             return;
         }
         self.close_code.store(code, Ordering::Relaxed);
-        self.closing.cancel();
+        self.set(CLOSING);
         self.queued_bytes.fetch_add(frame.len(), Ordering::Relaxed);
         if let Err(queue::SendError::Full) = self.tx.try_send(Outbound::Close(frame)) {
             self.abort(code);
@@ -361,7 +476,7 @@ impl ConnHandle {
     /// Close the connection after what is queued, telling the client first when its profile
     /// has a way to (Socket.IO DISCONNECT). A Socket.IO client's whole connection closes.
     pub fn close(&self, code: u16, reason: &str) {
-        if self.closing.is_cancelled() {
+        if self.is_closing() {
             return;
         }
         if let Some(p) = self.codec.disconnect_packet() {
@@ -388,33 +503,79 @@ impl ConnHandle {
 
 #[cfg(test)]
 mod tests {
-    use super::Signal;
+    use super::{ConnId, Link, RoomSet, Watcher};
+
+    #[test]
+    fn a_room_set_is_a_set() {
+        let mut s = RoomSet::default();
+        for r in ["b", "a", "c", "a"] {
+            s.insert(r.into());
+        }
+        assert_eq!(s.len(), 3);
+        assert!(s.contains("a") && s.contains("c") && !s.contains("d"));
+        assert!(!s.insert("b".into()), "already there");
+        assert!(s.remove("b") && !s.remove("b"));
+        let v: Vec<String> = s.iter().map(|r| r.to_string()).collect();
+        assert_eq!(v, ["a", "c"]);
+        assert!(!s.is_empty());
+    }
+
+    use crate::metrics::Metrics;
     use std::sync::Arc;
     use std::time::Duration;
 
+    fn link() -> Arc<Link> {
+        Link::new(ConnId::random(), 8, 1 << 20, Arc::new(Metrics::default())).0
+    }
+
     #[tokio::test]
-    async fn a_signal_wakes_waiters_set_before_or_after_they_wait() {
-        let s = Arc::new(Signal::default());
-        assert!(!s.is_cancelled());
-        let waiters: Vec<_> = (0..3)
-            .map(|_| {
-                let s = s.clone();
-                tokio::spawn(async move { s.cancelled().await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        s.cancel();
-        for w in waiters {
-            tokio::time::timeout(Duration::from_secs(1), w)
+    async fn watchers_wake_on_kill_and_the_reader_on_closing() {
+        let l = link();
+        // The reader: woken when the link starts closing.
+        let reader = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                std::future::poll_fn(|cx| match l.watch(Watcher::Reader, cx) {
+                    (_, true) => std::task::Poll::Ready(()),
+                    _ => std::task::Poll::Pending,
+                })
                 .await
-                .expect("woken")
+            })
+        };
+        // The writer and another task: woken by the kill only.
+        let writer = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                std::future::poll_fn(|cx| match l.watch(Watcher::Writer, cx) {
+                    (true, _) => std::task::Poll::Ready(()),
+                    _ => std::task::Poll::Pending,
+                })
+                .await
+            })
+        };
+        let other = {
+            let l = l.clone();
+            tokio::spawn(async move { l.killed().await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        l.close(1000, "bye");
+        tokio::time::timeout(Duration::from_secs(1), reader)
+            .await
+            .expect("reader woken by closing")
+            .unwrap();
+        assert!(l.is_closing() && !l.is_killed());
+        assert!(!writer.is_finished() && !other.is_finished());
+        l.abort(1011);
+        for t in [writer, other] {
+            tokio::time::timeout(Duration::from_secs(1), t)
+                .await
+                .expect("woken by the kill")
                 .unwrap();
         }
-        // Already set: returns at once; setting again changes nothing.
-        s.cancel();
-        tokio::time::timeout(Duration::from_millis(100), s.cancelled())
+        // Already killed: returns at once.
+        tokio::time::timeout(Duration::from_millis(100), l.killed())
             .await
-            .expect("already set");
-        assert!(s.is_cancelled());
+            .expect("already killed");
+        assert_eq!(l.close_code(), 1000, "the close frame's code stays");
     }
 }

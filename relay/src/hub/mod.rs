@@ -14,7 +14,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-pub use conn::{ConnHandle, ConnId, ConnState, Link, Outbound, WrittenFn};
+pub use conn::{ConnHandle, ConnId, ConnState, Link, Outbound, RoomSet, Watcher, WrittenFn};
 
 use crate::protocol::OutMessage;
 
@@ -110,7 +110,7 @@ impl Hub {
                 s.closed = true;
                 (s.user.take(), std::mem::take(&mut s.rooms))
             }
-            Err(_) => (None, HashSet::new()),
+            Err(_) => (None, Default::default()),
         };
         if let Some(u) = user {
             remove_member(&self.users, &u, h.id);
@@ -338,7 +338,7 @@ mod tests {
             assert_eq!(hub.deliver(&Target::Tenant, &m, None), 1);
         }
         assert_eq!(hub.deliver(&Target::Tenant, &m, None), 0);
-        assert!(a.kill.is_cancelled());
+        assert!(a.is_killed());
         assert_eq!(a.close_code(), 1013);
     }
 
@@ -387,6 +387,6 @@ mod tests {
         hub.register(h.clone());
         assert!(h.send(bytes::Bytes::from(vec![0u8; 60])));
         assert!(!h.send(bytes::Bytes::from(vec![0u8; 60])));
-        assert!(h.kill.is_cancelled());
+        assert!(h.is_killed());
     }
 }

@@ -87,6 +87,16 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Wake the receiver if it is waiting (something besides an item changed).
+    pub fn wake_receiver(&self) {
+        let waker = self.0.lock().waker.take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let waker = {
@@ -104,7 +114,18 @@ impl<T> Receiver<T> {
     /// Wait for items and move up to `limit` of them into `buf`; 0 means the sender is
     /// gone and nothing is left.
     pub async fn recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> usize {
-        poll_fn(|cx| {
+        poll_fn(|cx| self.poll_recv_many(cx, buf, limit)).await
+    }
+
+    /// [`Receiver::recv_many`] as a poll: `Pending` registers the task to be woken by the
+    /// next send (or [`Sender::wake_receiver`]).
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut Vec<T>,
+        limit: usize,
+    ) -> Poll<usize> {
+        {
             let mut s = self.0.lock();
             if s.items.is_empty() {
                 if s.sender_gone {
@@ -123,8 +144,7 @@ impl<T> Receiver<T> {
             let n = s.items.len().min(limit.max(1));
             buf.extend(s.items.drain(..n));
             Poll::Ready(n)
-        })
-        .await
+        }
     }
 
     /// Take one item if there is one.

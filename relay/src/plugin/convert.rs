@@ -19,6 +19,38 @@ fn unpairs(v: Vec<w::PairResult>) -> Vec<(String, String)> {
     v.into_iter().map(|p| (p.name, p.value)).collect()
 }
 
+/// `ip:port` as text, without the formatting machinery for the common IPv4 case (every
+/// hook call carries the peer's address).
+fn addr_text(a: &std::net::SocketAddr) -> String {
+    let std::net::SocketAddr::V4(v4) = a else {
+        return a.to_string();
+    };
+    let mut out = String::with_capacity(21);
+    let num = |n: u32, out: &mut String| {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend(digits[i..].iter().map(|&d| d as char));
+    };
+    for (i, o) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        num(o.into(), &mut out);
+    }
+    out.push(':');
+    num(v4.port().into(), &mut out);
+    out
+}
+
 fn json_text(v: &Value) -> Option<String> {
     (!v.is_null()).then(|| v.to_string())
 }
@@ -87,7 +119,7 @@ impl<'r> HandshakeArgs<'r> {
                     })
                 })
                 .collect(),
-            remote: req.remote.to_string(),
+            remote: addr_text(&req.remote),
             auth: req.auth.as_ref().map(Value::to_string),
         }
     }
@@ -121,7 +153,7 @@ impl<'r> ConnArgs<'r> {
         ConnArgs {
             conn,
             data: json_text(&conn.data),
-            remote: conn.remote.to_string(),
+            remote: addr_text(&conn.remote),
         }
     }
 
@@ -192,7 +224,7 @@ impl<'r> IngressArgs<'r> {
         IngressArgs {
             req,
             headers,
-            remote: req.remote.to_string(),
+            remote: addr_text(&req.remote),
         }
     }
 
@@ -340,4 +372,21 @@ pub fn outcome(o: w::IngressOutcome) -> Result<IngressOutcome, String> {
         body: Bytes::from(o.body),
         actions: actions(o.actions)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_read_as_their_display() {
+        for a in [
+            "127.0.0.1:1",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.2.30.4:8080",
+            "[::1]:443",
+        ] {
+            let a: std::net::SocketAddr = a.parse().unwrap();
+            assert_eq!(super::addr_text(&a), a.to_string());
+        }
+    }
 }

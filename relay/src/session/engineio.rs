@@ -648,7 +648,7 @@ where
     let end = Box::pin(read_loop(&mut rd, &s.link, opts, &node, &mut sink)).await;
     let _ = s.inbound.send(Event::TransportClosed(end)).await;
     let abort = writer.abort_handle();
-    if !s.link.closing.is_cancelled() && !s.link.kill.is_cancelled() {
+    if !s.link.is_closing() && !s.link.is_killed() {
         s.link.abort(1000);
     }
     if tokio::time::timeout(CLOSE_WAIT, writer).await.is_err() {
@@ -697,7 +697,7 @@ async fn drive(
                 Some(Event::TransportClosed(i)) => break i,
                 None => break info(None, "session ended"),
             },
-            _ = s.link.kill.cancelled() => break info(Some(s.link.close_code()), "aborted"),
+            _ = s.link.killed() => break info(Some(s.link.close_code()), "aborted"),
             _ = shutdown.cancelled() => {
                 s.link.close(1001, "server shutting down");
                 break info(Some(1001), "server shutting down");
@@ -1103,7 +1103,7 @@ impl Driver {
             .metrics
             .connections_open
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if s.transport() != Transport::WebSocket && !s.link.closing.is_cancelled() {
+        if s.transport() != Transport::WebSocket && !s.link.is_closing() {
             s.link.close(1000, "");
         }
         tracing::debug!(tenant = %self.tenant.name, sid = %s.sid, reason = %end.reason, "engine.io session ended");

@@ -14,6 +14,7 @@
 //! frame boundary and the reader has returned as many frames as were delivered, its
 //! buffer holds nothing, and dropping it loses nothing.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -130,18 +131,26 @@ pub(crate) struct OwnedFrame {
     pub payload: Vec<u8>,
 }
 
+/// A frame being read: owns fastwebsockets' reader while it reads (boxed, so a connection
+/// that is not reading carries no space for it) and gives it back with the frame.
+type FrameRead<R> = Pin<
+    Box<dyn Future<Output = (WebSocketRead<Source<R>>, Result<OwnedFrame, WebSocketError>)> + Send>,
+>;
+
 /// Reads WebSocket frames from a client, holding fastwebsockets' reader (and its
 /// buffer) only while there is something to read.
 pub(crate) struct LazyReader<R> {
     shared: Arc<Mutex<Inner<R>>>,
     reader: Option<WebSocketRead<Source<R>>>,
+    /// The frame being read, if one is.
+    reading: Option<FrameRead<R>>,
     /// Frames the current reader has returned.
     returned: u64,
     /// fastwebsockets refuses a frame when `len >= max`.
     max_frame: usize,
 }
 
-impl<R: AsyncRead + Unpin> LazyReader<R> {
+impl<R: AsyncRead + Unpin + Send + 'static> LazyReader<R> {
     /// A server-side reader; frames of `max_message` bytes are allowed, longer ones fail
     /// with `FrameTooLarge`.
     pub(crate) fn new(stream: R, max_message: usize) -> Self {
@@ -152,6 +161,7 @@ impl<R: AsyncRead + Unpin> LazyReader<R> {
                 seen: Boundaries::default(),
             })),
             reader: None,
+            reading: None,
             returned: 0,
             max_frame: max_message.saturating_add(1),
         }
@@ -165,63 +175,85 @@ impl<R: AsyncRead + Unpin> LazyReader<R> {
 
     /// The next frame. Auto-close and auto-pong are off: the caller answers both.
     pub(crate) async fn read_frame(&mut self) -> Result<OwnedFrame, WebSocketError> {
-        if self.reader.is_none() {
-            // Idle: wait for one byte, with no buffer but that byte.
-            let shared = self.shared.clone();
-            let first = std::future::poll_fn(|cx| {
-                let mut inner = match shared.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    /// Poll for the next frame (a poll, not a future: a connection waiting for its
+    /// client keeps no future state for it). Auto-close and auto-pong are off: the
+    /// caller answers both.
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<OwnedFrame, WebSocketError>> {
+        loop {
+            if let Some(f) = self.reading.as_mut() {
+                let Poll::Ready((rd, res)) = f.as_mut().poll(cx) else {
+                    return Poll::Pending;
                 };
-                let mut one = [0u8; 1];
-                let mut buf = ReadBuf::new(&mut one);
-                match Pin::new(&mut inner.stream).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                        Poll::Ready(Err(WebSocketError::UnexpectedEOF))
+                self.reading = None;
+                self.reader = Some(rd);
+                if res.is_ok() {
+                    self.returned += 1;
+                    let drained = match self.shared.lock() {
+                        Ok(inner) => inner.seen.at_boundary() && inner.seen.frames == self.returned,
+                        Err(_) => false,
+                    };
+                    if drained {
+                        // Everything read has been returned: the reader's buffer is empty.
+                        self.reader = None;
                     }
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(one[0])),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(WebSocketError::IoError(e))),
-                    Poll::Pending => Poll::Pending,
                 }
-            })
-            .await?;
-            if let Ok(mut inner) = self.shared.lock() {
-                inner.first = Some(first);
-                inner.seen = Boundaries::default();
+                return Poll::Ready(res);
             }
-            let (mut rd, _) = fastwebsockets::after_handshake_split(
-                Source(self.shared.clone()),
-                tokio::io::sink(),
-                Role::Server,
-            );
-            rd.set_auto_close(false);
-            rd.set_auto_pong(false);
-            rd.set_max_message_size(self.max_frame);
-            self.reader = Some(rd);
-            self.returned = 0;
-        }
-        let Some(rd) = self.reader.as_mut() else {
-            return Err(WebSocketError::ConnectionClosed);
-        };
-        let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
-        let frame = {
-            let f = rd.read_frame(&mut no_obligations).await?;
-            OwnedFrame {
-                fin: f.fin,
-                opcode: f.opcode,
-                payload: f.payload.to_vec(),
+            if self.reader.is_none() {
+                // Idle: wait for one byte, with no buffer but that byte.
+                let first = {
+                    let mut inner = match self.shared.lock() {
+                        Ok(g) => g,
+                        Err(p) => p.into_inner(),
+                    };
+                    let mut one = [0u8; 1];
+                    let mut buf = ReadBuf::new(&mut one);
+                    match Pin::new(&mut inner.stream).poll_read(cx, &mut buf) {
+                        Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                            return Poll::Ready(Err(WebSocketError::UnexpectedEOF))
+                        }
+                        Poll::Ready(Ok(())) => one[0],
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(WebSocketError::IoError(e))),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                };
+                if let Ok(mut inner) = self.shared.lock() {
+                    inner.first = Some(first);
+                    inner.seen = Boundaries::default();
+                }
+                let (mut rd, _) = fastwebsockets::after_handshake_split(
+                    Source(self.shared.clone()),
+                    tokio::io::sink(),
+                    Role::Server,
+                );
+                rd.set_auto_close(false);
+                rd.set_auto_pong(false);
+                rd.set_max_message_size(self.max_frame);
+                self.reader = Some(rd);
+                self.returned = 0;
             }
-        };
-        self.returned += 1;
-        let drained = match self.shared.lock() {
-            Ok(inner) => inner.seen.at_boundary() && inner.seen.frames == self.returned,
-            Err(_) => false,
-        };
-        if drained {
-            // Everything read has been returned: the reader's buffer is empty.
-            self.reader = None;
+            let Some(mut rd) = self.reader.take() else {
+                return Poll::Ready(Err(WebSocketError::ConnectionClosed));
+            };
+            self.reading = Some(Box::pin(async move {
+                let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
+                let res = rd
+                    .read_frame(&mut no_obligations)
+                    .await
+                    .map(|f| OwnedFrame {
+                        fin: f.fin,
+                        opcode: f.opcode,
+                        payload: f.payload.to_vec(),
+                    });
+                (rd, res)
+            }));
         }
-        Ok(frame)
     }
 }
 

@@ -15,10 +15,13 @@ use fastwebsockets::{OpCode, WebSocketError};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use std::future::Future;
+use std::task::Poll;
 use tokio::io::AsyncRead;
-use tokio::time::{sleep_until, Instant};
 
-use crate::hub::{ConnHandle, ConnId, Link};
+use tokio::time::Instant;
+
+use crate::hub::{ConnHandle, ConnId, Link, Watcher};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::policy::{DisconnectInfo, HandshakeDecision, HandshakeRequest};
@@ -163,6 +166,11 @@ where
         metrics.clone(),
     );
     tenant.hub.register(h.clone());
+    // Registered after the shutdown's sweep of the hub? Then close here (see
+    // `close_connections_at_shutdown`).
+    if node.shutdown.token.is_cancelled() {
+        h.link.close(1001, "server shutting down");
+    }
     // Whatever happens below (even a panic in a hook), the hub forgets the connection
     // and the gauge comes down.
     let _guard = SessionGuard::new(tenant.clone(), h.clone(), metrics.clone());
@@ -201,7 +209,7 @@ where
     // every connection carries while it is open.
     Box::pin(node.disconnected(&tenant, &h, &info)).await;
     // Let the writer drain what is queued (graceful close) but never wait forever.
-    if !h.closing.is_cancelled() && !h.kill.is_cancelled() {
+    if !h.is_closing() && !h.is_killed() {
         h.abort(info.code.unwrap_or(1000));
     }
     let abort = writer.abort_handle();
@@ -390,7 +398,7 @@ impl MessageSink for JsonSink {
     }
 }
 
-pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
+pub(crate) async fn read_loop<R: AsyncRead + Unpin + Send + 'static, S: MessageSink>(
     rd: &mut lazy::LazyReader<R>,
     h: &Link,
     opts: ReadOpts,
@@ -402,42 +410,68 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
     let mut pinged_at: Option<Instant> = None;
     let mut close_deadline: Option<Instant> = None;
     let mut fragments: Option<(OpCode, Vec<u8>)> = None;
-    let shutdown = node.shutdown.token.clone();
     let far = || Instant::now() + Duration::from_secs(86_400);
     let (auth_deadline, auth_conn) = match &opts.auth {
         Some((at, c)) => (*at, Some(c.clone())),
         None => (far(), None),
     };
     let authed = || auth_conn.as_ref().is_none_or(|c| c.is_authenticated());
+    // One timer for the earliest deadline (each timer is ~100 bytes of every connection's
+    // state), reset when that changes; which deadline it was is worked out on waking.
+    let timer = tokio::time::sleep_until(far());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
+
+    /// What woke the read loop.
+    enum Woke<T> {
+        Frame(T),
+        Killed,
+        Closing,
+        Timer,
+    }
 
     loop {
-        let read = rd.read_frame();
-        tokio::pin!(read);
         let res = loop {
-            let closing = h.closing.is_cancelled();
+            let closing = h.is_closing();
             let idle_at = opts.idle.filter(|_| !closing).map(|d| last_rx + d);
             let ping_at = opts
                 .ping
                 .filter(|_| pinged_at.is_none() && !closing)
                 .map(|d| last_rx + d);
             let auth_at = (!closing && !authed()).then_some(auth_deadline);
-            // One timer for the earliest deadline (each timer is ~100 bytes of every
-            // connection's state); which one it was is worked out on waking.
             let next = [close_deadline, auth_at, idle_at, ping_at]
                 .into_iter()
                 .flatten()
                 .min();
-            tokio::select! {
-                biased;
-                r = &mut read => break r,
-                _ = h.kill.cancelled() => return info(Some(h.close_code()), "aborted"),
-                _ = h.closing.cancelled(), if close_deadline.is_none() => {
-                    close_deadline = Some(Instant::now() + CLOSE_WAIT);
+            if next != armed {
+                if let Some(t) = next {
+                    timer.as_mut().reset(t);
                 }
-                _ = shutdown.cancelled(), if !closing => {
-                    h.close(1001, "server shutting down");
+                armed = next;
+            }
+            // The frame first, then the link's flags (the reader's waker is registered
+            // with the link: no per-flag future), then the timer.
+            let woke = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = rd.poll_frame(cx) {
+                    return Poll::Ready(Woke::Frame(r));
                 }
-                _ = sleep_until(next.unwrap_or_else(far)), if next.is_some() => {
+                match h.watch(Watcher::Reader, cx) {
+                    (true, _) => return Poll::Ready(Woke::Killed),
+                    (_, true) if close_deadline.is_none() => return Poll::Ready(Woke::Closing),
+                    _ => {}
+                }
+                if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
+            match woke {
+                Woke::Frame(r) => break r,
+                Woke::Killed => return info(Some(h.close_code()), "aborted"),
+                Woke::Closing => close_deadline = Some(Instant::now() + CLOSE_WAIT),
+                Woke::Timer => {
+                    armed = None;
                     let now = Instant::now();
                     if close_deadline.is_some_and(|t| t <= now) {
                         return info(Some(h.close_code()), "no close reply from peer");
@@ -469,10 +503,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
                         h.close(code, reason);
                         info(Some(code), reason)
                     }
-                    None => info(
-                        h.closing.is_cancelled().then(|| h.close_code()),
-                        "connection lost",
-                    ),
+                    None => info(h.is_closing().then(|| h.close_code()), "connection lost"),
                 };
             }
         };
@@ -487,7 +518,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
         }
         match opcode {
             OpCode::Close => {
-                if h.closing.is_cancelled() {
+                if h.is_closing() {
                     // The peer answered our close: done.
                     return info(Some(h.close_code()), "closed");
                 }
@@ -547,7 +578,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin, S: MessageSink>(
             (OpCode::Continuation, Some(f)) => f,
             (op, _) => (op, payload),
         };
-        if h.closing.is_cancelled() {
+        if h.is_closing() {
             continue; // closing: messages after our close frame are dropped
         }
         // Boxed: the hook's future exists only while a message is handled, so an idle

@@ -5,9 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::hub::{queue, Link, Outbound};
+use crate::hub::{queue, Link, Outbound, Watcher};
 use crate::metrics::Metrics;
 use crate::protocol::{frame, socketio};
 
@@ -65,10 +69,21 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
             batch = Vec::new();
             buf = Vec::new();
         }
-        let n = tokio::select! {
-            biased;
-            _ = h.kill.cancelled() => return Box::pin(abort(&mut w, &[], &h, false)).await,
-            n = rx.recv_many(&mut batch, BATCH) => n,
+        // The queue, or the kill (which also wakes the queue's receiver).
+        let n = std::future::poll_fn(|cx| {
+            if h.is_killed() {
+                return Poll::Ready(None);
+            }
+            match rx.poll_recv_many(cx, &mut batch, BATCH) {
+                Poll::Ready(n) => Poll::Ready(Some(n)),
+                // Killed after the look above: the wake went to the queue or is seen here.
+                Poll::Pending if h.is_killed() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let Some(n) = n else {
+            return Box::pin(abort(&mut w, &[], &h, false)).await;
         };
         if n == 0 {
             return;
@@ -130,11 +145,12 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
             result = write_all(&mut w, &buf, &h, &m).await;
         }
         if result.is_ok() {
-            result = tokio::select! {
-                biased;
-                _ = h.kill.cancelled() => Err(Stop::Killed(Vec::new())),
-                r = w.flush() => r.map_err(|_| Stop::Io),
-            };
+            result = unless_killed(
+                &h,
+                std::future::poll_fn(|cx| Pin::new(&mut w).poll_flush(cx)),
+            )
+            .await
+            .map_or(Err(Stop::Killed(Vec::new())), |r| r.map_err(|_| Stop::Io));
         }
         if result.is_ok() {
             written.drain(..).for_each(|f| f());
@@ -172,6 +188,18 @@ fn frame_records_into(out: &mut Vec<u8>, records: &[u8], v3: bool) {
     }
 }
 
+/// `f`'s output, or `None` once the link is killed (the writer is woken for that).
+async fn unless_killed<F: Future>(h: &Link, f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        if h.watch(Watcher::Writer, cx).0 {
+            return Poll::Ready(None);
+        }
+        f.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
 /// Write all of `data`, giving up when the connection is aborted.
 async fn write_all<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -180,10 +208,14 @@ async fn write_all<W: AsyncWrite + Unpin>(
     m: &Metrics,
 ) -> Result<(), Stop> {
     while !data.is_empty() {
-        let r = tokio::select! {
-            biased;
-            _ = h.kill.cancelled() => return Err(Stop::Killed(data.to_vec())),
-            r = w.write(data) => r,
+        let d = data;
+        let Some(r) = unless_killed(
+            h,
+            std::future::poll_fn(|cx| Pin::new(&mut *w).poll_write(cx, d)),
+        )
+        .await
+        else {
+            return Err(Stop::Killed(data.to_vec()));
         };
         match r {
             Ok(0) | Err(_) => return Err(Stop::Io),

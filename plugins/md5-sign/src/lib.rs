@@ -47,7 +47,6 @@ impl Plugin for Md5Sign {
         else {
             return Ok(refuse("user, ts and sign are required"));
         };
-        let sign = sign.to_ascii_lowercase();
         let Ok(t) = ts.parse::<u64>() else {
             return Ok(refuse("ts must be unix seconds"));
         };
@@ -56,14 +55,15 @@ impl Plugin for Md5Sign {
         let Some(ttl) = replay::window_left(t as i64, cfg.window) else {
             return Ok(refuse("ts outside the allowed window"));
         };
-        let expected = sign::md5_hex_of(&[user.as_bytes(), ts.as_bytes(), cfg.key.as_bytes()]);
-        if !sign::verify(&expected, &sign) {
+        let digest = sign::md5_of(&[user.as_bytes(), ts.as_bytes(), cfg.key.as_bytes()]);
+        if !sign::verify_hex(&digest, &sign) {
             return Ok(refuse("bad sign"));
         }
-        if !replay::first_use("handshake", &sign, ttl) {
+        // Keyed by the digest's hex: the sign in either case is the same sign.
+        if !replay::first_use("handshake", &sign::hex(&digest), ttl) {
             return Ok(refuse("sign already used"));
         }
-        Ok(accept(Some(user), vec![]))
+        Ok(accept(Some(user.into_owned()), vec![]))
     }
 
     fn on_event(conn: ConnInfo, ev: ClientEvent) -> Result<Vec<Action>, String> {

@@ -45,6 +45,7 @@ pub use bindings::relay::plugin::types::{
     LogLine, Membership, Message, Offline, Pair, Reject, Target, Webhook,
 };
 pub use serde_json;
+pub use std::borrow::Cow;
 
 /// A tenant's plugin. Every hook runs under relay's deadline and memory cap.
 ///
@@ -119,11 +120,45 @@ pub mod sign {
     /// `md5` of the concatenation of `parts` as lowercase hex: `md5_hex_of(&[user, ts, key])`
     /// is `md5_hex(format!("{user}{ts}{key}"))` without building the string.
     pub fn md5_hex_of(parts: &[&[u8]]) -> String {
+        hex(&md5_of(parts))
+    }
+
+    /// The `md5` digest of the concatenation of `parts` (compare it with [`verify_hex`]).
+    pub fn md5_of(parts: &[&[u8]]) -> [u8; 16] {
         let mut h = Md5::new();
         for p in parts {
             h.update(p);
         }
-        hex(&h.finalize())
+        h.finalize().into()
+    }
+
+    /// Whether `received` is `expected` written in hex (either case), compared in constant
+    /// time like [`verify`], without building the expected text.
+    pub fn verify_hex(expected: &[u8], received: &str) -> bool {
+        let r = received.as_bytes();
+        if r.len() != expected.len() * 2 {
+            return false;
+        }
+        let mut diff = 0u8;
+        let mut bad = 0u8;
+        for (pair, &want) in r.chunks_exact(2).zip(expected) {
+            let (hi, hi_bad) = nibble(pair[0]);
+            let (lo, lo_bad) = nibble(pair[1]);
+            diff |= ((hi << 4) | lo) ^ want;
+            bad |= hi_bad | lo_bad;
+        }
+        bool::from((diff | bad).ct_eq(&0))
+    }
+
+    /// A hex digit's value, and 1 when it is no hex digit; without branching on it.
+    fn nibble(c: u8) -> (u8, u8) {
+        let digit = c.wrapping_sub(b'0');
+        let lower = (c | 0x20).wrapping_sub(b'a');
+        let is_digit = u8::from(digit < 10);
+        let is_letter = u8::from(lower < 6);
+        let value =
+            (digit & is_digit.wrapping_neg()) | (lower.wrapping_add(10) & is_letter.wrapping_neg());
+        (value & 15, 1 ^ (is_digit | is_letter))
     }
 
     /// Compare a received signature with the expected one without leaking, through
@@ -227,15 +262,19 @@ pub mod replay {
 /// First value of a query parameter in a raw (URL-encoded) query string, decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     let [v] = query_params(query, [name]);
-    v
+    v.map(Cow::into_owned)
 }
 
 /// The first value of each of `names` in a raw (URL-encoded) query string, decoded, in
 /// one pass over the query: `let [user, ts] = query_params(&req.query, ["user", "ts"]);`.
-pub fn query_params<const N: usize>(query: &str, names: [&str; N]) -> [Option<String>; N] {
+/// Values that need no decoding are borrowed from the query (no copy).
+pub fn query_params<'q, const N: usize>(
+    query: &'q str,
+    names: [&str; N],
+) -> [Option<Cow<'q, str>>; N] {
     // Decodes only what it must (the keys that need it and the values returned) and
     // reads the query once: hooks run on every handshake.
-    let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+    let mut found: [Option<Cow<'q, str>>; N] = std::array::from_fn(|_| None);
     let mut missing = N;
     let mut rest = query;
     while !rest.is_empty() && missing > 0 {
@@ -251,9 +290,9 @@ pub fn query_params<const N: usize>(query: &str, names: [&str; N]) -> [Option<St
         for (slot, name) in found.iter_mut().zip(names) {
             if slot.is_none() && key == name.as_bytes() {
                 *slot = Some(if needs_decoding(v.as_bytes()) {
-                    utf8(decode_bytes(v.as_bytes()))
+                    Cow::Owned(utf8(decode_bytes(v.as_bytes())))
                 } else {
-                    v.to_owned()
+                    Cow::Borrowed(v)
                 });
                 missing -= 1;
             }
@@ -533,6 +572,21 @@ mod tests {
         assert!(!sign::verify(&good, std::str::from_utf8(&bad).unwrap()));
         assert_eq!(sign::md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(sign::hex(&[0x00, 0x9f, 0xff]), "009fff");
+        let digest = sign::md5_of(&[b"ann", b"1700000000", b"key"]);
+        assert_eq!(sign::hex(&digest), good);
+        assert!(sign::verify_hex(&digest, &good));
+        assert!(sign::verify_hex(&digest, &good.to_ascii_uppercase()));
+        assert!(!sign::verify_hex(&digest, &good[..31]));
+        for (i, c) in [(0, 'g'), (5, ':'), (31, '@'), (30, '`'), (2, ' ')] {
+            let mut bad = good.clone().into_bytes();
+            bad[i] = c as u8;
+            assert!(
+                !sign::verify_hex(&digest, std::str::from_utf8(&bad).unwrap()),
+                "{c} at {i}"
+            );
+        }
+        let other = sign::md5_hex(b"other");
+        assert!(!sign::verify_hex(&digest, &other));
         // Case folding eight bytes at a time agrees with the byte-wise one, for every byte.
         for b in 0..=255u8 {
             let s = [b; 11];
@@ -540,8 +594,14 @@ mod tests {
             let (s, t) = (String::from_utf8_lossy(&s), String::from_utf8_lossy(&t));
             assert!(sign::verify(&s, &t), "byte {b:#x}");
         }
-        assert!(sign::verify("ABCDEFGHIJKLMNOPQRSTUVWXYZ@[`{", "abcdefghijklmnopqrstuvwxyz@[`{"));
-        assert!(!sign::verify("@[`{@[`{", "`{@[`{@["), "neighbours of A-Z are not letters");
+        assert!(sign::verify(
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ@[`{",
+            "abcdefghijklmnopqrstuvwxyz@[`{"
+        ));
+        assert!(
+            !sign::verify("@[`{@[`{", "`{@[`{@["),
+            "neighbours of A-Z are not letters"
+        );
         assert!(!sign::verify("ÄÖÜÉ", "äöüé"), "only ASCII case is ignored");
         assert!(sign::verify("ÄÖxÜÉ", "ÄÖXÜÉ"));
     }

@@ -19,17 +19,47 @@ fn unpairs(v: Vec<w::PairResult>) -> Vec<(String, String)> {
     v.into_iter().map(|p| (p.name, p.value)).collect()
 }
 
-/// `ip:port` as text, without the formatting machinery for the common IPv4 case (every
-/// hook call carries the peer's address).
-fn addr_text(a: &std::net::SocketAddr) -> String {
-    let std::net::SocketAddr::V4(v4) = a else {
-        return a.to_string();
-    };
-    let mut out = String::with_capacity(21);
-    let num = |n: u32, out: &mut String| {
-        let mut digits = [0u8; 10];
-        let mut i = digits.len();
-        let mut n = n;
+/// `ip:port` as text, without the formatting machinery or an allocation for the common
+/// IPv4 case (every hook call carries the peer's address).
+pub struct AddrText {
+    buf: [u8; 21],
+    len: u8,
+    other: Option<String>,
+}
+
+impl AddrText {
+    fn new(a: &std::net::SocketAddr) -> Self {
+        let std::net::SocketAddr::V4(v4) = a else {
+            return AddrText {
+                buf: [0; 21],
+                len: 0,
+                other: Some(a.to_string()),
+            };
+        };
+        let mut t = AddrText {
+            buf: [0; 21],
+            len: 0,
+            other: None,
+        };
+        for (i, o) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                t.push(b'.');
+            }
+            t.number(o.into());
+        }
+        t.push(b':');
+        t.number(v4.port().into());
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[usize::from(self.len)] = b;
+        self.len += 1;
+    }
+
+    fn number(&mut self, n: u32) {
+        let mut digits = [0u8; 5];
+        let (mut i, mut n) = (digits.len(), n);
         loop {
             i -= 1;
             digits[i] = b'0' + (n % 10) as u8;
@@ -38,17 +68,17 @@ fn addr_text(a: &std::net::SocketAddr) -> String {
                 break;
             }
         }
-        out.extend(digits[i..].iter().map(|&d| d as char));
-    };
-    for (i, o) in v4.ip().octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        num(o.into(), &mut out);
+        digits[i..].iter().for_each(|&d| self.push(d));
     }
-    out.push(':');
-    num(v4.port().into(), &mut out);
-    out
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.other {
+            Some(s) => s,
+            // Only ASCII digits, dots and a colon were written.
+            None => std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default(),
+        }
+    }
 }
 
 fn json_text(v: &Value) -> Option<String> {
@@ -99,7 +129,7 @@ impl HeaderFilter {
 pub struct HandshakeArgs<'r> {
     req: &'r HandshakeRequest,
     headers: Vec<w::PairParam<'r>>,
-    remote: String,
+    remote: AddrText,
     auth: Option<String>,
 }
 
@@ -119,7 +149,7 @@ impl<'r> HandshakeArgs<'r> {
                     })
                 })
                 .collect(),
-            remote: addr_text(&req.remote),
+            remote: AddrText::new(&req.remote),
             auth: req.auth.as_ref().map(Value::to_string),
         }
     }
@@ -132,7 +162,7 @@ impl<'r> HandshakeArgs<'r> {
             path: &r.path,
             query: &r.query,
             headers: &self.headers,
-            remote: &self.remote,
+            remote: self.remote.as_str(),
             tls: r.tls,
             namespace: r.namespace.as_deref(),
             auth: self.auth.as_deref(),
@@ -144,7 +174,7 @@ impl<'r> HandshakeArgs<'r> {
 pub struct ConnArgs<'r> {
     conn: &'r ConnInfo,
     data: Option<String>,
-    remote: String,
+    remote: AddrText,
 }
 
 impl<'r> ConnArgs<'r> {
@@ -153,7 +183,7 @@ impl<'r> ConnArgs<'r> {
         ConnArgs {
             conn,
             data: json_text(&conn.data),
-            remote: addr_text(&conn.remote),
+            remote: AddrText::new(&conn.remote),
         }
     }
 
@@ -164,7 +194,7 @@ impl<'r> ConnArgs<'r> {
             user: self.conn.user.as_deref(),
             data: self.data.as_deref(),
             authenticated: self.conn.authenticated,
-            remote: &self.remote,
+            remote: self.remote.as_str(),
         }
     }
 }
@@ -207,7 +237,7 @@ pub fn disconnect_info(d: &DisconnectInfo) -> w::DisconnectInfo<'_> {
 pub struct IngressArgs<'r> {
     req: &'r IngressRequest,
     headers: Vec<w::PairParam<'r>>,
-    remote: String,
+    remote: AddrText,
 }
 
 impl<'r> IngressArgs<'r> {
@@ -224,7 +254,7 @@ impl<'r> IngressArgs<'r> {
         IngressArgs {
             req,
             headers,
-            remote: addr_text(&req.remote),
+            remote: AddrText::new(&req.remote),
         }
     }
 
@@ -246,7 +276,7 @@ impl<'r> IngressArgs<'r> {
         };
         w::IngressRequest {
             source,
-            remote: &self.remote,
+            remote: self.remote.as_str(),
             body: &self.req.body,
         }
     }
@@ -386,7 +416,7 @@ mod tests {
             "[::1]:443",
         ] {
             let a: std::net::SocketAddr = a.parse().unwrap();
-            assert_eq!(super::addr_text(&a), a.to_string());
+            assert_eq!(super::AddrText::new(&a).as_str(), a.to_string());
         }
     }
 }

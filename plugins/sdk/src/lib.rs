@@ -104,12 +104,12 @@ pub mod sign {
     /// Lowercase hex of `bytes`.
     pub fn hex(bytes: &[u8]) -> String {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(bytes.len() * 2);
+        let mut out = Vec::with_capacity(bytes.len() * 2);
         for &b in bytes {
-            out.push(DIGITS[usize::from(b >> 4)] as char);
-            out.push(DIGITS[usize::from(b & 15)] as char);
+            out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
         }
-        out
+        // Only ASCII hex digits were written.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// `md5(data)` as lowercase hex, the form every seed scheme uses.
@@ -133,33 +133,44 @@ pub mod sign {
     }
 
     /// Whether `received` is `expected` written in hex (either case), compared in constant
-    /// time like [`verify`], without building the expected text.
+    /// time like [`verify`], without building the expected text. (Decoding `received`, the
+    /// client's own text, uses a table: only the comparison with `expected` must not
+    /// depend on its bytes.)
     pub fn verify_hex(expected: &[u8], received: &str) -> bool {
         let r = received.as_bytes();
         if r.len() != expected.len() * 2 {
             return false;
         }
         let mut diff = 0u8;
-        let mut bad = 0u8;
         for (pair, &want) in r.chunks_exact(2).zip(expected) {
-            let (hi, hi_bad) = nibble(pair[0]);
-            let (lo, lo_bad) = nibble(pair[1]);
+            let (hi, lo) = (
+                HEX_VALUE[usize::from(pair[0])],
+                HEX_VALUE[usize::from(pair[1])],
+            );
+            if (hi | lo) & 0xf0 != 0 {
+                return false; // not hex: says nothing about `expected`
+            }
             diff |= ((hi << 4) | lo) ^ want;
-            bad |= hi_bad | lo_bad;
         }
-        bool::from((diff | bad).ct_eq(&0))
+        bool::from(diff.ct_eq(&0))
     }
 
-    /// A hex digit's value, and 1 when it is no hex digit; without branching on it.
-    fn nibble(c: u8) -> (u8, u8) {
-        let digit = c.wrapping_sub(b'0');
-        let lower = (c | 0x20).wrapping_sub(b'a');
-        let is_digit = u8::from(digit < 10);
-        let is_letter = u8::from(lower < 6);
-        let value =
-            (digit & is_digit.wrapping_neg()) | (lower.wrapping_add(10) & is_letter.wrapping_neg());
-        (value & 15, 1 ^ (is_digit | is_letter))
-    }
+    /// Each byte's value as a hex digit, 0xff for non-digits.
+    static HEX_VALUE: [u8; 256] = {
+        let mut t = [0xffu8; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    };
 
     /// Compare a received signature with the expected one without leaking, through
     /// timing, how many leading characters matched. ASCII case is ignored (hex).
@@ -276,20 +287,37 @@ pub fn query_params<'q, const N: usize>(
     // reads the query once: hooks run on every handshake.
     let mut found: [Option<Cow<'q, str>>; N] = std::array::from_fn(|_| None);
     let mut missing = N;
-    let mut rest = query;
-    while !rest.is_empty() && missing > 0 {
-        // Cut at ASCII bytes, so every piece is still a `str` (no UTF-8 check needed).
-        let (pair, tail) = split_at_byte(rest, b'&');
-        rest = tail;
-        if pair.is_empty() {
+    let b = query.as_bytes();
+    let mut i = 0;
+    while i < b.len() && missing > 0 {
+        // One pair, in one pass: where it ends, its `=`, whether key or value is encoded.
+        let start = i;
+        let mut eq = None;
+        let (mut key_encoded, mut value_encoded) = (false, false);
+        while i < b.len() && b[i] != b'&' {
+            match (b[i], eq) {
+                (b'=', None) => eq = Some(i),
+                (b'%' | b'+', None) => key_encoded = true,
+                (b'%' | b'+', Some(_)) => value_encoded = true,
+                _ => {}
+            }
+            i += 1;
+        }
+        let end = i;
+        i += 1;
+        if start == end {
             continue;
         }
-        let (k, v) = split_at_byte(pair, b'=');
-        let decoded_key = needs_decoding(k.as_bytes()).then(|| decode_bytes(k.as_bytes()));
+        // Cut at ASCII bytes, so every piece is still a `str`.
+        let (k, v) = match eq {
+            Some(e) => (&query[start..e], &query[e + 1..end]),
+            None => (&query[start..end], ""),
+        };
+        let decoded_key = key_encoded.then(|| decode_bytes(k.as_bytes()));
         let key = decoded_key.as_deref().unwrap_or(k.as_bytes());
         for (slot, name) in found.iter_mut().zip(names) {
             if slot.is_none() && key == name.as_bytes() {
-                *slot = Some(if needs_decoding(v.as_bytes()) {
+                *slot = Some(if value_encoded {
                     Cow::Owned(utf8(decode_bytes(v.as_bytes())))
                 } else {
                     Cow::Borrowed(v)
@@ -299,18 +327,6 @@ pub fn query_params<'q, const N: usize>(
         }
     }
     found
-}
-
-/// `s` before and after the first `delim` (an ASCII byte), or all of `s` and "".
-fn split_at_byte(s: &str, delim: u8) -> (&str, &str) {
-    match s.bytes().position(|b| b == delim) {
-        Some(i) => (&s[..i], &s[i + 1..]),
-        None => (s, ""),
-    }
-}
-
-fn needs_decoding(b: &[u8]) -> bool {
-    b.iter().any(|&c| c == b'%' || c == b'+')
 }
 
 /// Text from decoded bytes (invalid UTF-8 becomes U+FFFD).

@@ -52,6 +52,14 @@ tenant = "{tenant}"
     )
 }
 
+/// Two tenants behind one ws listener; `listener` gives its routes (and other keys).
+async fn two_tenants(first: String, second: String, listener: &str) -> Result<TestRelay> {
+    TestRelay::start(&format!(
+        "{first}{second}\n[[listener]]\nname = \"ws\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n{listener}\n"
+    ))
+    .await
+}
+
 /// A testkit tenant whose data (store, compiled cache) lives in `dir`, for restart tests.
 async fn testkit_in(dir: &std::path::Path) -> Result<Running> {
     let text = format!(
@@ -368,19 +376,11 @@ async fn md5_sign_plugin_verifies_window_and_replay() -> Result<()> {
 #[tokio::test]
 async fn hooks_a_plugin_leaves_out_are_not_called() -> Result<()> {
     // md5-sign defines on_handshake and on_event only; testkit adds on_ingress.
-    let relay = TestRelay::start(&format!(
-        "{}{}{}",
+    let relay = two_tenants(
         plugin_tenant("m", "bundled:md5-sign", "settings = { key = \"k\" }"),
         plugin_tenant("t", "bundled:testkit", ""),
-        r#"
-[[listener]]
-name = "ws"
-kind = "ws"
-bind = "127.0.0.1:0"
-http_ingress = true
-routes = [{ path = "/m", tenant = "m" }, { path = "/t", tenant = "t" }]
-"#
-    ))
+        "http_ingress = true\nroutes = [{ path = \"/m\", tenant = \"m\" }, { path = \"/t\", tenant = \"t\" }]",
+    )
     .await?;
     let path = signed("ann", "k", unix_now()).replacen("/?", "/m?", 1);
     let mut c = ws(relay.addr("ws"), &path).await?;
@@ -560,18 +560,11 @@ async fn hot_reload_swaps_plugins_without_dropping_connections() -> Result<()> {
 
 #[tokio::test]
 async fn tenants_have_their_own_store_and_keep_serving_while_another_misbehaves() -> Result<()> {
-    let relay = TestRelay::start(&format!(
-        "{}{}{}",
+    let relay = two_tenants(
         plugin_tenant("t1", "bundled:testkit", "plugin_deadline_ms = 2000"),
         plugin_tenant("t2", "bundled:testkit", ""),
-        r#"
-[[listener]]
-name = "ws"
-kind = "ws"
-bind = "127.0.0.1:0"
-routes = [{ path = "/a", tenant = "t1" }, { path = "/b", tenant = "t2" }]
-"#
-    ))
+        "routes = [{ path = \"/a\", tenant = \"t1\" }, { path = \"/b\", tenant = \"t2\" }]",
+    )
     .await?;
     let mut a = ws(relay.addr("ws"), "/a?user=x").await?;
     let mut b = ws(relay.addr("ws"), "/b?user=x").await?;

@@ -526,7 +526,7 @@ pub fn respond(status: u16, body: &serde_json::Value, actions: Vec<Action>) -> I
 }
 
 // Run on the host: `cargo test -p relay-plugin-sdk --target <host triple>` in `plugins/`
-// (relay's `tests/tests/sdk.rs` does, as part of the workspace's tests).
+// (relay's `tests/tests/e2e/sdk.rs` does, as part of the workspace's tests).
 #[cfg(test)]
 mod tests {
     use super::*;

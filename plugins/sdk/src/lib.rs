@@ -26,6 +26,8 @@
 //! `target/wasm32-wasip2/release/` is the component relay loads. The
 //! contract itself, documented item by item, is `wit/plugin.wit`.
 
+pub mod pool;
+
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {

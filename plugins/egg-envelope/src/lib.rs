@@ -86,7 +86,7 @@ fn addressable(target: &str, user: &str) -> bool {
         && host::user_connections(user).iter().any(|c| c == target)
 }
 
-#[relay_plugin_sdk::plugin]
+#[relay_plugin_sdk::plugin(headers = [])]
 impl Plugin for EggEnvelope {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;

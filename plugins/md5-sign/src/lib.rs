@@ -25,7 +25,7 @@ fn refuse(why: &str) -> HandshakeDecision {
     reject(401, why)
 }
 
-#[relay_plugin_sdk::plugin]
+#[relay_plugin_sdk::plugin(headers = [])]
 impl Plugin for Md5Sign {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;

@@ -216,7 +216,7 @@ fn live(controller: &str, method: &str, session: &Value, data: &Value) -> Option
     })
 }
 
-#[relay_plugin_sdk::plugin]
+#[relay_plugin_sdk::plugin(headers = [])]
 impl Plugin for Mswoole {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;

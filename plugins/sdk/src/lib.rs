@@ -44,7 +44,7 @@ pub use bindings::relay::plugin::host::Level;
 pub use bindings::relay::plugin::types::{
     Accept, Action, ClientEvent, Close, ConnInfo, DisconnectInfo, Emit, HandshakeDecision,
     HandshakeRequest, Hooks, HttpRequest, Identity, IngressOutcome, IngressRequest, IngressSource,
-    LogLine, Membership, Message, Offline, Pair, Reject, Target, Webhook,
+    LogLine, Membership, Message, Offline, Pair, PluginInfo, Reject, Target, Webhook,
 };
 pub use serde_json;
 pub use std::borrow::Cow;

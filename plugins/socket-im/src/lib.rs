@@ -103,7 +103,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-#[relay_plugin_sdk::plugin]
+#[relay_plugin_sdk::plugin(headers = ["content-type"])]
 impl Plugin for SocketIm {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;

@@ -182,7 +182,7 @@ fn out(status: u16, body: &Value, actions: Vec<Action>) -> IngressOutcome {
     respond(status, body, actions)
 }
 
-#[relay_plugin_sdk::plugin]
+#[relay_plugin_sdk::plugin(headers = [])]
 impl Plugin for SwoolePush {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;

@@ -170,7 +170,7 @@ fn validate(kind: &str, o: &Map<String, Value>) -> Result<&'static Client, Strin
     Ok(client)
 }
 
-#[relay_plugin_sdk::plugin]
+#[relay_plugin_sdk::plugin(headers = [])]
 impl Plugin for Xiaoniu {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;

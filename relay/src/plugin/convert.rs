@@ -117,6 +117,23 @@ impl HeaderFilter {
         }
     }
 
+    /// This filter narrowed to the headers a plugin says it reads (`None`: all).
+    pub fn narrowed(&self, plugin: Option<&[String]>) -> Self {
+        let only = match (&self.only, plugin) {
+            (None, None) => None,
+            (Some(tenant), None) => Some(tenant.clone()),
+            (None, Some(wanted)) => Some(wanted.iter().map(|n| n.to_ascii_lowercase()).collect()),
+            (Some(tenant), Some(wanted)) => Some(
+                tenant
+                    .iter()
+                    .filter(|t| wanted.iter().any(|w| w.eq_ignore_ascii_case(t)))
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        HeaderFilter { only }
+    }
+
     fn passes(&self, name: &str, handshake: bool) -> bool {
         match &self.only {
             Some(names) => names.iter().any(|n| n == name),
@@ -406,6 +423,36 @@ pub fn outcome(o: w::IngressOutcome) -> Result<IngressOutcome, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::HeaderFilter;
+
+    #[test]
+    fn a_plugin_narrows_the_headers_to_those_it_reads() {
+        let names = |f: &HeaderFilter, handshake: bool| -> Vec<&str> {
+            ["host", "x-token", "cookie", "upgrade"]
+                .into_iter()
+                .filter(|n| f.passes(n, handshake))
+                .collect()
+        };
+        let s = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let all = HeaderFilter::default();
+        // The plugin names none: all (but the upgrade's own on a handshake).
+        assert_eq!(
+            names(&all.narrowed(None), true),
+            ["host", "x-token", "cookie"]
+        );
+        assert_eq!(names(&all.narrowed(None), false).len(), 4);
+        // It names some: those only, on handshakes and pushes alike.
+        let token = all.narrowed(Some(&s(&["X-Token"])));
+        assert_eq!(names(&token, true), ["x-token"]);
+        assert_eq!(names(&token, false), ["x-token"]);
+        assert!(names(&all.narrowed(Some(&[])), true).is_empty());
+        // The tenant's plugin_headers and the plugin's list: what both allow.
+        let tenant = HeaderFilter::new(Some(&s(&["host", "x-token"])));
+        assert_eq!(names(&tenant.narrowed(None), true), ["host", "x-token"]);
+        let both = tenant.narrowed(Some(&s(&["x-token", "cookie"])));
+        assert_eq!(names(&both, true), ["x-token"]);
+    }
+
     #[test]
     fn addresses_read_as_their_display() {
         for a in [

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
-use super::bindings::relay::plugin::types::Hooks;
+use super::bindings::relay::plugin::types::{Hooks, PluginInfo};
 use super::bindings::{Plugin, PluginPre};
 use super::convert;
 use super::host::HostState;
@@ -65,6 +65,8 @@ struct Loaded {
     hash: String,
     /// The optional hooks it implements (from its first `init`): relay calls no others.
     hooks: Hooks,
+    /// The tenant's header filter narrowed to the headers it says it reads.
+    headers: convert::HeaderFilter,
     idle: Mutex<Vec<Instance>>,
     modified: Option<FileStamp>,
 }
@@ -208,9 +210,9 @@ impl WasmPolicy {
         req: &HandshakeRequest,
     ) -> Result<HandshakeDecision, PolicyError> {
         run_now(async {
-            let args = convert::HandshakeArgs::new(req, &self.inner.headers);
             let mut lease = self.inner.lease("on-handshake", None).await?;
-            let (p, s) = lease.parts();
+            let (p, s, loaded) = lease.parts();
+            let args = convert::HandshakeArgs::new(req, &loaded.headers);
             let raw = p.call_on_handshake(s, args.wit()).await;
             self.inner
                 .finish("on-handshake", lease, checked(raw, convert::decision))
@@ -252,8 +254,8 @@ struct Lease<'p> {
 }
 
 impl Lease<'_> {
-    fn parts(&mut self) -> (&Plugin, &mut Store<HostState>) {
-        (&self.inst.plugin, &mut self.inst.store)
+    fn parts(&mut self) -> (&Plugin, &mut Store<HostState>, &Loaded) {
+        (&self.inst.plugin, &mut self.inst.store, &self.loaded)
     }
 }
 
@@ -303,26 +305,27 @@ impl Spec {
                     path.display()
                 ),
             })?;
-        let (first, hooks) =
+        let (first, info) =
             run_now(self.instantiate(rt, &pre)).map_err(|e| format!("{}: {e}", path.display()))?;
         let loaded = Loaded {
             pre,
             hash: compiled.hash,
-            hooks,
+            hooks: info.hooks,
+            headers: self.headers.narrowed(info.headers.as_deref()),
             idle: Mutex::new(vec![first]),
             modified,
         };
-        tracing::info!(tenant = %self.tenant, plugin = %path.display(), hash = %&loaded.hash[..12], cached = compiled.cached, hooks = ?loaded.hooks, "plugin loaded");
+        tracing::info!(tenant = %self.tenant, plugin = %path.display(), hash = %&loaded.hash[..12], cached = compiled.cached, hooks = ?loaded.hooks, headers = ?info.headers, "plugin loaded");
         Ok(loaded)
     }
 
-    /// A new instance with its own store, limits and `init` already run, and the optional
-    /// hooks its `init` says it implements.
+    /// A new instance with its own store, limits and `init` already run, and what its
+    /// `init` says of the plugin (optional hooks, headers read).
     async fn instantiate(
         &self,
         rt: &Runtime,
         pre: &PluginPre<HostState>,
-    ) -> Result<(Instance, Hooks), String> {
+    ) -> Result<(Instance, PluginInfo), String> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)
@@ -360,14 +363,14 @@ impl Spec {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| format!("instantiation failed: {}", describe(&e)))?;
-        let hooks = match plugin.call_init(&mut store, &self.settings).await {
-            Ok(Ok(hooks)) => hooks,
+        let info = match plugin.call_init(&mut store, &self.settings).await {
+            Ok(Ok(info)) => info,
             Ok(Err(msg)) => return Err(format!("init refused the settings: {msg}")),
             Err(e) => return Err(format!("init failed: {}", describe(&e))),
         };
         store.data_mut().drain_stdio();
         Metrics::inc(&self.metrics.plugin_instances);
-        Ok((Instance { store, plugin }, hooks))
+        Ok((Instance { store, plugin }, info))
     }
 }
 
@@ -534,9 +537,9 @@ impl Policy for WasmPolicy {
     ) -> BoxFuture<'a, Result<HandshakeDecision, PolicyError>> {
         const HOOK: &str = "on-handshake";
         Box::pin(async move {
-            let args = convert::HandshakeArgs::new(req, &self.inner.headers);
             let mut lease = self.lease(HOOK).await?;
-            let (p, s) = lease.parts();
+            let (p, s, loaded) = lease.parts();
+            let args = convert::HandshakeArgs::new(req, &loaded.headers);
             // Boxed apart: together the call's state (~0.8 KB) and ours make one allocation
             // past the size glibc serves from its per-thread cache (1 KiB), which costs
             // more than two that fit.
@@ -559,7 +562,7 @@ impl Policy for WasmPolicy {
         Box::pin(async move {
             let (c, e) = (convert::ConnArgs::new(conn), convert::EventArgs::new(event));
             let mut lease = self.lease(HOOK).await?;
-            let (p, s) = lease.parts();
+            let (p, s, _) = lease.parts();
             let raw = Box::pin(p.call_on_event(s, c.wit(), e.wit())).await;
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::actions))
@@ -578,9 +581,9 @@ impl Policy for WasmPolicy {
             return Box::pin(std::future::ready(Ok(not_found)));
         }
         Box::pin(async move {
-            let args = convert::IngressArgs::new(req, &self.inner.headers);
             let mut lease = self.lease(HOOK).await?;
-            let (p, s) = lease.parts();
+            let (p, s, loaded) = lease.parts();
+            let args = convert::IngressArgs::new(req, &loaded.headers);
             let raw = Box::pin(p.call_on_ingress(s, args.wit())).await;
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::outcome))
@@ -600,7 +603,7 @@ impl Policy for WasmPolicy {
         Box::pin(async move {
             let c = convert::ConnArgs::new(conn);
             let mut lease = self.lease(HOOK).await?;
-            let (p, s) = lease.parts();
+            let (p, s, _) = lease.parts();
             let raw =
                 Box::pin(p.call_on_disconnect(s, c.wit(), convert::disconnect_info(info))).await;
             self.inner

@@ -21,7 +21,7 @@ fn version() -> String {
     VERSION.get().cloned().unwrap_or_default()
 }
 
-#[relay_plugin_sdk::plugin]
+#[relay_plugin_sdk::plugin(headers = ["host", "origin", "x-token"])]
 impl Plugin for Testkit {
     fn init(settings: &str) -> Result<(), String> {
         let v: Value = serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))?;

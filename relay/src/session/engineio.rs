@@ -963,7 +963,7 @@ impl Driver {
             namespace: Some(nsp.to_owned()),
             auth,
         };
-        let recover = super::presented_offset(&hreq);
+        let recover = super::presented_offset(&tenant, &hreq);
         let decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
             Ok(d) => d,
             Err(e) => {

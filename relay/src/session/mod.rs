@@ -60,7 +60,7 @@ pub async fn handshake(
         namespace: None,
         auth: None,
     };
-    let recover = presented_offset(&hreq);
+    let recover = presented_offset(&tenant, &hreq);
     let mut decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
         Ok(d) => d,
         Err(e) => {
@@ -229,8 +229,12 @@ fn cfg_ms(ms: u64) -> Option<Duration> {
 
 /// The room-history offset a client presents: the Socket.IO auth payload's `offset`
 /// (the field socket.io-client's connection-state recovery uses) or the `offset` query
-/// parameter.
-pub(crate) fn presented_offset(req: &HandshakeRequest) -> Option<String> {
+/// parameter. None when the tenant keeps no room history (nothing to recover, and the
+/// query is not searched on every handshake).
+pub(crate) fn presented_offset(tenant: &Tenant, req: &HandshakeRequest) -> Option<String> {
+    if tenant.config.history_max == 0 {
+        return None;
+    }
     req.auth
         .as_ref()
         .and_then(|a| a.get("offset"))

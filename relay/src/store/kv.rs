@@ -71,6 +71,8 @@ fn live(expires_ms: u64, now: u64) -> bool {
 }
 
 struct Entry {
+    /// The key's hash, kept so that growing the table does not hash every key again.
+    hash: u64,
     key: Box<str>,
     value: Box<[u8]>,
     expires_ms: u64,
@@ -103,9 +105,8 @@ impl Shard {
         Some(found.remove().0)
     }
 
-    fn add(&mut self, hash: u64, entry: Entry, hasher: &RandomState) {
-        self.map
-            .insert_unique(hash, entry, |e| hasher.hash_one(&*e.key));
+    fn add(&mut self, entry: Entry) {
+        self.map.insert_unique(entry.hash, entry, |e| e.hash);
     }
 }
 
@@ -301,15 +302,12 @@ impl TenantKv {
                 e.value = value;
                 e.expires_ms = expires_ms;
             }
-            None => s.add(
+            None => s.add(Entry {
                 hash,
-                Entry {
-                    key: key.into(),
-                    value,
-                    expires_ms,
-                },
-                &self.hasher,
-            ),
+                key: key.into(),
+                value,
+                expires_ms,
+            }),
         }
         Ok(())
     }
@@ -331,12 +329,12 @@ impl TenantKv {
                 if live(exp, now) {
                     self.used
                         .fetch_add(cost(key, value.len()), Ordering::Relaxed);
-                    let entry = Entry {
+                    s.add(Entry {
+                        hash,
                         key: key.into(),
                         value: value.into(),
                         expires_ms: exp,
-                    };
-                    s.add(hash, entry, &self.hasher);
+                    });
                 }
             }
             Op::Delete(key) => {

@@ -193,7 +193,7 @@ HS_POLICIES = [
 def scenario_handshakes(q):
     # Many short rounds, alternating the policies: the machine's noise changes over
     # seconds, so each round's ratio to the open round just before it is what counts.
-    n, rounds = (1000, 3) if q else (3000, 20)
+    n, rounds = (1000, 3) if q else (3000, 40)
     with Server("relay") as s:
         for label, path, extra in HS_POLICIES:
             tool(["handshakes", "--addr", "127.0.0.1:19083", "--count", 300, "--path", path, *extra],

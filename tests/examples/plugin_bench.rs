@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!(e))?;
 
     // 1. hook call: WASM vs native, same requests (fresh signs each, so the replay set grows alike).
-    let reqs: Vec<HandshakeRequest> = (0..calls).map(request).collect();
+    let reqs: Vec<Arc<HandshakeRequest>> = (0..calls).map(|i| Arc::new(request(i))).collect();
     let mut wasm = Vec::with_capacity(calls);
     for r in &reqs {
         let t = Instant::now();

@@ -104,9 +104,9 @@ impl Plugin for EggEnvelope {
         Ok(())
     }
 
-    fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
+    fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
         let user = uuid();
-        let save = response("saveId", json!({"socketId": req.conn, "userId": user}));
+        let save = response("saveId", json!({"socketId": req.conn(), "userId": user}));
         let mut d = accept(Some(user), Vec::new());
         if let HandshakeDecision::Accept(a) = &mut d {
             a.actions.push(Action::Reply(save));

@@ -7,7 +7,7 @@ struct Intruder;
 
 #[relay_plugin_sdk::plugin]
 impl Plugin for Intruder {
-    fn on_handshake(_req: HandshakeRequest) -> Result<HandshakeDecision, String> {
+    fn on_handshake(_req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
         let secret = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         Ok(accept(Some(secret.len().to_string()), vec![]))
     }

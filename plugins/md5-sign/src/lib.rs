@@ -41,9 +41,10 @@ impl Plugin for Md5Sign {
         Ok(())
     }
 
-    fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
+    fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
         let cfg = SETTINGS.get().ok_or("not initialised")?;
-        let [Some(user), Some(ts), Some(sign)] = query_params(&req.query, ["user", "ts", "sign"])
+        let query = req.query();
+        let [Some(user), Some(ts), Some(sign)] = query_params(&query, ["user", "ts", "sign"])
         else {
             return Ok(refuse("user, ts and sign are required"));
         };

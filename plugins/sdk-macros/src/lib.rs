@@ -79,7 +79,7 @@ pub fn plugin(attr: TokenStream, item: TokenStream) -> TokenStream {
                 })
             }
             fn on_handshake(
-                req: ::relay_plugin_sdk::HandshakeRequest,
+                req: &::relay_plugin_sdk::HandshakeRequest,
             ) -> Result<::relay_plugin_sdk::HandshakeDecision, String> {
                 <#ty as ::relay_plugin_sdk::Plugin>::on_handshake(req)
             }

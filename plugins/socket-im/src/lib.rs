@@ -118,9 +118,10 @@ impl Plugin for SocketIm {
         Ok(())
     }
 
-    fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
+    fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
         let cfg = cfg()?;
-        let q = |k: &str| query_param(&req.query, k).unwrap_or_default();
+        let query = req.query();
+        let q = |k: &str| query_param(&query, k).unwrap_or_default();
         let (source, room_ids, sign) = (q("source"), q("room_ids"), q("sign"));
         let refuse = |msg: &str| {
             Ok(HandshakeDecision::Reject(Reject {

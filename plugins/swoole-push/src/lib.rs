@@ -211,8 +211,9 @@ impl Plugin for SwoolePush {
         Ok(())
     }
 
-    fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
-        if req.query.is_empty() {
+    fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
+        let query = req.query();
+        if query.is_empty() {
             return Ok(reject(400, "")); // no query: closed without a word
         }
         let refused = || {
@@ -222,7 +223,7 @@ impl Plugin for SwoolePush {
             ])
         };
         let Some((uid, token, _source)) =
-            query_param(&req.query, "access_token").and_then(|t| decode_access_token(&t))
+            query_param(&query, "access_token").and_then(|t| decode_access_token(&t))
         else {
             return Ok(refused());
         };
@@ -233,7 +234,7 @@ impl Plugin for SwoolePush {
         else {
             return Ok(refused());
         };
-        let device = query_param(&req.query, "token")
+        let device = query_param(&query, "token")
             .filter(|t| t.chars().count() >= 10)
             .unwrap_or_else(|| sign::md5_hex(&host::random_bytes(16)));
         // One connection per uid + source: a different device kicks the one before.
@@ -256,7 +257,7 @@ impl Plugin for SwoolePush {
                 }
             }
         }
-        host::kv_set(&slot, format!("{}|{device}", req.conn).as_bytes(), None);
+        host::kv_set(&slot, format!("{}|{device}", req.conn()).as_bytes(), None);
         actions.push(reply(&frame(message, 200, json!({"token": device}))));
         Ok(HandshakeDecision::Accept(Accept {
             user: Some(uid.clone()),

@@ -2,7 +2,9 @@
 //! chat policy and misbehaves on request, so the sandbox can be proven:
 //!
 //! - handshake: `?user=u` accepts as `u` (joining `?rooms=a,b`); `?reject=1`
-//!   rejects with 403; `?defer=1` defers to a `login` event; `?trap=1` panics.
+//!   rejects with 403; `?defer=1` defers to a `login` event; `?trap=1` panics;
+//!   `?headers=1`, `?header=NAME` and `?whoami=1` answer what the plugin sees of the
+//!   request in `x-seen-headers`, `x-seen-header` and `x-seen-request` response headers.
 //! - events (`{"event": ...}`): `echo`, `whoami`, `login`, `emit` (to `room`),
 //!   `kv-set`/`kv-get`/`kv-once`, `now`, `random`, `version`, and the misbehaviours
 //!   `trap`, `loop`, `alloc` (`mb` megabytes), `bad-json`, `print`.
@@ -32,11 +34,12 @@ impl Plugin for Testkit {
         Ok(())
     }
 
-    fn on_handshake(req: HandshakeRequest) -> Result<HandshakeDecision, String> {
-        if query_param(&req.query, "trap").is_some() {
+    fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
+        let query = req.query();
+        if query_param(&query, "trap").is_some() {
             panic!("trap in handshake, as asked");
         }
-        if query_param(&req.query, "reject").is_some() {
+        if query_param(&query, "reject").is_some() {
             return Ok(HandshakeDecision::Reject(Reject {
                 status: 403,
                 headers: vec![Pair {
@@ -47,12 +50,12 @@ impl Plugin for Testkit {
                 actions: Vec::new(),
             }));
         }
-        if query_param(&req.query, "defer").is_some() {
+        if query_param(&query, "defer").is_some() {
             return Ok(HandshakeDecision::Defer(vec![reply(
                 &json!({"event": "hello", "login": "required"}),
             )]));
         }
-        let rooms = query_param(&req.query, "rooms")
+        let rooms = query_param(&query, "rooms")
             .map(|r| {
                 r.split(',')
                     .filter(|s| !s.is_empty())
@@ -61,23 +64,41 @@ impl Plugin for Testkit {
             })
             .unwrap_or_default();
         // Socket.IO clients may name their user in the CONNECT packet's auth payload.
-        let auth: Value = parse_json(req.auth.as_deref());
-        let user =
-            query_param(&req.query, "user").or_else(|| auth["user"].as_str().map(str::to_owned));
+        let auth: Value = parse_json(req.auth().as_deref());
+        let user = query_param(&query, "user").or_else(|| auth["user"].as_str().map(str::to_owned));
         let mut decision = accept(user, rooms);
         if let HandshakeDecision::Accept(a) = &mut decision {
             a.headers.push(Pair {
                 name: "x-plugin-version".into(),
                 value: version(),
             });
-            if query_param(&req.query, "headers").is_some() {
-                let names: Vec<&str> = req.headers.iter().map(|h| h.name.as_str()).collect();
+            if query_param(&query, "headers").is_some() {
+                let names: Vec<String> = req.headers().into_iter().map(|h| h.name).collect();
                 a.headers.push(Pair {
                     name: "x-seen-headers".into(),
                     value: names.join(","),
                 });
             }
-            if let Some(nsp) = &req.namespace {
+            // `?header=NAME`: that one header's value as the plugin sees it, or `-`.
+            if let Some(name) = query_param(&query, "header") {
+                a.headers.push(Pair {
+                    name: "x-seen-header".into(),
+                    value: req.header(&name).unwrap_or_else(|| "-".into()),
+                });
+            }
+            if query_param(&query, "whoami").is_some() {
+                a.headers.push(Pair {
+                    name: "x-seen-request".into(),
+                    value: format!(
+                        "conn={} path={} remote={} tls={}",
+                        req.conn(),
+                        req.path(),
+                        req.remote(),
+                        req.tls()
+                    ),
+                });
+            }
+            if let Some(nsp) = &req.namespace() {
                 a.actions.push(reply(
                     &json!({"event": "welcome", "namespace": nsp, "auth": auth}),
                 ));

@@ -207,7 +207,7 @@ impl Plugin for Xiaoniu {
         Ok(())
     }
 
-    fn on_handshake(_req: HandshakeRequest) -> Result<HandshakeDecision, String> {
+    fn on_handshake(_req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
         // Anyone may connect; `login` must follow within the tenant's auth_timeout_ms.
         Ok(HandshakeDecision::Defer(Vec::new()))
     }

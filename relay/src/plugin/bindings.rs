@@ -13,5 +13,20 @@ wasmtime::component::bindgen!({
     imports: {
         "relay:plugin/host.kv-set": trappable,
         "relay:plugin/host.kv-set-if-absent": trappable,
+        // A handle used outside its call traps (it cannot be: borrows end with the call).
+        "relay:plugin/types.[method]handshake-request.conn": trappable,
+        "relay:plugin/types.[method]handshake-request.path": trappable,
+        "relay:plugin/types.[method]handshake-request.query": trappable,
+        "relay:plugin/types.[method]handshake-request.headers": trappable,
+        "relay:plugin/types.[method]handshake-request.header": trappable,
+        "relay:plugin/types.[method]handshake-request.remote": trappable,
+        "relay:plugin/types.[method]handshake-request.tls": trappable,
+        "relay:plugin/types.[method]handshake-request.namespace": trappable,
+        "relay:plugin/types.[method]handshake-request.auth": trappable,
+    },
+    // The handshake a hook is called with lives in the store's state for the call; its
+    // handle only names it.
+    with: {
+        "relay:plugin/types.handshake-request": super::host::HandshakeHandle,
     },
 });

@@ -7,8 +7,8 @@ use serde_json::Value;
 use super::bindings::relay::plugin::types as w;
 use crate::hub::Target;
 use crate::policy::{
-    Action, ClientEvent, ConnInfo, DisconnectInfo, HandshakeDecision, HandshakeRequest,
-    IngressOutcome, IngressRequest, IngressSource,
+    Action, ClientEvent, ConnInfo, DisconnectInfo, HandshakeDecision, IngressOutcome,
+    IngressRequest, IngressSource,
 };
 use crate::protocol::Message;
 
@@ -28,7 +28,8 @@ pub struct AddrText {
 }
 
 impl AddrText {
-    fn new(a: &std::net::SocketAddr) -> Self {
+    /// `a` as text.
+    pub fn new(a: &std::net::SocketAddr) -> Self {
         let std::net::SocketAddr::V4(v4) = a else {
             return AddrText {
                 buf: [0; 21],
@@ -104,16 +105,17 @@ const UPGRADE_HEADERS: [&str; 5] = [
 
 /// Which request headers hooks see: the tenant's `plugin_headers`, or all (but, for
 /// handshakes, the upgrade's own).
+/// Cheap to clone (each handshake call hands its filter to the store).
 #[derive(Debug, Clone, Default)]
 pub struct HeaderFilter {
-    only: Option<Vec<String>>,
+    only: Option<std::sync::Arc<[String]>>,
 }
 
 impl HeaderFilter {
     /// Only `names` (lowercase), or every header when `None`.
     pub fn new(names: Option<&[String]>) -> Self {
         HeaderFilter {
-            only: names.map(<[String]>::to_vec),
+            only: names.map(Into::into),
         }
     }
 
@@ -140,50 +142,16 @@ impl HeaderFilter {
             None => !(handshake && UPGRADE_HEADERS.contains(&name)),
         }
     }
-}
 
-/// A handshake for the plugin.
-pub struct HandshakeArgs<'r> {
-    req: &'r HandshakeRequest,
-    headers: Vec<w::PairParam<'r>>,
-    remote: AddrText,
-    auth: Option<String>,
-}
-
-impl<'r> HandshakeArgs<'r> {
-    /// Prepare `req` with the headers `filter` lets through (and are UTF-8 text).
-    pub fn new(req: &'r HandshakeRequest, filter: &HeaderFilter) -> Self {
-        HandshakeArgs {
-            req,
-            headers: req
-                .headers
-                .iter()
-                .filter(|(name, _)| filter.passes(name.as_str(), true))
-                .filter_map(|(name, value)| {
-                    Some(w::PairParam {
-                        name: name.as_str(),
-                        value: value.to_str().ok()?,
-                    })
-                })
-                .collect(),
-            remote: AddrText::new(&req.remote),
-            auth: req.auth.as_ref().map(Value::to_string),
-        }
-    }
-
-    /// The WIT value.
-    pub fn wit(&self) -> w::HandshakeRequest<'_> {
-        let r = self.req;
-        w::HandshakeRequest {
-            conn: &r.conn,
-            path: &r.path,
-            query: &r.query,
-            headers: &self.headers,
-            remote: self.remote.as_str(),
-            tls: r.tls,
-            namespace: r.namespace.as_deref(),
-            auth: self.auth.as_deref(),
-        }
+    /// The headers of a handshake that pass (and are UTF-8 text), as (name, value).
+    pub fn handshake_headers<'h>(
+        &'h self,
+        headers: &'h http::HeaderMap,
+    ) -> impl Iterator<Item = (&'h str, &'h str)> {
+        headers
+            .iter()
+            .filter(|(name, _)| self.passes(name.as_str(), true))
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
     }
 }
 

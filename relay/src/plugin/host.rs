@@ -3,14 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::relay::plugin::host::{self, Level};
+use super::bindings::relay::plugin::types;
+use super::convert::{AddrText, HeaderFilter};
 use crate::hub::{Hub, Presence};
 use crate::metrics::Metrics;
+use crate::policy::HandshakeRequest;
 use crate::store::{KvError, KvStore};
 
 /// Largest `random-bytes` request.
@@ -36,6 +39,19 @@ pub struct HostState {
     pub(crate) log_lines: u32,
     /// The current call's budget.
     pub(crate) call_clock: CallClock,
+    /// The handshake of the `on-handshake` call in progress, which the plugin reads
+    /// through its `handshake-request` handle.
+    pub(crate) handshake: Option<CurrentHandshake>,
+}
+
+/// What a `handshake-request` handle names: the store's [`HostState::handshake`]. The
+/// handle itself carries nothing (a borrow, it cannot outlive the call).
+pub struct HandshakeHandle;
+
+/// A handshake being decided, and the headers its plugin may see.
+pub(crate) struct CurrentHandshake {
+    pub(crate) req: Arc<HandshakeRequest>,
+    pub(crate) headers: HeaderFilter,
 }
 
 /// How much of its budget a hook call has used: CPU time of the calling thread (the call
@@ -181,7 +197,14 @@ impl HostState {
             logged: (0, 0),
             log_lines: 0,
             call_clock: CallClock::new(),
+            handshake: None,
         }
+    }
+
+    fn current_handshake(&self) -> wasmtime::Result<&CurrentHandshake> {
+        self.handshake
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("handshake-request used outside on-handshake"))
     }
 
     /// Send new stdout/stderr output to the log (at most 1 KiB per stream per call).
@@ -201,6 +224,78 @@ impl HostState {
         }
         self.log_lines = 0;
         self.logged.0 < STDIO_CAPACITY * 3 / 4 && self.logged.1 < STDIO_CAPACITY * 3 / 4
+    }
+}
+
+impl types::Host for HostState {}
+
+/// `handshake-request`: each method copies out only what it is asked for.
+impl types::HostHandshakeRequest for HostState {
+    fn conn(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<String> {
+        Ok(self.current_handshake()?.req.conn.clone())
+    }
+
+    fn path(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<String> {
+        Ok(self.current_handshake()?.req.path.clone())
+    }
+
+    fn query(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<String> {
+        Ok(self.current_handshake()?.req.query.clone())
+    }
+
+    fn headers(
+        &mut self,
+        _: Resource<HandshakeHandle>,
+    ) -> wasmtime::Result<Vec<types::PairResult>> {
+        let h = self.current_handshake()?;
+        Ok(h.headers
+            .handshake_headers(&h.req.headers)
+            .map(|(name, value)| types::PairResult {
+                name: name.to_owned(),
+                value: value.to_owned(),
+            })
+            .collect())
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<HandshakeHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        let h = self.current_handshake()?;
+        let name = name.to_ascii_lowercase();
+        Ok(h.headers
+            .handshake_headers(&h.req.headers)
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_owned()))
+    }
+
+    fn remote(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<String> {
+        Ok(AddrText::new(&self.current_handshake()?.req.remote)
+            .as_str()
+            .to_owned())
+    }
+
+    fn tls(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<bool> {
+        Ok(self.current_handshake()?.req.tls)
+    }
+
+    fn namespace(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<Option<String>> {
+        Ok(self.current_handshake()?.req.namespace.clone())
+    }
+
+    fn auth(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .current_handshake()?
+            .req
+            .auth
+            .as_ref()
+            .map(|v| v.to_string()))
+    }
+
+    fn drop(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<()> {
+        // Only borrows are ever handed out: there is nothing of the plugin's to drop.
+        Ok(())
     }
 }
 

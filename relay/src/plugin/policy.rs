@@ -13,12 +13,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use wasmtime::component::Resource;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 use super::bindings::relay::plugin::types::{Hooks, PluginInfo};
 use super::bindings::{Plugin, PluginPre};
 use super::convert;
-use super::host::HostState;
+use super::host::{CurrentHandshake, HostState};
 use super::runtime::{self, Runtime};
 use crate::error::PolicyError;
 use crate::hub::{Hub, Presence};
@@ -207,13 +208,11 @@ impl WasmPolicy {
     /// runtime (no instance permit is taken). For benchmarks.
     pub fn handshake_blocking(
         &self,
-        req: &HandshakeRequest,
+        req: &Arc<HandshakeRequest>,
     ) -> Result<HandshakeDecision, PolicyError> {
         run_now(async {
             let mut lease = self.inner.lease("on-handshake", None).await?;
-            let (p, s, loaded) = lease.parts();
-            let args = convert::HandshakeArgs::new(req, &loaded.headers);
-            let raw = p.call_on_handshake(s, args.wit()).await;
+            let raw = lease.call_on_handshake(req).await;
             self.inner
                 .finish("on-handshake", lease, checked(raw, convert::decision))
         })
@@ -256,6 +255,26 @@ struct Lease<'p> {
 impl Lease<'_> {
     fn parts(&mut self) -> (&Plugin, &mut Store<HostState>, &Loaded) {
         (&self.inst.plugin, &mut self.inst.store, &self.loaded)
+    }
+
+    /// Call `on-handshake` with `req`, which the plugin reads through its handle while
+    /// the call runs (the store holds it for exactly that long).
+    async fn call_on_handshake(
+        &mut self,
+        req: &Arc<HandshakeRequest>,
+    ) -> wasmtime::Result<Result<super::bindings::relay::plugin::types::HandshakeDecision, String>>
+    {
+        let (p, s, loaded) = self.parts();
+        s.data_mut().handshake = Some(CurrentHandshake {
+            req: req.clone(),
+            headers: loaded.headers.clone(),
+        });
+        // Boxed apart: together the call's state (~0.8 KB) and the caller's make one
+        // allocation past the size glibc serves from its per-thread cache (1 KiB), which
+        // costs more than two that fit.
+        let raw = Box::pin(p.call_on_handshake(&mut *s, Resource::new_borrow(0))).await;
+        s.data_mut().handshake = None;
+        raw
     }
 }
 
@@ -532,18 +551,13 @@ fn checked<W, R>(
 impl Policy for WasmPolicy {
     fn on_handshake<'a>(
         &'a self,
-        req: &'a HandshakeRequest,
+        req: &'a Arc<HandshakeRequest>,
         _presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<HandshakeDecision, PolicyError>> {
         const HOOK: &str = "on-handshake";
         Box::pin(async move {
             let mut lease = self.lease(HOOK).await?;
-            let (p, s, loaded) = lease.parts();
-            let args = convert::HandshakeArgs::new(req, &loaded.headers);
-            // Boxed apart: together the call's state (~0.8 KB) and ours make one allocation
-            // past the size glibc serves from its per-thread cache (1 KiB), which costs
-            // more than two that fit.
-            let raw = Box::pin(p.call_on_handshake(s, args.wit())).await;
+            let raw = lease.call_on_handshake(req).await;
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::decision))
         })

@@ -78,6 +78,10 @@ fn build() -> Result<Runtime, String> {
         HostState,
         HasHost,
     >(&mut linker, |s| s))?;
+    link(bindings::relay::plugin::types::add_to_linker::<
+        HostState,
+        HasHost,
+    >(&mut linker, |s| s))?;
     {
         use wasmtime_wasi::cli::{WasiCli, WasiCliView};
         use wasmtime_wasi::p2::bindings::{cli, io};
@@ -157,7 +161,7 @@ fn build() -> Result<Runtime, String> {
 }
 
 /// The `relay:plugin` contract version this relay implements (`wit/plugin.wit`).
-pub const CONTRACT_VERSION: &str = "0.4.0";
+pub const CONTRACT_VERSION: &str = "0.5.0";
 
 /// The `relay:plugin` version a component was built against, if its imports name one
 /// other than [`CONTRACT_VERSION`] (so a load failure can say "rebuild it").
@@ -178,11 +182,15 @@ fn other_contract_in<'a>(imports: impl Iterator<Item = &'a str>) -> Option<Strin
         .map(str::to_owned)
 }
 
-/// Every import of `component` that relay does not provide, by name.
+/// Every import of `component` that relay does not provide, by name. Types a world
+/// `use`s (such as the `handshake-request` resource) are imports too, but name no
+/// capability: what can be done with them comes through an interface.
 pub fn forbidden_imports(engine: &Engine, component: &Component) -> Vec<String> {
+    use wasmtime::component::types::ComponentItem;
     component
         .component_type()
         .imports(engine)
+        .filter(|(_, item)| !matches!(item.ty, ComponentItem::Type(_) | ComponentItem::Resource(_)))
         .map(|(name, _)| name.to_owned())
         .filter(|name| {
             let base = name.split('@').next().unwrap_or(name);

@@ -281,10 +281,11 @@ pub enum Action {
 
 /// A tenant's decisions. Hooks other than the handshake default to doing nothing.
 pub trait Policy: Send + Sync + 'static {
-    /// A WebSocket handshake arrived.
+    /// A WebSocket handshake arrived. (Shared: a WASM plugin reads it through a handle
+    /// during the call.)
     fn on_handshake<'a>(
         &'a self,
-        req: &'a HandshakeRequest,
+        req: &'a std::sync::Arc<HandshakeRequest>,
         presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<HandshakeDecision, PolicyError>>;
 

@@ -318,7 +318,7 @@ fn bad_request(msg: String) -> IngressOutcome {
 impl Policy for OpenPolicy {
     fn on_handshake<'a>(
         &'a self,
-        req: &'a HandshakeRequest,
+        req: &'a std::sync::Arc<HandshakeRequest>,
         _presence: &'a dyn Presence,
     ) -> BoxFuture<'a, Result<HandshakeDecision, PolicyError>> {
         Box::pin(async move {

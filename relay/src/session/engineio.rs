@@ -953,7 +953,7 @@ impl Driver {
         } else {
             ConnId::random()
         };
-        let hreq = HandshakeRequest {
+        let hreq = Arc::new(HandshakeRequest {
             conn: id.to_string(),
             path: s.path.clone(),
             query: query.unwrap_or_else(|| s.query.clone()),
@@ -962,7 +962,7 @@ impl Driver {
             tls: s.tls,
             namespace: Some(nsp.to_owned()),
             auth,
-        };
+        });
         let recover = super::presented_offset(&tenant, &hreq);
         let decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
             Ok(d) => d,

@@ -49,7 +49,7 @@ pub async fn handshake(
         Err(e) => return text_response(400, &format!("bad websocket handshake: {e}\n")),
     };
     let id = ConnId::random();
-    let hreq = HandshakeRequest {
+    let hreq = Arc::new(HandshakeRequest {
         conn: id.to_string(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().unwrap_or("").to_owned(),
@@ -59,7 +59,7 @@ pub async fn handshake(
         tls,
         namespace: None,
         auth: None,
-    };
+    });
     let recover = presented_offset(&tenant, &hreq);
     let mut decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
         Ok(d) => d,

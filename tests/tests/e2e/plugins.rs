@@ -456,6 +456,44 @@ async fn hooks_see_only_the_headers_the_plugin_names_and_the_tenant_allows() -> 
     )
     .await?;
     assert_eq!(seen(&resp).as_deref(), Some("x-token"), "{resp}");
+    // One header through `header(name)`: any case; none for one the plugin may not see.
+    let one = |resp: &str| {
+        resp.lines()
+            .find_map(|l| l.strip_prefix("x-seen-header: "))
+            .map(|v| v.trim().to_owned())
+    };
+    for (asked, want) in [("X-Token", "t1"), ("origin", "-"), ("x-other", "-")] {
+        let resp = raw_upgrade(
+            relay.addr("ws"),
+            &format!("/?header={asked}"),
+            "X-Token: t1\r\nOrigin: http://a\r\nX-Other: o\r\n",
+        )
+        .await?;
+        assert_eq!(one(&resp).as_deref(), Some(want), "{asked}: {resp}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_handshake_hook_reads_the_request_through_its_handle() -> Result<()> {
+    let relay = testkit("").await?;
+    let resp = raw_upgrade(relay.addr("ws"), "/?whoami=1", "").await?;
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    let seen = resp
+        .lines()
+        .find_map(|l| l.strip_prefix("x-seen-request: "))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    // conn=<20-character id> path=/ remote=127.0.0.1:<port> tls=false
+    let fields: Vec<(&str, &str)> = seen.split(' ').filter_map(|f| f.split_once('=')).collect();
+    let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+    assert_eq!(get("conn").map(str::len), Some(20), "{seen}");
+    assert_eq!(get("path"), Some("/"), "{seen}");
+    assert!(
+        get("remote").is_some_and(|r| r.starts_with("127.0.0.1:")),
+        "{seen}"
+    );
+    assert_eq!(get("tls"), Some("false"), "{seen}");
     Ok(())
 }
 

@@ -44,8 +44,7 @@ impl Plugin for Md5Sign {
     fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
         let cfg = SETTINGS.get().ok_or("not initialised")?;
         let query = req.query();
-        let [Some(user), Some(ts), Some(sign)] = query_params(&query, ["user", "ts", "sign"])
-        else {
+        let [Some(user), Some(ts), Some(sign)] = query_params(query, ["user", "ts", "sign"]) else {
             return Ok(refuse("user, ts and sign are required"));
         };
         let Ok(t) = ts.parse::<u64>() else {

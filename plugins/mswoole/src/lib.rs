@@ -241,7 +241,7 @@ impl Plugin for Mswoole {
                 actions: Vec::new(),
             })
         };
-        let Some(auth) = query_param(&req.query(), "auth").filter(|a| !a.is_empty()) else {
+        let Some(auth) = query_param(req.query(), "auth").filter(|a| !a.is_empty()) else {
             return Ok(forbidden());
         };
         let Ok(mut session) = decode_auth(&auth, key) else {

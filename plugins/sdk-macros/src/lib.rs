@@ -79,9 +79,12 @@ pub fn plugin(attr: TokenStream, item: TokenStream) -> TokenStream {
                 })
             }
             fn on_handshake(
-                req: &::relay_plugin_sdk::HandshakeRequest,
+                query: String,
+                req: &::relay_plugin_sdk::bindings::relay::plugin::types::HandshakeRequest,
             ) -> Result<::relay_plugin_sdk::HandshakeDecision, String> {
-                <#ty as ::relay_plugin_sdk::Plugin>::on_handshake(req)
+                <#ty as ::relay_plugin_sdk::Plugin>::on_handshake(
+                    &::relay_plugin_sdk::HandshakeRequest::new(query, req),
+                )
             }
             fn on_event(
                 conn: ::relay_plugin_sdk::ConnInfo,

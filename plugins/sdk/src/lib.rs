@@ -11,7 +11,7 @@
 //! #[plugin]
 //! impl Plugin for Hello {
 //!     fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
-//!         match query_param(&req.query(), "user") {
+//!         match query_param(req.query(), "user") {
 //!             Some(user) => Ok(accept(Some(user), vec![])),
 //!             None => Ok(reject(401, "user required")),
 //!         }
@@ -42,10 +42,71 @@ pub mod bindings {
 
 pub use bindings::relay::plugin::host::Level;
 pub use bindings::relay::plugin::types::{
-    Accept, Action, ClientEvent, Close, ConnInfo, DisconnectInfo, Emit, HandshakeDecision,
-    HandshakeRequest, Hooks, HttpRequest, Identity, IngressOutcome, IngressRequest, IngressSource,
-    LogLine, Membership, Message, Offline, Pair, PluginInfo, Reject, Target, Webhook,
+    Accept, Action, ClientEvent, Close, ConnInfo, DisconnectInfo, Emit, HandshakeDecision, Hooks,
+    HttpRequest, Identity, IngressOutcome, IngressRequest, IngressSource, LogLine, Membership,
+    Message, Offline, Pair, PluginInfo, Reject, Target, Webhook,
 };
+
+/// A WebSocket handshake being decided. The query string comes with the call; the rest
+/// is read from relay when asked for, each method copying into the plugin only what it
+/// returns (call one once and keep the result if you need it twice).
+pub struct HandshakeRequest<'a> {
+    query: String,
+    req: &'a bindings::relay::plugin::types::HandshakeRequest,
+}
+
+impl<'a> HandshakeRequest<'a> {
+    #[doc(hidden)]
+    pub fn new(query: String, req: &'a bindings::relay::plugin::types::HandshakeRequest) -> Self {
+        HandshakeRequest { query, req }
+    }
+
+    /// Raw query string without `?` (URL-encoded): read it with [`query_params`].
+    pub fn query(&self) -> &str {
+        &self.query
+    }
+
+    /// The id the connection will have.
+    pub fn conn(&self) -> String {
+        self.req.conn()
+    }
+
+    /// Request path, e.g. `/live`.
+    pub fn path(&self) -> String {
+        self.req.path()
+    }
+
+    /// The request headers the plugin may see (names lowercase): those it names in
+    /// `#[plugin(headers = [...])]` and the tenant's `plugin_headers` allows.
+    pub fn headers(&self) -> Vec<Pair> {
+        self.req.headers()
+    }
+
+    /// One of those headers (`name` in any case); none if absent or not visible.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.req.header(name)
+    }
+
+    /// Peer address, `ip:port`.
+    pub fn remote(&self) -> String {
+        self.req.remote()
+    }
+
+    /// Whether the connection is TLS.
+    pub fn tls(&self) -> bool {
+        self.req.tls()
+    }
+
+    /// Socket.IO: the namespace the client connects to; none for ws-json.
+    pub fn namespace(&self) -> Option<String> {
+        self.req.namespace()
+    }
+
+    /// Socket.IO v3/v4: the CONNECT packet's `auth` payload as JSON text.
+    pub fn auth(&self) -> Option<String> {
+        self.req.auth()
+    }
+}
 pub use serde_json;
 pub use std::borrow::Cow;
 
@@ -58,10 +119,10 @@ pub trait Plugin {
     fn init(_settings: &str) -> Result<(), String> {
         Ok(())
     }
-    /// A WebSocket handshake: accept, defer authentication, or reject. Read what you need
-    /// of it through its methods (`req.query()`, `req.header("x-token")`, ...): each
-    /// copies only what it returns.
-    fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String>;
+    /// A WebSocket handshake: accept, defer authentication, or reject. `req.query()` comes
+    /// with the call; its other methods (`req.header("x-token")`, `req.remote()`, ...) ask
+    /// relay for just what they return.
+    fn on_handshake(req: &HandshakeRequest<'_>) -> Result<HandshakeDecision, String>;
     /// A client message.
     fn on_event(_conn: ConnInfo, _event: ClientEvent) -> Result<Vec<Action>, String> {
         Ok(Vec::new())
@@ -282,7 +343,7 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 /// The first value of each of `names` in a raw (URL-encoded) query string, decoded, in
-/// one pass over the query: `let [user, ts] = query_params(&query, ["user", "ts"]);`.
+/// one pass over the query: `let [user, ts] = query_params(query, ["user", "ts"]);`.
 /// Values that need no decoding are borrowed from the query (no copy).
 pub fn query_params<'q, const N: usize>(
     query: &'q str,

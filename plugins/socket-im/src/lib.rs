@@ -121,7 +121,7 @@ impl Plugin for SocketIm {
     fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
         let cfg = cfg()?;
         let query = req.query();
-        let q = |k: &str| query_param(&query, k).unwrap_or_default();
+        let q = |k: &str| query_param(query, k).unwrap_or_default();
         let (source, room_ids, sign) = (q("source"), q("room_ids"), q("sign"));
         let refuse = |msg: &str| {
             Ok(HandshakeDecision::Reject(Reject {

@@ -223,7 +223,7 @@ impl Plugin for SwoolePush {
             ])
         };
         let Some((uid, token, _source)) =
-            query_param(&query, "access_token").and_then(|t| decode_access_token(&t))
+            query_param(query, "access_token").and_then(|t| decode_access_token(&t))
         else {
             return Ok(refused());
         };
@@ -234,7 +234,7 @@ impl Plugin for SwoolePush {
         else {
             return Ok(refused());
         };
-        let device = query_param(&query, "token")
+        let device = query_param(query, "token")
             .filter(|t| t.chars().count() >= 10)
             .unwrap_or_else(|| sign::md5_hex(&host::random_bytes(16)));
         // One connection per uid + source: a different device kicks the one before.

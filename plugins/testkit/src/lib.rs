@@ -36,10 +36,10 @@ impl Plugin for Testkit {
 
     fn on_handshake(req: &HandshakeRequest) -> Result<HandshakeDecision, String> {
         let query = req.query();
-        if query_param(&query, "trap").is_some() {
+        if query_param(query, "trap").is_some() {
             panic!("trap in handshake, as asked");
         }
-        if query_param(&query, "reject").is_some() {
+        if query_param(query, "reject").is_some() {
             return Ok(HandshakeDecision::Reject(Reject {
                 status: 403,
                 headers: vec![Pair {
@@ -50,12 +50,12 @@ impl Plugin for Testkit {
                 actions: Vec::new(),
             }));
         }
-        if query_param(&query, "defer").is_some() {
+        if query_param(query, "defer").is_some() {
             return Ok(HandshakeDecision::Defer(vec![reply(
                 &json!({"event": "hello", "login": "required"}),
             )]));
         }
-        let rooms = query_param(&query, "rooms")
+        let rooms = query_param(query, "rooms")
             .map(|r| {
                 r.split(',')
                     .filter(|s| !s.is_empty())
@@ -65,14 +65,14 @@ impl Plugin for Testkit {
             .unwrap_or_default();
         // Socket.IO clients may name their user in the CONNECT packet's auth payload.
         let auth: Value = parse_json(req.auth().as_deref());
-        let user = query_param(&query, "user").or_else(|| auth["user"].as_str().map(str::to_owned));
+        let user = query_param(query, "user").or_else(|| auth["user"].as_str().map(str::to_owned));
         let mut decision = accept(user, rooms);
         if let HandshakeDecision::Accept(a) = &mut decision {
             a.headers.push(Pair {
                 name: "x-plugin-version".into(),
                 value: version(),
             });
-            if query_param(&query, "headers").is_some() {
+            if query_param(query, "headers").is_some() {
                 let names: Vec<String> = req.headers().into_iter().map(|h| h.name).collect();
                 a.headers.push(Pair {
                     name: "x-seen-headers".into(),
@@ -80,13 +80,13 @@ impl Plugin for Testkit {
                 });
             }
             // `?header=NAME`: that one header's value as the plugin sees it, or `-`.
-            if let Some(name) = query_param(&query, "header") {
+            if let Some(name) = query_param(query, "header") {
                 a.headers.push(Pair {
                     name: "x-seen-header".into(),
                     value: req.header(&name).unwrap_or_else(|| "-".into()),
                 });
             }
-            if query_param(&query, "whoami").is_some() {
+            if query_param(query, "whoami").is_some() {
                 a.headers.push(Pair {
                     name: "x-seen-request".into(),
                     value: format!(

@@ -16,7 +16,6 @@ wasmtime::component::bindgen!({
         // A handle used outside its call traps (it cannot be: borrows end with the call).
         "relay:plugin/types.[method]handshake-request.conn": trappable,
         "relay:plugin/types.[method]handshake-request.path": trappable,
-        "relay:plugin/types.[method]handshake-request.query": trappable,
         "relay:plugin/types.[method]handshake-request.headers": trappable,
         "relay:plugin/types.[method]handshake-request.header": trappable,
         "relay:plugin/types.[method]handshake-request.remote": trappable,

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::relay::plugin::host::{self, Level};
 use super::bindings::relay::plugin::types;
 use super::convert::{AddrText, HeaderFilter};
+use super::stdio::LogPipe;
 use crate::hub::{Hub, Presence};
 use crate::metrics::Metrics;
 use crate::policy::HandshakeRequest;
@@ -31,8 +31,8 @@ pub struct HostState {
     pub(crate) kv: Arc<dyn KvStore>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) stdout: MemoryOutputPipe,
-    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) stdout: LogPipe,
+    pub(crate) stderr: LogPipe,
     /// How much of stdout/stderr has already gone to the log.
     pub(crate) logged: (usize, usize),
     /// Log lines written by this call (rate limit).
@@ -178,8 +178,8 @@ impl HostState {
         metrics: Arc<Metrics>,
         limits: StoreLimits,
     ) -> Self {
-        let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
-        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let stdout = LogPipe::new(STDIO_CAPACITY);
+        let stderr = LogPipe::new(STDIO_CAPACITY);
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -214,12 +214,11 @@ impl HostState {
             (&self.stdout, &mut self.logged.0, "stdout"),
             (&self.stderr, &mut self.logged.1, "stderr"),
         ] {
-            let all = pipe.contents();
-            if all.len() > *seen {
-                let new = &all[*seen..];
-                let shown = &new[..new.len().min(1024)];
-                tracing::info!(tenant = %self.tenant, stream = name, truncated = new.len() > shown.len(), "plugin: {}", String::from_utf8_lossy(shown).trim_end());
-                *seen = all.len();
+            let len = pipe.len();
+            if len > *seen {
+                let shown = pipe.read_from(*seen, 1024);
+                tracing::info!(tenant = %self.tenant, stream = name, truncated = len - *seen > shown.len(), "plugin: {}", String::from_utf8_lossy(&shown).trim_end());
+                *seen = len;
             }
         }
         self.log_lines = 0;
@@ -237,10 +236,6 @@ impl types::HostHandshakeRequest for HostState {
 
     fn path(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<String> {
         Ok(self.current_handshake()?.req.path.clone())
-    }
-
-    fn query(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<String> {
-        Ok(self.current_handshake()?.req.query.clone())
     }
 
     fn headers(

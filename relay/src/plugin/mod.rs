@@ -4,6 +4,7 @@
 //! - [`runtime`]: one engine, the linker, the compiled-component cache, the import allow-list.
 //! - [`host`]: the `relay:plugin/host` imports and each store's state.
 //! - [`convert`]: WIT values ↔ relay's policy types, validating what plugins return.
+//! - [`stdio`]: plugins' stdout/stderr, kept for the log.
 //! - [`policy`]: [`WasmPolicy`]: per-tenant instance pool, limits, deadlines, hot reload.
 
 pub mod bindings;
@@ -11,6 +12,7 @@ pub mod convert;
 pub mod host;
 pub mod policy;
 pub mod runtime;
+pub mod stdio;
 
 pub use convert::HeaderFilter;
 pub use policy::{PluginLimits, WasmPolicy};

@@ -257,8 +257,8 @@ impl Lease<'_> {
         (&self.inst.plugin, &mut self.inst.store, &self.loaded)
     }
 
-    /// Call `on-handshake` with `req`, which the plugin reads through its handle while
-    /// the call runs (the store holds it for exactly that long).
+    /// Call `on-handshake` with `req`'s query; the plugin reads the rest through its
+    /// handle while the call runs (the store holds `req` for exactly that long).
     async fn call_on_handshake(
         &mut self,
         req: &Arc<HandshakeRequest>,
@@ -272,7 +272,7 @@ impl Lease<'_> {
         // Boxed apart: together the call's state (~0.8 KB) and the caller's make one
         // allocation past the size glibc serves from its per-thread cache (1 KiB), which
         // costs more than two that fit.
-        let raw = Box::pin(p.call_on_handshake(&mut *s, Resource::new_borrow(0))).await;
+        let raw = Box::pin(p.call_on_handshake(&mut *s, &req.query, Resource::new_borrow(0))).await;
         s.data_mut().handshake = None;
         raw
     }

@@ -143,6 +143,18 @@ impl HeaderFilter {
         }
     }
 
+    /// The value of a handshake's header `name` (lowercase), if it passes and is text.
+    pub fn handshake_header<'h>(
+        &self,
+        headers: &'h http::HeaderMap,
+        name: &str,
+    ) -> Option<&'h str> {
+        if !self.passes(name, true) {
+            return None;
+        }
+        headers.get(name)?.to_str().ok()
+    }
+
     /// The headers of a handshake that pass (and are UTF-8 text), as (name, value).
     pub fn handshake_headers<'h>(
         &'h self,

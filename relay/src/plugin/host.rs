@@ -260,9 +260,8 @@ impl types::HostHandshakeRequest for HostState {
         let h = self.current_handshake()?;
         let name = name.to_ascii_lowercase();
         Ok(h.headers
-            .handshake_headers(&h.req.headers)
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.to_owned()))
+            .handshake_header(&h.req.headers, &name)
+            .map(str::to_owned))
     }
 
     fn remote(&mut self, _: Resource<HandshakeHandle>) -> wasmtime::Result<String> {

@@ -270,7 +270,7 @@ impl Lease<'_> {
             headers: loaded.headers.clone(),
         });
         // Boxed apart: together the call's state (~0.8 KB) and the caller's make one
-        // allocation past the size glibc serves from its per-thread cache (1 KiB), which
+        // allocation past the size the allocator serves from its per-thread cache, which
         // costs more than two that fit.
         let raw = Box::pin(p.call_on_handshake(&mut *s, &req.query, Resource::new_borrow(0))).await;
         s.data_mut().handshake = None;

@@ -3,9 +3,8 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
-    // Hooks run on a fiber (the engine has async support) so that a call can run inline
-    // on a tokio worker; the host imports answer at once and stay synchronous.
-    exports: { default: async },
+    // Hooks are synchronous calls, inline on the calling (tokio worker) thread: nothing
+    // a plugin can import waits, and a call's deadline bounds how long it holds the thread.
     // Hook arguments borrow relay's own strings and headers instead of copying them
     // (types used both ways, such as `pair`, get a `...Param` and a `...Result` form).
     ownership: Borrowing { duplicate_if_necessary: true },

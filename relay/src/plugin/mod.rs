@@ -5,6 +5,7 @@
 //! - [`host`]: the `relay:plugin/host` imports and each store's state.
 //! - [`convert`]: WIT values ↔ relay's policy types, validating what plugins return.
 //! - [`stdio`]: plugins' stdout/stderr, kept for the log.
+//! - [`syncio`]: `wasi:io` streams and poll for synchronous calls.
 //! - [`policy`]: [`WasmPolicy`]: per-tenant instance pool, limits, deadlines, hot reload.
 
 pub mod bindings;
@@ -13,6 +14,7 @@ pub mod host;
 pub mod policy;
 pub mod runtime;
 pub mod stdio;
+pub mod syncio;
 
 pub use convert::HeaderFilter;
 pub use policy::{PluginLimits, WasmPolicy};

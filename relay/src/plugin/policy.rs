@@ -2,13 +2,11 @@
 //!
 //! Each call takes an idle instance from the tenant's pool (or instantiates
 //! one from the pre-linked component and runs `init`), sets its deadline, and
-//! runs inline in the calling task, on the instance's fiber (the engine has async
-//! support): no thread hop. A call holds its worker thread for at most its deadline,
-//! then traps. A call that traps, times out, exceeds memory or returns malformed
+//! calls the hook synchronously, inline in the calling task: no thread hop, no fiber.
+//! A call holds its worker thread for at most its deadline, then traps. A call that traps, times out, exceeds memory or returns malformed
 //! data fails alone; its instance is dropped. Reload swaps the whole loaded
 //! plugin (component, pool) atomically; calls in flight finish on the old one.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -70,19 +68,6 @@ struct Loaded {
     headers: convert::HeaderFilter,
     idle: Mutex<Vec<Instance>>,
     modified: Option<FileStamp>,
-}
-
-/// Run a future that never waits on anything outside itself (a plugin call or
-/// instantiation: every host import answers at once) to completion on this thread.
-fn run_now<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::yield_now();
-    }
 }
 
 /// What identifies one version of the plugin file: its modification time and length
@@ -210,12 +195,10 @@ impl WasmPolicy {
         &self,
         req: &Arc<HandshakeRequest>,
     ) -> Result<HandshakeDecision, PolicyError> {
-        run_now(async {
-            let mut lease = self.inner.lease("on-handshake", None).await?;
-            let raw = lease.call_on_handshake(req).await;
-            self.inner
-                .finish("on-handshake", lease, checked(raw, convert::decision))
-        })
+        let mut lease = self.inner.lease("on-handshake", None)?;
+        let raw = lease.call_on_handshake(req);
+        self.inner
+            .finish("on-handshake", lease, checked(raw, convert::decision))
     }
 
     /// Create (and `init`) `n` fresh instances and drop them; returns how long that took.
@@ -225,7 +208,7 @@ impl WasmPolicy {
         let loaded = self.inner.current();
         let start = std::time::Instant::now();
         for _ in 0..n {
-            drop(run_now(self.inner.instantiate(rt, &loaded.pre))?);
+            drop(self.inner.instantiate(rt, &loaded.pre)?);
         }
         Ok(start.elapsed())
     }
@@ -240,7 +223,7 @@ impl WasmPolicy {
         let Ok(permit) = self.inner.permits.acquire().await else {
             return Err(self.inner.err(format!("{hook}: plugin pool closed")));
         };
-        self.inner.lease(hook, Some(permit)).await
+        self.inner.lease(hook, Some(permit))
     }
 }
 
@@ -259,7 +242,7 @@ impl Lease<'_> {
 
     /// Call `on-handshake` with `req`'s query; the plugin reads the rest through its
     /// handle while the call runs (the store holds `req` for exactly that long).
-    async fn call_on_handshake(
+    fn call_on_handshake(
         &mut self,
         req: &Arc<HandshakeRequest>,
     ) -> wasmtime::Result<Result<super::bindings::relay::plugin::types::HandshakeDecision, String>>
@@ -269,10 +252,7 @@ impl Lease<'_> {
             req: req.clone(),
             headers: loaded.headers.clone(),
         });
-        // Boxed apart: together the call's state (~0.8 KB) and the caller's make one
-        // allocation past the size the allocator serves from its per-thread cache, which
-        // costs more than two that fit.
-        let raw = Box::pin(p.call_on_handshake(&mut *s, &req.query, Resource::new_borrow(0))).await;
+        let raw = p.call_on_handshake(&mut *s, &req.query, Resource::new_borrow(0));
         s.data_mut().handshake = None;
         raw
     }
@@ -324,8 +304,9 @@ impl Spec {
                     path.display()
                 ),
             })?;
-        let (first, info) =
-            run_now(self.instantiate(rt, &pre)).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (first, info) = self
+            .instantiate(rt, &pre)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let loaded = Loaded {
             pre,
             hash: compiled.hash,
@@ -340,7 +321,7 @@ impl Spec {
 
     /// A new instance with its own store, limits and `init` already run, and what its
     /// `init` says of the plugin (optional hooks, headers read).
-    async fn instantiate(
+    fn instantiate(
         &self,
         rt: &Runtime,
         pre: &PluginPre<HostState>,
@@ -379,10 +360,9 @@ impl Spec {
         store.data_mut().call_clock.start(INIT_DEADLINE);
         store.set_epoch_deadline(1);
         let plugin = pre
-            .instantiate_async(&mut store)
-            .await
+            .instantiate(&mut store)
             .map_err(|e| format!("instantiation failed: {}", describe(&e)))?;
-        let info = match plugin.call_init(&mut store, &self.settings).await {
+        let info = match plugin.call_init(&mut store, &self.settings) {
             Ok(Ok(info)) => info,
             Ok(Err(msg)) => return Err(format!("init refused the settings: {msg}")),
             Err(e) => return Err(format!("init failed: {}", describe(&e))),
@@ -415,7 +395,7 @@ impl Inner {
     }
 
     /// Take an idle instance (or make one) and start its call's deadline.
-    async fn lease<'p>(
+    fn lease<'p>(
         &self,
         hook: &'static str,
         permit: Option<tokio::sync::SemaphorePermit<'p>>,
@@ -425,11 +405,8 @@ impl Inner {
         let taken = loaded.idle.lock().ok().and_then(|mut v| v.pop());
         let mut inst = match taken {
             Some(i) => i,
-            // Boxed: rare (the pool was empty), and its state would otherwise make every
-            // call's future ~1.4 KB bigger.
             None => {
-                Box::pin(self.instantiate(rt, &loaded.pre))
-                    .await
+                self.instantiate(rt, &loaded.pre)
                     .map_err(|e| {
                         Metrics::inc(&self.metrics.plugin_traps);
                         self.err(format!("{hook}: {e}"))
@@ -557,7 +534,7 @@ impl Policy for WasmPolicy {
         const HOOK: &str = "on-handshake";
         Box::pin(async move {
             let mut lease = self.lease(HOOK).await?;
-            let raw = lease.call_on_handshake(req).await;
+            let raw = lease.call_on_handshake(req);
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::decision))
         })
@@ -577,7 +554,7 @@ impl Policy for WasmPolicy {
             let (c, e) = (convert::ConnArgs::new(conn), convert::EventArgs::new(event));
             let mut lease = self.lease(HOOK).await?;
             let (p, s, _) = lease.parts();
-            let raw = Box::pin(p.call_on_event(s, c.wit(), e.wit())).await;
+            let raw = p.call_on_event(s, c.wit(), e.wit());
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::actions))
         })
@@ -598,7 +575,7 @@ impl Policy for WasmPolicy {
             let mut lease = self.lease(HOOK).await?;
             let (p, s, loaded) = lease.parts();
             let args = convert::IngressArgs::new(req, &loaded.headers);
-            let raw = Box::pin(p.call_on_ingress(s, args.wit())).await;
+            let raw = p.call_on_ingress(s, args.wit());
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::outcome))
         })
@@ -618,8 +595,7 @@ impl Policy for WasmPolicy {
             let c = convert::ConnArgs::new(conn);
             let mut lease = self.lease(HOOK).await?;
             let (p, s, _) = lease.parts();
-            let raw =
-                Box::pin(p.call_on_disconnect(s, c.wit(), convert::disconnect_info(info))).await;
+            let raw = p.call_on_disconnect(s, c.wit(), convert::disconnect_info(info));
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::actions))
         })

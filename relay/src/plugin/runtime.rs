@@ -12,6 +12,7 @@ use wasmtime::{Config, Engine};
 
 use super::bindings;
 use super::host::HostState;
+use super::syncio::SyncIo;
 
 /// Epoch ticks per second: the granularity of call deadlines.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -49,6 +50,11 @@ pub struct Runtime {
 struct HasIo;
 impl HasData for HasIo {
     type Data<'a> = &'a mut ResourceTable;
+}
+
+struct HasSyncIo;
+impl HasData for HasSyncIo {
+    type Data<'a> = SyncIo<'a>;
 }
 
 struct HasHost;
@@ -127,18 +133,23 @@ fn build() -> Result<Runtime, String> {
             l,
             HostState::cli,
         ))?;
-        // Calls run on a fiber polled by the caller's task, inline on the tokio worker:
-        // so WASI's streams use their async host functions (the synchronous ones enter a
-        // tokio runtime of their own, which a worker thread forbids).
+        // Calls are synchronous; wasmtime-wasi's synchronous streams would enter a tokio
+        // runtime of their own, which a worker thread forbids: see `syncio`.
         link(io::error::add_to_linker::<HostState, HasIo>(l, |s| {
             &mut s.table
         }))?;
-        link(io::poll::add_to_linker::<HostState, HasIo>(l, |s| {
-            &mut s.table
-        }))?;
-        link(io::streams::add_to_linker::<HostState, HasIo>(l, |s| {
-            &mut s.table
-        }))?;
+        link(
+            wasmtime_wasi::p2::bindings::sync::io::poll::add_to_linker::<HostState, HasSyncIo>(
+                l,
+                |s| SyncIo(&mut s.table),
+            ),
+        )?;
+        link(
+            wasmtime_wasi::p2::bindings::sync::io::streams::add_to_linker::<HostState, HasSyncIo>(
+                l,
+                |s| SyncIo(&mut s.table),
+            ),
+        )?;
         link(
             wasmtime_wasi::p2::bindings::random::insecure_seed::add_to_linker::<
                 HostState,

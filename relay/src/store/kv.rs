@@ -96,10 +96,6 @@ impl Shard {
         self.map.find(hash, |e| &*e.key == key)
     }
 
-    fn get_mut(&mut self, hash: u64, key: &str) -> Option<&mut Entry> {
-        self.map.find_mut(hash, |e| &*e.key == key)
-    }
-
     fn take(&mut self, hash: u64, key: &str) -> Option<Entry> {
         let found = self.map.find_entry(hash, |e| &*e.key == key).ok()?;
         Some(found.remove().0)
@@ -282,7 +278,9 @@ impl TenantKv {
         Ok(())
     }
 
-    /// Insert or replace `key` in its locked shard, logging it.
+    /// Insert or replace `key` in its locked shard, logging it (one probe of the table);
+    /// with `unless_live_at: Some(now)`, leave an entry live at `now` alone instead.
+    /// Whether it wrote.
     fn put(
         &self,
         s: &mut Shard,
@@ -290,26 +288,40 @@ impl TenantKv {
         key: &str,
         value: Vec<u8>,
         expires_ms: u64,
-    ) -> Result<(), KvError> {
-        let old = s.get(hash, key).map_or(0, |e| cost(key, e.value.len()));
+        unless_live_at: Option<u64>,
+    ) -> Result<bool, KvError> {
+        let Shard { map, pending } = s;
+        let entry = map.entry(hash, |e| &*e.key == key, |e| e.hash);
+        let old = match &entry {
+            hashbrown::hash_table::Entry::Occupied(e) => {
+                if unless_live_at.is_some_and(|now| live(e.get().expires_ms, now)) {
+                    return Ok(false);
+                }
+                cost(key, e.get().value.len())
+            }
+            hashbrown::hash_table::Entry::Vacant(_) => 0,
+        };
         self.reserve(old, cost(key, value.len()))?;
         if self.wake.is_some() {
-            put_set(&mut s.pending, key, &value, expires_ms);
+            put_set(pending, key, &value, expires_ms);
         }
         let value = value.into_boxed_slice();
-        match s.get_mut(hash, key) {
-            Some(e) => {
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                let e = e.get_mut();
                 e.value = value;
                 e.expires_ms = expires_ms;
             }
-            None => s.add(Entry {
-                hash,
-                key: key.into(),
-                value,
-                expires_ms,
-            }),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Entry {
+                    hash,
+                    key: key.into(),
+                    value,
+                    expires_ms,
+                });
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn remove(&self, s: &mut Shard, hash: u64, key: &str) -> Option<Entry> {
@@ -396,7 +408,7 @@ impl KvStore for TenantKv {
         let exp = expiry(now_ms(), ttl);
         {
             let (hash, mut s) = self.shard(key);
-            self.put(&mut s, hash, key, value, exp)?;
+            self.put(&mut s, hash, key, value, exp, None)?;
         }
         self.logged();
         Ok(())
@@ -412,10 +424,9 @@ impl KvStore for TenantKv {
         let now = now_ms();
         {
             let (hash, mut s) = self.shard(key);
-            if s.get(hash, key).is_some_and(|e| live(e.expires_ms, now)) {
+            if !self.put(&mut s, hash, key, value, expiry(now, ttl), Some(now))? {
                 return Ok(false);
             }
-            self.put(&mut s, hash, key, value, expiry(now, ttl))?;
         }
         self.logged();
         Ok(true)

@@ -2,9 +2,10 @@
 //!
 //! Each call takes an idle instance from the tenant's pool (or instantiates
 //! one from the pre-linked component and runs `init`), sets its deadline, and
-//! calls the hook synchronously, inline in the calling task: no thread hop, no fiber.
-//! A call holds its worker thread for at most its deadline, then traps. A call that traps, times out, exceeds memory or returns malformed
-//! data fails alone; its instance is dropped. Reload swaps the whole loaded
+//! calls the hook synchronously, inline in the calling task: no thread hop, no
+//! fiber. A call holds its worker thread for at most its deadline, then traps. A
+//! call that traps, times out, exceeds memory or returns malformed data fails
+//! alone; its instance is dropped. Reload swaps the whole loaded
 //! plugin (component, pool) atomically; calls in flight finish on the old one.
 
 use std::path::PathBuf;

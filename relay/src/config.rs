@@ -67,6 +67,20 @@ pub struct ConfigSource {
     pub text: String,
 }
 
+/// When a write that must be durable (an acknowledged offline message) is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// One flush per request, one after the other.
+    Always,
+    /// Requests arriving within the window share one flush (group commit).
+    #[default]
+    Batch,
+    /// No flush: acknowledged at once; the store flushes in the background (a crash may
+    /// lose the last few hundred milliseconds).
+    None,
+}
+
 /// `[server]`: process-wide settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,7 +93,7 @@ pub struct ServerConfig {
     /// When kept (offline) messages are flushed to disk before they are acknowledged:
     /// `always` (a flush each), `batch` (requests within `sync_window_ms` share one),
     /// `none` (acknowledged at once, flushed in the background). Default `batch`.
-    pub sync: crate::store::commit::SyncMode,
+    pub sync: SyncMode,
     /// `batch`: how long a flush waits for more requests to join it (0–5). With 0 a flush
     /// starts at once and requests arriving meanwhile share the next one. Default 0.
     pub sync_window_ms: u64,

@@ -34,7 +34,7 @@ pub enum Error {
     Tls(String),
     /// The embedded store could not be opened.
     #[error(transparent)]
-    Store(#[from] crate::store::sled::StoreError),
+    Store(#[from] crate::store::StoreError),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -19,12 +19,14 @@
 //! - [`plugin`]: the WASM plugin host (wasmtime components), the production policy.
 //! - [`store`]: storage seams (the tenant key-value store plugins use).
 //! - [`ingress`]: HTTP push and UDP datagrams.
-//! - [`cluster`]: the broker seam and its in-memory loop-back.
+//! - [`broker`]: the broker seam (publications, room history) and its one-node broker.
+//! - [`fault`]: whose fault an error is.
 //! - [`metrics`]: counters, rendered for `/metrics`.
 
-pub mod cluster;
+pub mod broker;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod hub;
 pub mod ingress;
 pub mod metrics;
@@ -207,9 +209,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Ok(kv)
     };
     let tenants = build_tenants(&config, &metrics, &logged_kv)?;
-    let store: Arc<dyn store::MessageStore> = Arc::new(db.clone());
+    let offline: Arc<dyn store::OfflineStore> = Arc::new(db.clone());
     let (committer, commit_task) = store::commit::Committer::start(
-        store.clone(),
+        offline.clone(),
         config.server.sync,
         Duration::from_millis(config.server.sync_window_ms),
         shutdown.token.clone(),
@@ -217,9 +219,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     shutdown.tracker.spawn(commit_task);
     for t in tenants.values() {
         // Messages kept before a restart must still be found.
-        let used = store
-            .has_offline(&t.name)
-            .map_err(|e| Error::Io(std::io::Error::other(format!("store: {e}"))))?;
+        let used = offline.has_offline(&t.name).await?;
         t.offline_used
             .store(used, std::sync::atomic::Ordering::Relaxed);
     }
@@ -227,12 +227,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         webhook::Webhooks::start(metrics.clone(), shutdown.token.clone()).map_err(Error::Tls)?;
     shutdown.tracker.spawn(webhook_task);
     let msglog = msglog::MessageLog::start(metrics.clone())?;
+    let broker = Arc::new(broker::MemoryBroker::new(Arc::new(db.clone())));
+    broker::Broker::register_handler(
+        &*broker,
+        Arc::new(node::delivery::HubDelivery::new(
+            tenants.values().map(|t| (t.name.clone(), t.hub.clone())),
+        )),
+    );
     let node = Arc::new(Node {
         tenants,
-        broker: Arc::new(cluster::LocalBroker),
+        broker,
         metrics,
         shutdown: shutdown.clone(),
-        store,
+        offline,
         committer,
         webhooks,
         msglog,

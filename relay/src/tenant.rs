@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{TenantConfig, WireProfile};
-use crate::hub::Hub;
+use crate::hub::{Hub, Presence};
 use crate::metrics::Metrics;
 use crate::plugin::policy::PluginEnv;
 use crate::plugin::{PluginLimits, WasmPolicy};
@@ -21,8 +21,10 @@ pub struct Tenant {
     pub name: Arc<str>,
     /// Its configuration (limits, timeouts, settings).
     pub config: TenantConfig,
-    /// Its connections, rooms and users.
+    /// Its connections, rooms and users on this node.
     pub hub: Arc<Hub>,
+    /// Who is online, as hooks and actions ask (on one node, the hub itself).
+    pub presence: Arc<dyn Presence>,
     /// Its key-value store (plugins' `kv-*`).
     pub kv: Arc<dyn KvStore>,
     /// Where its message log goes.
@@ -35,16 +37,11 @@ pub struct Tenant {
     pub namespaces: Vec<(String, Arc<dyn Codec>)>,
     /// socket.io: open Engine.IO sessions by id.
     pub engine: crate::session::engineio::Sessions,
-    /// Held while a message is appended to room history and delivered, and while a
-    /// joining connection is replayed what it missed: members see history order.
-    pub history_lock: std::sync::Mutex<()>,
     /// Set once the tenant may have offline messages; until then identifications and
     /// joins skip the store lookup.
     pub offline_used: std::sync::atomic::AtomicBool,
     /// Sent just before the authentication deadline closes a connection.
     pub auth_timeout_notice: Option<crate::protocol::Message>,
-    /// The history epoch, read from the store on first use.
-    pub history_epoch: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -131,6 +128,7 @@ impl Tenant {
         });
         let notice = config.auth_timeout_message()?;
         Ok(Tenant {
+            presence: hub.clone(),
             log,
             name,
             config,
@@ -140,10 +138,8 @@ impl Tenant {
             codec,
             namespaces,
             engine: Default::default(),
-            history_lock: Default::default(),
             offline_used: Default::default(),
             auth_timeout_notice: notice,
-            history_epoch: Default::default(),
         })
     }
 }

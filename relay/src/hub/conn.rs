@@ -63,6 +63,13 @@ impl serde::Serialize for ConnId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for ConnId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ConnId::parse(&s).ok_or_else(|| serde::de::Error::custom("not a connection id"))
+    }
+}
+
 /// Called once everything queued before it has been written to the socket.
 pub type WrittenFn = Box<dyn FnOnce() + Send>;
 

@@ -74,7 +74,7 @@ pub async fn handle(
         }
     };
     // Success is answered only once every offline message it kept is durable.
-    let done = node.execute(&tenant, None, out.actions);
+    let done = node.execute(&tenant, None, out.actions).await;
     if let Some(e) = done.store_error {
         return json_error(503, &format!("message not stored: {e}"));
     }

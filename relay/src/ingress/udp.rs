@@ -64,10 +64,10 @@ pub async fn serve(
             match tenant.policy.on_ingress(&req, &*tenant.hub).await {
                 Ok(out) => {
                     // The reply goes out once every offline message kept is durable.
-                    let done = node2.execute(&tenant, None, out.actions);
+                    let done = node2.execute(&tenant, None, out.actions).await;
                     let durable = match done.store_error {
                         Some(e) => Err(e),
-                        None if done.stored > 0 => node2.committer.durable().await,
+                        None if done.stored > 0 => node2.committer.durable().await.map_err(|e| e.to_string()),
                         None => Ok(()),
                     };
                     if let Err(e) = durable {

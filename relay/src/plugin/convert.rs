@@ -284,7 +284,7 @@ fn message(m: w::Message) -> Result<Message, String> {
         event: m.event,
         data: parse_json("message data", &m.data)?,
         ack: m.ack,
-        offset: None,
+        position: None,
     })
 }
 

@@ -66,7 +66,7 @@ fn reply(data: Value) -> Action {
             event,
             data,
             ack: None,
-            offset: None,
+            position: None,
         },
     }
 }
@@ -181,7 +181,7 @@ impl OpenPolicy {
                 let message = Message {
                     event: Some("message".into()),
                     ack: None,
-                    offset: None,
+                    position: None,
                     data: json!({
                         "event": "message",
                         "from": conn.id,
@@ -209,7 +209,7 @@ impl OpenPolicy {
                         event: Some("question".into()),
                         data: o.get("data").cloned().unwrap_or(Value::Null),
                         ack: Some(id),
-                        offset: None,
+                        position: None,
                     },
                 }],
                 None => error("ask needs a numeric \"id\""),
@@ -267,7 +267,7 @@ impl OpenPolicy {
                 event: Some(event.clone()),
                 data: json!({"event": event, "data": data, "offline": true}),
                 ack: None,
-                offset: None,
+                position: None,
             };
             return IngressOutcome::json(
                 200,
@@ -283,7 +283,7 @@ impl OpenPolicy {
             event: Some(event.clone()),
             data: json!({"event": event, "data": data}),
             ack: None,
-            offset: None,
+            position: None,
         };
         IngressOutcome::json(
             200,

@@ -35,10 +35,10 @@ impl Codec for WsJson {
     }
 
     fn encode(&self, msg: &Message) -> Bytes {
-        match (&msg.data, &msg.offset) {
+        match (&msg.data, &msg.position) {
             (Value::Object(o), Some(off)) => {
                 let mut o = o.clone();
-                o.insert(self.offset_field.clone(), Value::String(off.clone()));
+                o.insert(self.offset_field.clone(), Value::String(off.to_string()));
                 frame::text(Value::Object(o).to_string().as_bytes())
             }
             (Value::String(s), _) => frame::text(s.as_bytes()),

@@ -25,12 +25,14 @@ pub struct Message {
     /// hook as an event without a name carrying this `ack` id. Ignored by ws-json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<u64>,
-    /// Set by relay on messages to rooms with history: `<epoch>:<offset>`, which clients
-    /// present to recover what they missed. Socket.IO sends it as an extra last argument
-    /// (as socket.io's connection-state recovery does); ws-json adds it to object data
-    /// as the tenant's `history_field`. Not stored, not seen by plugins.
+    /// Set by the broker on messages to rooms with history: where the message stands in
+    /// the tenant's stream. Clients see it as `<epoch>:<offset>` and present it to recover
+    /// what they missed: Socket.IO as an extra last argument (as socket.io's
+    /// connection-state recovery does), ws-json in object data as the tenant's
+    /// `history_field`. Not stored with the message, not seen by plugins (a plugin cannot
+    /// set it): a [`Publication`](crate::broker::Publication)'s byte encoding carries it.
     #[serde(skip)]
-    pub offset: Option<String>,
+    pub position: Option<StreamPosition>,
 }
 
 impl Message {
@@ -40,7 +42,7 @@ impl Message {
             event: None,
             data,
             ack: None,
-            offset: None,
+            position: None,
         }
     }
 
@@ -50,8 +52,43 @@ impl Message {
             event: Some(event.to_owned()),
             data,
             ack: None,
-            offset: None,
+            position: None,
         }
+    }
+}
+
+/// Where a message stands in a tenant's history stream (centrifuge's `StreamPosition`):
+/// offsets increase with every message kept in history; the epoch names the stream, so an
+/// offset from another epoch (a wiped store) is never taken for one of this stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The stream's identity: created once with the history, kept with it.
+    pub epoch: String,
+    /// The message's offset in the stream.
+    pub offset: u64,
+}
+
+impl StreamPosition {
+    /// Longest text form accepted from a client (`<epoch>:<offset>`).
+    pub const MAX_TEXT: usize = 64;
+
+    /// Parse the wire form `<epoch>:<offset>`; `None` when malformed.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (epoch, offset) = text.split_once(':')?;
+        if epoch.is_empty() || text.len() > Self::MAX_TEXT {
+            return None;
+        }
+        Some(StreamPosition {
+            epoch: epoch.to_owned(),
+            offset: offset.parse().ok()?,
+        })
+    }
+}
+
+/// The wire form clients see and present: `<epoch>:<offset>`.
+impl std::fmt::Display for StreamPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.offset)
     }
 }
 
@@ -129,5 +166,31 @@ impl OutMessage {
         self.cache[codec.format().0 as usize]
             .get_or_init(|| codec.encode(&self.message))
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_positions_round_trip_through_their_wire_form() {
+        let p = StreamPosition {
+            epoch: "00ab".into(),
+            offset: 42,
+        };
+        assert_eq!(p.to_string(), "00ab:42");
+        assert_eq!(StreamPosition::parse("00ab:42"), Some(p));
+        for bad in [
+            "",
+            "42",
+            ":42",
+            "e:",
+            "e:x",
+            "e:-1",
+            &format!("e:{}", "9".repeat(70)),
+        ] {
+            assert_eq!(StreamPosition::parse(bad), None, "{bad:?}");
+        }
     }
 }

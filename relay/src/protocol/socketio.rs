@@ -573,9 +573,9 @@ pub fn message_packet(nsp: &str, msg: &Message) -> (SioPacket, Vec<Vec<u8>>) {
         extract_binary(&mut d, &mut attachments);
         args.push(d);
     }
-    if let Some(off) = &msg.offset {
+    if let Some(off) = &msg.position {
         // As socket.io's connection-state recovery: the offset is the last argument.
-        args.push(Value::String(off.clone()));
+        args.push(Value::String(off.to_string()));
     }
     let mut p = SioPacket::event(nsp, name, args);
     p.id = msg.ack;

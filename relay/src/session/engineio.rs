@@ -911,7 +911,7 @@ impl Driver {
                 }
             }
         }
-        node.execute(tenant, Some(h), actions);
+        Box::pin(node.execute(tenant, Some(h), actions)).await;
     }
 
     /// Answer a client's acknowledgement with a message's data as the one argument.
@@ -1034,7 +1034,7 @@ impl Driver {
             },
             &[],
         );
-        apply_decision(&tenant, &node, &h, decision, recover);
+        Box::pin(apply_decision(&tenant, &node, &h, decision, recover)).await;
         tracing::debug!(tenant = %tenant.name, sid = %s.sid, conn = %id, nsp, "socket.io connected");
     }
 

@@ -180,7 +180,9 @@ where
         .tracker
         .spawn(writer::run(w, rx, h.link.clone(), metrics.clone()));
 
-    apply_decision(&tenant, &node, &h, decision, recover);
+    // Boxed: what runs once at the start need not be part of the state every open
+    // connection carries (idle memory per connection is a goal; see docs/BENCHMARKS.md).
+    Box::pin(apply_decision(&tenant, &node, &h, decision, recover)).await;
     tracing::debug!(tenant = %tenant.name, conn = %h.id, %remote, "connected");
 
     let opts = ReadOpts {
@@ -247,7 +249,7 @@ pub(crate) fn presented_offset(tenant: &Tenant, req: &HandshakeRequest) -> Optio
 /// Carry out an accepted (or deferred) handshake on a registered connection: identity,
 /// session data, rooms (replaying missed history after `recover`), then the decision's
 /// actions.
-pub(crate) fn apply_decision(
+pub(crate) async fn apply_decision(
     tenant: &Arc<Tenant>,
     node: &Arc<Node>,
     h: &Arc<ConnHandle>,
@@ -274,20 +276,20 @@ pub(crate) fn apply_decision(
             h.set_authenticated();
             // Joining replays missed room history and the room's mailbox.
             for r in rooms {
-                if let Err(e) = node.join_room(tenant, h, &r) {
+                if let Err(e) = node.join_room(tenant, h, &r).await {
                     tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused");
                 }
             }
             // The handshake's own answer (e.g. a login frame), then the user's kept
             // messages in order, before anything else.
-            node.execute(tenant, Some(h), actions);
+            node.execute(tenant, Some(h), actions).await;
             if let Some(u) = user {
                 node.lifecycle(tenant, crate::node::Lifecycle::Login, &h.id.to_string());
-                node.deliver_offline(tenant, h, Mailbox::User(u));
+                node.deliver_offline(tenant, h, Mailbox::User(u)).await;
             }
         }
         HandshakeDecision::Defer { actions } => {
-            node.execute(tenant, Some(h), actions);
+            node.execute(tenant, Some(h), actions).await;
         }
         HandshakeDecision::Reject { .. } => {}
     }
@@ -391,7 +393,8 @@ impl MessageSink for JsonSink {
         let conn = Node::conn_info(h);
         match tenant.policy.on_event(&conn, &event, &*tenant.hub).await {
             Ok(actions) => {
-                node.execute(tenant, Some(h), actions);
+                // Boxed: the read loop's state (kept for the connection's life) stays small.
+                Box::pin(node.execute(tenant, Some(h), actions)).await;
             }
             Err(e) => {
                 Metrics::inc(&m.policy_errors);

@@ -3,27 +3,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::MessageStore;
+use super::{OfflineStore, StoreError};
+pub use crate::config::SyncMode;
 
-/// When a write that must be durable (an acknowledged offline message) is flushed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncMode {
-    /// One flush per request, one after the other.
-    Always,
-    /// Requests arriving within the window share one flush (group commit).
-    #[default]
-    Batch,
-    /// No flush: acknowledged at once; the store flushes in the background (a crash may
-    /// lose the last few hundred milliseconds).
-    None,
+/// Why durability could not be had; shared by every request of a group.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// The flush failed.
+    #[error(transparent)]
+    Flush(Arc<StoreError>),
+    /// The committer has stopped (shutdown).
+    #[error("the store is shutting down")]
+    ShuttingDown,
 }
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), CommitError>>;
 
 /// Hands out durability: `durable().await` returns once everything written before the
 /// call is on disk (per the [`SyncMode`]).
@@ -36,7 +33,7 @@ pub struct Committer {
 impl Committer {
     /// Start the committer task on the current runtime; it stops with `stop`.
     pub fn start(
-        store: Arc<dyn MessageStore>,
+        store: Arc<dyn OfflineStore>,
         mode: SyncMode,
         window: Duration,
         stop: CancellationToken,
@@ -46,28 +43,25 @@ impl Committer {
     }
 
     /// Wait until what was written so far is durable.
-    pub async fn durable(&self) -> Result<(), String> {
+    pub async fn durable(&self) -> Result<(), CommitError> {
         if self.mode == SyncMode::None {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(tx)
-            .map_err(|_| "the store is shutting down".to_owned())?;
-        rx.await
-            .map_err(|_| "the store is shutting down".to_owned())?
+        self.tx.send(tx).map_err(|_| CommitError::ShuttingDown)?;
+        rx.await.map_err(|_| CommitError::ShuttingDown)?
     }
 }
 
-async fn flush(store: &Arc<dyn MessageStore>) -> Result<(), String> {
-    let s = store.clone();
-    tokio::task::spawn_blocking(move || s.flush())
+async fn flush(store: &Arc<dyn OfflineStore>) -> Result<(), CommitError> {
+    store
+        .flush()
         .await
-        .unwrap_or_else(|e| Err(format!("flush task failed: {e}")))
+        .map_err(|e| CommitError::Flush(Arc::new(e)))
 }
 
 async fn run(
-    store: Arc<dyn MessageStore>,
+    store: Arc<dyn OfflineStore>,
     mode: SyncMode,
     window: Duration,
     mut rx: mpsc::UnboundedReceiver<Waiter>,
@@ -108,53 +102,35 @@ mod tests {
     #[derive(Default)]
     struct Flushes(AtomicUsize);
 
-    impl MessageStore for Flushes {
-        fn push(&self, _: &str, _: &Mailbox, _: &Message, _: usize) -> Result<Pushed, String> {
-            Err("unused".into())
+    #[async_trait::async_trait]
+    impl OfflineStore for Flushes {
+        async fn push(
+            &self,
+            _: &str,
+            _: &Mailbox,
+            _: &Message,
+            _: usize,
+        ) -> Result<Pushed, StoreError> {
+            Err(StoreError::ShuttingDown)
         }
-        fn pending(
+        async fn pending(
             &self,
             _: &str,
             _: &Mailbox,
             _: Duration,
-        ) -> Result<(Vec<StoredMessage>, usize), String> {
-            Err("unused".into())
+        ) -> Result<(Vec<StoredMessage>, usize), StoreError> {
+            Err(StoreError::ShuttingDown)
         }
-        fn has_offline(&self, _: &str) -> Result<bool, String> {
+        async fn has_offline(&self, _: &str) -> Result<bool, StoreError> {
             Ok(false)
         }
-        fn remove(&self, _: &str, _: &Mailbox, _: &[u64]) -> Result<(), String> {
+        async fn remove(&self, _: &str, _: &Mailbox, _: &[u64]) -> Result<(), StoreError> {
             Ok(())
         }
-        fn flush(&self) -> Result<(), String> {
-            std::thread::sleep(Duration::from_millis(20));
+        async fn flush(&self) -> Result<(), StoreError> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(())
-        }
-        fn history_epoch(&self, _: &str) -> Result<String, String> {
-            Err("unused".into())
-        }
-        fn history_offset(&self) -> Result<u64, String> {
-            Err("unused".into())
-        }
-        fn history_append(
-            &self,
-            _: &str,
-            _: &str,
-            _: u64,
-            _: &Message,
-            _: usize,
-        ) -> Result<(), String> {
-            Err("unused".into())
-        }
-        fn history_since(
-            &self,
-            _: &str,
-            _: &str,
-            _: u64,
-            _: Duration,
-        ) -> Result<Option<Vec<(u64, Message)>>, String> {
-            Err("unused".into())
         }
     }
 
@@ -175,7 +151,7 @@ mod tests {
             })
             .collect();
         for w in waits {
-            assert_eq!(w.await.expect("join"), Ok(()));
+            assert!(w.await.expect("join").is_ok());
         }
         store.0.load(Ordering::SeqCst)
     }

@@ -1,9 +1,11 @@
 //! Storage: the tenant-scoped key-value store plugins use, behind [`KvStore`]
 //! (in memory, made durable by a write-behind log: [`kv`]), and offline messages
-//! and room history behind [`MessageStore`], on [`sled`](self::sled). [`commit`]
+//! behind [`OfflineStore`] and room history behind [`HistoryStore`], both on
+//! [`sled`](self::sled). [`commit`]
 //! makes message writes durable in groups.
 
 pub mod commit;
+mod error;
 pub mod kv;
 pub mod sled;
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use error::StoreError;
 pub use kv::{KvError, TenantKv};
 
 /// Wall-clock milliseconds since the Unix epoch (stored expiry times outlive the process).
@@ -52,39 +55,48 @@ pub struct Pushed {
     pub dropped: usize,
 }
 
-/// Offline messages per tenant and mailbox. Writes are not durable until [`flush`]
-/// (see [`commit::Committer`], which groups flushes).
+/// Offline messages per tenant and mailbox. Asynchronous, so that a shared backend
+/// (Redis, for several nodes) can serve the same calls; the sled store answers at once.
+/// Writes are not durable until [`flush`] (see [`commit::Committer`], which groups
+/// flushes).
 ///
-/// [`flush`]: MessageStore::flush
-pub trait MessageStore: Send + Sync + 'static {
+/// [`flush`]: OfflineStore::flush
+#[async_trait::async_trait]
+pub trait OfflineStore: Send + Sync + 'static {
     /// Append `msg` to a mailbox, dropping the oldest beyond `max` messages.
-    fn push(
+    async fn push(
         &self,
         tenant: &str,
         mailbox: &Mailbox,
         msg: &Message,
         max: usize,
-    ) -> Result<Pushed, String>;
+    ) -> Result<Pushed, StoreError>;
     /// The mailbox's messages in order; those older than `ttl` are removed instead.
     /// Returns the live messages and how many expired.
-    fn pending(
+    async fn pending(
         &self,
         tenant: &str,
         mailbox: &Mailbox,
         ttl: Duration,
-    ) -> Result<(Vec<StoredMessage>, usize), String>;
+    ) -> Result<(Vec<StoredMessage>, usize), StoreError>;
     /// Whether the tenant has any offline message at all (lets joins skip the lookup).
-    fn has_offline(&self, tenant: &str) -> Result<bool, String>;
+    async fn has_offline(&self, tenant: &str) -> Result<bool, StoreError>;
     /// Remove delivered messages.
-    fn remove(&self, tenant: &str, mailbox: &Mailbox, ids: &[u64]) -> Result<(), String>;
-    /// Make every write so far durable (blocking).
-    fn flush(&self) -> Result<(), String>;
+    async fn remove(&self, tenant: &str, mailbox: &Mailbox, ids: &[u64]) -> Result<(), StoreError>;
+    /// Make every write so far durable.
+    async fn flush(&self) -> Result<(), StoreError>;
+}
 
+/// Room history, as the in-memory broker keeps it (`broker::memory`). Synchronous on
+/// purpose: the broker appends under the room's lock so that offsets and delivery agree,
+/// and a lock held across an `.await` would stall every task waiting on it. A broker for
+/// several nodes keeps history itself (Redis streams) and does not use this trait.
+pub trait HistoryStore: Send + Sync + 'static {
     /// The tenant's history epoch: created once, kept with the history. A client's
     /// offset from another epoch cannot be recovered from.
-    fn history_epoch(&self, tenant: &str) -> Result<String, String>;
+    fn history_epoch(&self, tenant: &str) -> Result<String, StoreError>;
     /// A new offset, greater than every one handed out before (all rooms, all tenants).
-    fn history_offset(&self) -> Result<u64, String>;
+    fn history_offset(&self) -> Result<u64, StoreError>;
     /// Append `msg` at `offset` to `room`'s history, trimming it to `max` entries.
     fn history_append(
         &self,
@@ -93,7 +105,7 @@ pub trait MessageStore: Send + Sync + 'static {
         offset: u64,
         msg: &Message,
         max: usize,
-    ) -> Result<(), String>;
+    ) -> Result<(), StoreError>;
     /// `room`'s entries after offset `after`, in order, skipping those older than `ttl`;
     /// `None` when some entry after `after` has already been trimmed or expired (the
     /// missed range cannot be given exactly).
@@ -103,10 +115,16 @@ pub trait MessageStore: Send + Sync + 'static {
         room: &str,
         after: u64,
         ttl: Duration,
-    ) -> Result<Option<Vec<(u64, Message)>>, String>;
+    ) -> Result<Option<Vec<(u64, Message)>>, StoreError>;
 }
 
 /// A tenant's key-value store, as plugins see it through `kv-*` host calls.
+///
+/// Synchronous, and answered from memory: hook calls are synchronous calls into wasm
+/// under a CPU deadline, so a host import cannot wait for a network round trip. The
+/// embedded store is this memory, logged to sled behind the calls ([`kv::KvLog`]). A
+/// store shared by several nodes must keep this shape: a local copy that it keeps
+/// current, with `set_if_absent` decided where all nodes agree (see docs/architecture.md).
 pub trait KvStore: Send + Sync + 'static {
     /// The value of `key`, unless absent or expired.
     fn get(&self, key: &str) -> Option<Vec<u8>>;

@@ -5,40 +5,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{now_ms, Mailbox, MessageStore, Pushed, StoredMessage};
+use super::{now_ms, HistoryStore, Mailbox, OfflineStore, Pushed, StoreError, StoredMessage};
 use crate::protocol::Message;
 
 /// Schema version this relay writes and reads. 2: key-value stores are logs
 /// (`kvlog/<tenant>`; a version-1 `kv/<tenant>` tree is moved into its log when opened).
 pub const SCHEMA_VERSION: u64 = 2;
 const SCHEMA_KEY: &[u8] = b"relay:schema";
-
-/// Errors opening or using the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// sled failed (I/O, corruption).
-    #[error("store at {path}: {source}")]
-    Sled {
-        /// Database directory.
-        path: String,
-        /// The sled error.
-        source: sled::Error,
-    },
-    /// The database was written by a newer relay.
-    #[error("store at {path} has schema version {found}, newer than this relay's {SCHEMA_VERSION}; refusing to touch it")]
-    TooNew {
-        /// Database directory.
-        path: String,
-        /// Version found.
-        found: u64,
-    },
-    /// The schema marker is unreadable.
-    #[error("store at {path}: unreadable schema version; the store may be corrupt")]
-    Corrupt {
-        /// Database directory.
-        path: String,
-    },
-}
 
 /// The relay's embedded database.
 #[derive(Clone)]
@@ -58,7 +31,7 @@ impl SledStore {
     /// Open (or create) the database in `dir`, checking its schema version.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
-        let err = |source| StoreError::Sled {
+        let err = |source| StoreError::Open {
             path: path.clone(),
             source,
         };
@@ -78,7 +51,11 @@ impl SledStore {
                     .map(u64::from_be_bytes)
                     .map_err(|_| StoreError::Corrupt { path: path.clone() })?;
                 if found > SCHEMA_VERSION {
-                    return Err(StoreError::TooNew { path, found });
+                    return Err(StoreError::TooNew {
+                        path,
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
                 }
                 if found < SCHEMA_VERSION {
                     // Version 1 differs only in its key-value trees, which are moved as
@@ -96,12 +73,12 @@ impl SledStore {
     }
 
     /// The tree of `tenant`'s offline messages (`offline/<tenant>`).
-    fn offline_tree(&self, tenant: &str) -> Result<sled::Tree, String> {
+    fn offline_tree(&self, tenant: &str) -> Result<sled::Tree, StoreError> {
         self.tree(&self.offline, "offline", tenant)
     }
 
     /// The tree of `tenant`'s room history (`history/<tenant>`).
-    fn history_tree(&self, tenant: &str) -> Result<sled::Tree, String> {
+    fn history_tree(&self, tenant: &str) -> Result<sled::Tree, StoreError> {
         self.tree(&self.history, "history", tenant)
     }
 
@@ -110,14 +87,14 @@ impl SledStore {
         cache: &dashmap::DashMap<String, sled::Tree>,
         purpose: &str,
         tenant: &str,
-    ) -> Result<sled::Tree, String> {
+    ) -> Result<sled::Tree, StoreError> {
         if let Some(t) = cache.get(tenant) {
             return Ok(t.clone());
         }
         let t = self
             .db
             .open_tree(format!("{purpose}/{tenant}"))
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::backend("open tree"))?;
         cache.insert(tenant.to_owned(), t.clone());
         Ok(t)
     }
@@ -149,8 +126,11 @@ fn name_prefix(kind: u8, name: &str) -> Vec<u8> {
 }
 
 /// A stored entry: the time it was stored (ms, 8 bytes) then the message's JSON.
-fn entry_value(msg: &Message) -> Result<Vec<u8>, String> {
-    let json = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+fn entry_value(msg: &Message) -> Result<Vec<u8>, StoreError> {
+    let json = serde_json::to_vec(msg).map_err(|source| StoreError::Encode {
+        op: "write",
+        source,
+    })?;
     let mut value = Vec::with_capacity(8 + json.len());
     value.extend_from_slice(&now_ms().to_be_bytes());
     value.extend_from_slice(&json);
@@ -168,12 +148,16 @@ fn read_entry(v: &[u8]) -> (Option<u64>, Option<Message>) {
 }
 
 /// Remove the oldest entries under `prefix` beyond `max`; returns their keys.
-fn trim(tree: &sled::Tree, prefix: &[u8], max: usize) -> Result<Vec<sled::IVec>, String> {
+fn trim(tree: &sled::Tree, prefix: &[u8], max: usize) -> Result<Vec<sled::IVec>, StoreError> {
     let count = tree.scan_prefix(prefix).keys().count();
     let excess = count.saturating_sub(max.max(1));
     let mut removed = Vec::new();
     for k in tree.scan_prefix(prefix).keys().take(excess).flatten() {
-        if tree.remove(&k).map_err(|e| e.to_string())?.is_some() {
+        if tree
+            .remove(&k)
+            .map_err(StoreError::backend("trim"))?
+            .is_some()
+        {
             removed.push(k);
         }
     }
@@ -186,36 +170,38 @@ fn entry_key(prefix: &[u8], id: u64) -> Vec<u8> {
     k
 }
 
-impl MessageStore for SledStore {
-    fn push(
+#[async_trait::async_trait]
+impl OfflineStore for SledStore {
+    async fn push(
         &self,
         tenant: &str,
         mb: &Mailbox,
         msg: &Message,
         max: usize,
-    ) -> Result<Pushed, String> {
+    ) -> Result<Pushed, StoreError> {
         let tree = self.offline_tree(tenant)?;
         let prefix = mailbox_prefix(mb);
-        let id = self.db.generate_id().map_err(|e| e.to_string())?;
+        let id = self.db.generate_id().map_err(StoreError::backend("push"))?;
         tree.insert(entry_key(&prefix, id), entry_value(msg)?)
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::backend("push"))?;
         let dropped = trim(&tree, &prefix, max)?.len();
         Ok(Pushed { id, dropped })
     }
 
-    fn pending(
+    async fn pending(
         &self,
         tenant: &str,
         mb: &Mailbox,
         ttl: Duration,
-    ) -> Result<(Vec<StoredMessage>, usize), String> {
+    ) -> Result<(Vec<StoredMessage>, usize), StoreError> {
+        let err = StoreError::backend("read mailbox");
         let tree = self.offline_tree(tenant)?;
         let prefix = mailbox_prefix(mb);
         let oldest = now_ms().saturating_sub(ttl.as_millis() as u64);
         let mut out = Vec::new();
         let mut expired = 0;
         for entry in tree.scan_prefix(&prefix) {
-            let (k, v) = entry.map_err(|e| e.to_string())?;
+            let (k, v) = entry.map_err(err)?;
             let id = key_offset(&k, prefix.len());
             let (stored_ms, message) = read_entry(&v);
             match (id, stored_ms, message) {
@@ -228,51 +214,64 @@ impl MessageStore for SledStore {
                 }
                 (_, Some(_), Some(_)) => {
                     expired += 1;
-                    tree.remove(&k).map_err(|e| e.to_string())?;
+                    tree.remove(&k).map_err(err)?;
                 }
                 _ => {
                     tracing::error!(tenant, ?mb, "unreadable offline message: dropped");
-                    tree.remove(&k).map_err(|e| e.to_string())?;
+                    tree.remove(&k).map_err(err)?;
                 }
             }
         }
         Ok((out, expired))
     }
 
-    fn has_offline(&self, tenant: &str) -> Result<bool, String> {
+    async fn has_offline(&self, tenant: &str) -> Result<bool, StoreError> {
         Ok(!self.offline_tree(tenant)?.is_empty())
     }
 
-    fn remove(&self, tenant: &str, mb: &Mailbox, ids: &[u64]) -> Result<(), String> {
+    async fn remove(&self, tenant: &str, mb: &Mailbox, ids: &[u64]) -> Result<(), StoreError> {
         let tree = self.offline_tree(tenant)?;
         let prefix = mailbox_prefix(mb);
         for id in ids {
             tree.remove(entry_key(&prefix, *id))
-                .map_err(|e| e.to_string())?;
+                .map_err(StoreError::backend("remove"))?;
         }
         Ok(())
     }
 
-    fn flush(&self) -> Result<(), String> {
-        self.db.flush().map(|_| ()).map_err(|e| e.to_string())
+    async fn flush(&self) -> Result<(), StoreError> {
+        // fsync: off the runtime's worker threads.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?
+            .map(|_| ())
+            .map_err(StoreError::backend("flush"))
     }
+}
 
-    fn history_epoch(&self, tenant: &str) -> Result<String, String> {
+impl HistoryStore for SledStore {
+    fn history_epoch(&self, tenant: &str) -> Result<String, StoreError> {
         let tree = self.history_tree(tenant)?;
         let fresh = format!("{:016x}", rand::random::<u64>());
         let _ = tree
             .compare_and_swap(EPOCH_KEY, None as Option<&[u8]>, Some(fresh.as_bytes()))
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::backend("history epoch"))?;
         let v = tree
             .get(EPOCH_KEY)
-            .map_err(|e| e.to_string())?
-            .ok_or("history epoch vanished")?;
+            .map_err(StoreError::backend("history epoch"))?
+            .ok_or(StoreError::Damaged {
+                op: "history epoch",
+                what: "the epoch vanished",
+            })?;
         Ok(String::from_utf8_lossy(&v).into_owned())
     }
 
-    fn history_offset(&self) -> Result<u64, String> {
+    fn history_offset(&self) -> Result<u64, StoreError> {
         // sled's ids are unique and increasing, also across restarts.
-        self.db.generate_id().map_err(|e| e.to_string())
+        self.db
+            .generate_id()
+            .map_err(StoreError::backend("history offset"))
     }
 
     fn history_append(
@@ -282,11 +281,11 @@ impl MessageStore for SledStore {
         offset: u64,
         msg: &Message,
         max: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let tree = self.history_tree(tenant)?;
         let prefix = history_prefix(b'd', room);
         tree.insert(entry_key(&prefix, offset), entry_value(msg)?)
-            .map_err(|e| e.to_string())?;
+            .map_err(StoreError::backend("history append"))?;
         for k in trim(&tree, &prefix, max)? {
             if let Some(off) = key_offset(&k, prefix.len()) {
                 mark_trimmed(&tree, room, off)?;
@@ -301,20 +300,21 @@ impl MessageStore for SledStore {
         room: &str,
         after: u64,
         ttl: Duration,
-    ) -> Result<Option<Vec<(u64, Message)>>, String> {
+    ) -> Result<Option<Vec<(u64, Message)>>, StoreError> {
+        let err = StoreError::backend("history read");
         let tree = self.history_tree(tenant)?;
         let prefix = history_prefix(b'd', room);
         let oldest = now_ms().saturating_sub(ttl.as_millis() as u64);
         let mut out = Vec::new();
         for entry in tree.scan_prefix(&prefix) {
-            let (k, v) = entry.map_err(|e| e.to_string())?;
+            let (k, v) = entry.map_err(err)?;
             let Some(off) = key_offset(&k, prefix.len()) else {
                 continue;
             };
             let (stored, message) = read_entry(&v);
             if stored.unwrap_or(0) < oldest {
                 // Expired: gone from the history like a trimmed entry.
-                tree.remove(&k).map_err(|e| e.to_string())?;
+                tree.remove(&k).map_err(err)?;
                 mark_trimmed(&tree, room, off)?;
                 continue;
             }
@@ -324,7 +324,7 @@ impl MessageStore for SledStore {
         }
         let trimmed = tree
             .get(history_prefix(b't', room))
-            .map_err(|e| e.to_string())?
+            .map_err(err)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
         Ok((trimmed <= after).then_some(out))
@@ -345,7 +345,7 @@ fn key_offset(k: &[u8], prefix_len: usize) -> Option<u64> {
 }
 
 /// Remember that `room`'s history no longer has everything up to `offset`.
-fn mark_trimmed(tree: &sled::Tree, room: &str, offset: u64) -> Result<(), String> {
+fn mark_trimmed(tree: &sled::Tree, room: &str, offset: u64) -> Result<(), StoreError> {
     tree.fetch_and_update(history_prefix(b't', room), |old| {
         let old = old
             .and_then(|v| <[u8; 8]>::try_from(v).ok())
@@ -353,7 +353,7 @@ fn mark_trimmed(tree: &sled::Tree, room: &str, offset: u64) -> Result<(), String
         Some(old.max(offset).to_be_bytes().to_vec())
     })
     .map(|_| ())
-    .map_err(|e| e.to_string())
+    .map_err(StoreError::backend("history trim"))
 }
 
 #[cfg(test)]
@@ -385,8 +385,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn offline_mailboxes_keep_order_cap_and_ttl_across_reopening() {
+    #[tokio::test]
+    async fn offline_mailboxes_keep_order_cap_and_ttl_across_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let u = Mailbox::User("ann".into());
         let r = Mailbox::Room("ann".into());
@@ -394,15 +394,15 @@ mod tests {
         {
             let s = SledStore::open(dir.path()).unwrap();
             for i in 0..5 {
-                let p = s.push("t", &u, &m(i), 3).unwrap();
+                let p = s.push("t", &u, &m(i), 3).await.unwrap();
                 assert_eq!(p.dropped, usize::from(i >= 3));
             }
-            s.push("t", &r, &m(100), 3).unwrap();
-            s.push("other", &u, &m(200), 3).unwrap();
-            s.flush().unwrap();
+            s.push("t", &r, &m(100), 3).await.unwrap();
+            s.push("other", &u, &m(200), 3).await.unwrap();
+            s.flush().await.unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
-        let (got, expired) = s.pending("t", &u, Duration::from_secs(60)).unwrap();
+        let (got, expired) = s.pending("t", &u, Duration::from_secs(60)).await.unwrap();
         assert_eq!(expired, 0);
         assert_eq!(
             got.iter()
@@ -412,21 +412,33 @@ mod tests {
             "oldest dropped, order kept, reopened"
         );
         assert!(got.windows(2).all(|w| w[0].id < w[1].id));
-        s.remove("t", &u, &[got[0].id]).unwrap();
+        s.remove("t", &u, &[got[0].id]).await.unwrap();
         assert_eq!(
-            s.pending("t", &u, Duration::from_secs(60)).unwrap().0.len(),
+            s.pending("t", &u, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .0
+                .len(),
             2
         );
         assert_eq!(
-            s.pending("t", &r, Duration::from_secs(60)).unwrap().0.len(),
+            s.pending("t", &r, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .0
+                .len(),
             1,
             "rooms and users apart"
         );
         std::thread::sleep(Duration::from_millis(5));
-        let (got, expired) = s.pending("t", &u, Duration::from_millis(1)).unwrap();
+        let (got, expired) = s.pending("t", &u, Duration::from_millis(1)).await.unwrap();
         assert_eq!((got.len(), expired), (0, 2), "expired messages are removed");
         assert_eq!(
-            s.pending("t", &u, Duration::from_secs(60)).unwrap().0.len(),
+            s.pending("t", &u, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .0
+                .len(),
             0
         );
     }

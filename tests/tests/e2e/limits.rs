@@ -165,7 +165,8 @@ async fn graceful_shutdown_delivers_queued_frames_then_closes_1001() -> Result<(
             relay::hub::Target::Rooms(vec!["r".into()]),
             m,
             None,
-        );
+        )
+        .await?;
     }
     let stop = tokio::spawn(running.stop());
     for i in 0..500 {

@@ -1,0 +1,127 @@
+//! Carrying out a policy's actions: one arm per [`Action`], in the order the policy gave.
+
+use std::sync::Arc;
+
+use super::{Lifecycle, Node};
+use crate::hub::{ConnHandle, ConnId};
+use crate::policy::Action;
+use crate::protocol::frame;
+use crate::store::Mailbox;
+use crate::tenant::Tenant;
+
+/// What carrying out actions left for the caller.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// Offline messages written to the store: durable once `committer.durable()` returns.
+    pub stored: usize,
+    /// Why keeping an offline message failed, if one did.
+    pub store_error: Option<String>,
+}
+
+impl Node {
+    /// Carry out a policy's actions; `origin` is the connection the hook was about, if any.
+    /// Offline messages are written to the store but durable only after
+    /// `committer.durable()`; the result says whether any were.
+    pub async fn execute(
+        &self,
+        tenant: &Tenant,
+        origin: Option<&Arc<ConnHandle>>,
+        actions: Vec<Action>,
+    ) -> Executed {
+        let mut out = Executed::default();
+        let resolve = |conn: &Option<String>| -> Option<Arc<ConnHandle>> {
+            match conn {
+                None => origin.cloned(),
+                Some(id) => ConnId::parse(id).and_then(|id| tenant.hub.connection(id)),
+            }
+        };
+        for action in actions {
+            match action {
+                Action::Reply { message } => match origin {
+                    Some(h) => {
+                        h.send(h.codec.encode(&message));
+                    }
+                    None => {
+                        tracing::debug!(tenant = %tenant.name, "reply action without a connection: ignored")
+                    }
+                },
+                Action::Emit {
+                    target,
+                    message,
+                    exclude_sender,
+                } => {
+                    let exclude = origin.filter(|_| exclude_sender).map(|h| h.id);
+                    if let Err(e) = self.publish(tenant, target, message, exclude).await {
+                        tracing::error!(tenant = %tenant.name, error = %e, "publishing failed");
+                    }
+                }
+                Action::Join { rooms, conn } => match resolve(&conn) {
+                    Some(h) => {
+                        for r in &rooms {
+                            if let Err(e) = self.join_room(tenant, &h, r).await {
+                                tracing::debug!(tenant = %tenant.name, conn = %h.id, room = %r, error = ?e, "join refused")
+                            }
+                        }
+                    }
+                    None => {
+                        tracing::debug!(tenant = %tenant.name, ?conn, "join: no such connection")
+                    }
+                },
+                Action::Leave { rooms, conn } => match resolve(&conn) {
+                    Some(h) => rooms.iter().for_each(|r| tenant.hub.leave(&h, r)),
+                    None => {
+                        tracing::debug!(tenant = %tenant.name, ?conn, "leave: no such connection")
+                    }
+                },
+                Action::SetIdentity { user, data, conn } => match resolve(&conn) {
+                    Some(h) => {
+                        if let Some(u) = user.as_deref() {
+                            tenant.hub.set_user(&h, Some(u));
+                        }
+                        if let (Some(d), Ok(mut s)) = (data, h.state.lock()) {
+                            s.data = d;
+                        }
+                        h.set_authenticated();
+                        if let Some(u) = user {
+                            self.lifecycle(tenant, Lifecycle::Login, &h.id.to_string());
+                            self.deliver_offline(tenant, &h, Mailbox::User(u)).await;
+                        }
+                    }
+                    None => {
+                        tracing::debug!(tenant = %tenant.name, ?conn, "set_identity: no such connection")
+                    }
+                },
+                Action::StoreOffline {
+                    user,
+                    room,
+                    message,
+                } => {
+                    self.store_offline(tenant, user, room, message, &mut out)
+                        .await
+                }
+                Action::AppendLog { file, line } => {
+                    if let Err(e) = self.msglog.append(&tenant.log, &file, line.into_bytes()) {
+                        tracing::warn!(tenant = %tenant.name, %file, error = %e, "message log line refused");
+                    }
+                }
+                Action::Webhook {
+                    method,
+                    url,
+                    headers,
+                    body,
+                } => self.webhook(tenant, &method, &url, headers, body),
+                Action::Close { code, reason, conn } => match resolve(&conn) {
+                    Some(h) if frame::valid_close_code(code) => h.close(code, &reason),
+                    Some(h) => {
+                        tracing::warn!(tenant = %tenant.name, code, "policy asked for an invalid close code; closing with 1008");
+                        h.close(1008, &reason);
+                    }
+                    None => {
+                        tracing::debug!(tenant = %tenant.name, ?conn, "close: no such connection")
+                    }
+                },
+            }
+        }
+        out
+    }
+}

@@ -801,7 +801,7 @@ impl Config {
                 match (&l.cert, &l.key, l.dev_cert) {
                     (Some(c), Some(key), false) => {
                         if let Err(e) = crate::transport::tls::load_server_config(&self.resolve(c.get_ref()), &self.resolve(key.get_ref())) {
-                            return self.err(Some(c.span()), k("cert"), e.to_string());
+                            return self.err(Some(c.span()), k("cert"), format!("tls: {e}"));
                         }
                     }
                     (None, None, true) => {}

@@ -2,17 +2,6 @@
 
 use thiserror::Error;
 
-/// Who caused an error: decides the log level and whether a retry can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The client or backend sent something wrong; retrying the same input fails again.
-    Client,
-    /// The tenant's policy (plugin) failed.
-    Policy,
-    /// A bug or resource problem in relay itself.
-    Internal,
-}
-
 /// Errors of relay's startup and run loop.
 #[derive(Debug, Error)]
 pub enum Error {
@@ -31,28 +20,22 @@ pub enum Error {
     },
     /// TLS material could not be loaded or generated.
     #[error("tls: {0}")]
-    Tls(String),
+    Tls(#[from] crate::transport::tls::TlsError),
+    /// A listener's bind address is not `IP:port`.
+    #[error("listener {name:?}: bad bind address {addr:?}")]
+    BindAddress {
+        /// Listener name.
+        name: String,
+        /// What the config said.
+        addr: String,
+    },
+    /// The webhook client could not be set up.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     /// The embedded store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// A policy hook failed; the request it served fails, nothing else does.
-#[derive(Debug, Error, Clone)]
-#[error("policy {tenant}: {message}")]
-pub struct PolicyError {
-    /// Tenant whose policy failed.
-    pub tenant: String,
-    /// What happened (trap, timeout, malformed result, ...).
-    pub message: String,
-}
-
-impl PolicyError {
-    /// The fault class of a policy error.
-    pub fn fault(&self) -> Fault {
-        Fault::Policy
-    }
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::metrics::Metrics;
+use crate::protocol::close::{self, Close};
 use crate::protocol::{frame, Codec};
 
 /// A connection id: 120 random bits as 20 URL-safe characters, unique and unguessable.
@@ -246,7 +247,7 @@ impl Link {
             state: AtomicU8::new(0),
             watchers: Mutex::new([None, None]),
             killed: tokio::sync::Notify::new(),
-            close_code: AtomicU16::new(1013),
+            close_code: AtomicU16::new(close::TRY_AGAIN_LATER),
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes: max_bytes,
             metrics,
@@ -351,7 +352,7 @@ impl Link {
         let n = item.bytes().len();
         if self.queued_bytes.fetch_add(n, Ordering::Relaxed) + n > self.max_queued_bytes {
             self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
-            self.abort(1013);
+            self.abort(close::TRY_AGAIN_LATER);
             return false;
         }
         match self.tx.try_send(item) {
@@ -362,7 +363,7 @@ impl Link {
             Err(e) => {
                 self.queued_bytes.fetch_sub(n, Ordering::Relaxed);
                 if e == queue::SendError::Full {
-                    self.abort(1013);
+                    self.abort(close::TRY_AGAIN_LATER);
                 }
                 false
             }
@@ -381,7 +382,7 @@ impl Link {
             if !self.is_closing() {
                 self.close_code.store(code, Ordering::Relaxed);
             }
-            if code == 1013 {
+            if code == close::TRY_AGAIN_LATER {
                 Metrics::inc(&self.metrics.slow_consumers);
                 tracing::warn!(conn = %self.id, "slow consumer: outbound queue full, disconnecting (1013)");
             }
@@ -392,6 +393,11 @@ impl Link {
     /// The close code of this connection's close frame (queued or aborting).
     pub fn close_code(&self) -> u16 {
         self.close_code.load(Ordering::Relaxed)
+    }
+
+    /// [`Link::close`] with one of relay's named closes.
+    pub fn close_as(&self, c: Close) {
+        self.close(c.code, c.reason)
     }
 
     /// Queue a close frame after everything already queued; the session ends once the peer answers.
@@ -417,7 +423,8 @@ impl Link {
 }
 
 /// The hub's handle on a connection (a Socket.IO namespace socket counts as one): everything
-/// fan-out needs, nothing more. It dereferences to its [`Link`].
+/// fan-out needs, nothing more. Its [`Link`] is the way to the client, shared by the
+/// namespaces of one Socket.IO client.
 pub struct ConnHandle {
     /// Unique id.
     pub id: ConnId,
@@ -430,13 +437,6 @@ pub struct ConnHandle {
     authenticated: AtomicBool,
     /// Identity and rooms.
     pub state: Mutex<ConnState>,
-}
-
-impl std::ops::Deref for ConnHandle {
-    type Target = Link;
-    fn deref(&self) -> &Link {
-        &self.link
-    }
 }
 
 impl fmt::Debug for ConnHandle {
@@ -480,10 +480,23 @@ impl ConnHandle {
         })
     }
 
-    /// Close the connection after what is queued, telling the client first when its profile
-    /// has a way to (Socket.IO DISCONNECT). A Socket.IO client's whole connection closes.
-    pub fn close(&self, code: u16, reason: &str) {
-        if self.is_closing() {
+    /// Queue pre-encoded bytes for this connection (see [`Link::send`]).
+    #[inline]
+    pub fn send(&self, bytes: Bytes) -> bool {
+        self.link.send(bytes)
+    }
+
+    /// Run `f` once everything queued so far is written (see [`Link::when_written`]).
+    pub fn when_written(&self, f: WrittenFn) -> bool {
+        self.link.when_written(f)
+    }
+
+    /// Disconnect on the server's initiative: tell the client in its profile's terms first
+    /// (Socket.IO: the namespace's DISCONNECT, so it does not reconnect), then close the
+    /// link after what is queued ([`Link::close`]). A Socket.IO client's whole connection
+    /// closes.
+    pub fn disconnect(&self, code: u16, reason: &str) {
+        if self.link.is_closing() {
             return;
         }
         if let Some(p) = self.codec.disconnect_packet() {

@@ -338,8 +338,8 @@ mod tests {
             assert_eq!(hub.deliver(&Target::Tenant, &m, None), 1);
         }
         assert_eq!(hub.deliver(&Target::Tenant, &m, None), 0);
-        assert!(a.is_killed());
-        assert_eq!(a.close_code(), 1013);
+        assert!(a.link.is_killed());
+        assert_eq!(a.link.close_code(), 1013);
     }
 
     #[test]
@@ -387,6 +387,6 @@ mod tests {
         hub.register(h.clone());
         assert!(h.send(bytes::Bytes::from(vec![0u8; 60])));
         assert!(!h.send(bytes::Bytes::from(vec![0u8; 60])));
-        assert!(h.is_killed());
+        assert!(h.link.is_killed());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{Lifecycle, Node};
 use crate::hub::{ConnHandle, ConnId};
 use crate::policy::Action;
-use crate::protocol::frame;
+use crate::protocol::{close, frame};
 use crate::store::Mailbox;
 use crate::tenant::Tenant;
 
@@ -111,10 +111,10 @@ impl Node {
                     body,
                 } => self.webhook(tenant, &method, &url, headers, body),
                 Action::Close { code, reason, conn } => match resolve(&conn) {
-                    Some(h) if frame::valid_close_code(code) => h.close(code, &reason),
+                    Some(h) if frame::valid_close_code(code) => h.disconnect(code, &reason),
                     Some(h) => {
                         tracing::warn!(tenant = %tenant.name, code, "policy asked for an invalid close code; closing with 1008");
-                        h.close(1008, &reason);
+                        h.disconnect(close::POLICY_VIOLATION, &reason);
                     }
                     None => {
                         tracing::debug!(tenant = %tenant.name, ?conn, "close: no such connection")

@@ -20,13 +20,13 @@ use super::bindings::{Plugin, PluginPre};
 use super::convert;
 use super::host::{CurrentHandshake, HostState};
 use super::runtime::{self, Runtime};
-use crate::error::PolicyError;
 use crate::hub::{Hub, Presence};
 use crate::metrics::Metrics;
 use crate::policy::{
     Action, BoxFuture, ClientEvent, ConnInfo, DisconnectInfo, HandshakeDecision, HandshakeRequest,
     IngressOutcome, IngressRequest, Policy,
 };
+use crate::policy::{Failure, PolicyError};
 use crate::store::KvStore;
 
 /// Sandbox limits of a tenant's plugin.
@@ -81,8 +81,10 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
 }
 
 enum CallError {
-    /// The instance trapped, timed out or ran out of memory.
+    /// The instance trapped or ran out of memory.
     Trap(String),
+    /// The call ran past its deadline.
+    Deadline,
     /// The plugin returned an error value.
     Plugin(String),
     /// The plugin returned data relay cannot use.
@@ -222,7 +224,8 @@ impl WasmPolicy {
     /// An instance for one call, once one of the tenant's `plugin_instances` is free.
     async fn lease(&self, hook: &'static str) -> Result<Lease<'_>, PolicyError> {
         let Ok(permit) = self.inner.permits.acquire().await else {
-            return Err(self.inner.err(format!("{hook}: plugin pool closed")));
+            let closed = Failure::Unavailable("the plugin pool is closed".into());
+            return Err(self.inner.err(hook, closed));
         };
         self.inner.lease(hook, Some(permit))
     }
@@ -260,11 +263,8 @@ impl Lease<'_> {
 }
 
 impl Spec {
-    fn err(&self, message: String) -> PolicyError {
-        PolicyError {
-            tenant: self.tenant.to_string(),
-            message,
-        }
+    fn err(&self, hook: &'static str, failure: Failure) -> PolicyError {
+        PolicyError::new(self.tenant.clone(), hook, failure)
     }
 
     /// Read, compile, check and pre-link the plugin file, and prove it with one `init`.
@@ -401,7 +401,7 @@ impl Inner {
         hook: &'static str,
         permit: Option<tokio::sync::SemaphorePermit<'p>>,
     ) -> Result<Lease<'p>, PolicyError> {
-        let rt = runtime::runtime().map_err(|e| self.err(e))?;
+        let rt = runtime::runtime().map_err(|e| self.err(hook, Failure::Unavailable(e)))?;
         let loaded = self.current();
         let taken = loaded.idle.lock().ok().and_then(|mut v| v.pop());
         let mut inst = match taken {
@@ -410,7 +410,7 @@ impl Inner {
                 self.instantiate(rt, &loaded.pre)
                     .map_err(|e| {
                         Metrics::inc(&self.metrics.plugin_traps);
-                        self.err(format!("{hook}: {e}"))
+                        self.err(hook, Failure::Trap(e))
                     })?
                     .0
             }
@@ -454,17 +454,22 @@ impl Inner {
             }
             Err(CallError::Plugin(msg)) => {
                 keep(inst);
-                Err(self.err(format!("{hook} returned an error: {msg}")))
+                Err(self.err(hook, Failure::Reported(msg)))
             }
             Err(CallError::Malformed(msg)) => {
                 Metrics::inc(&self.metrics.plugin_malformed);
                 tracing::warn!(tenant = %self.tenant, hook, error = %msg, "plugin returned malformed data; instance discarded");
-                Err(self.err(format!("{hook} returned malformed data: {msg}")))
+                Err(self.err(hook, Failure::Malformed(msg)))
             }
             Err(CallError::Trap(msg)) => {
                 Metrics::inc(&self.metrics.plugin_traps);
                 tracing::warn!(tenant = %self.tenant, hook, error = %msg, "plugin call failed; instance discarded");
-                Err(self.err(format!("{hook}: {msg}")))
+                Err(self.err(hook, Failure::Trap(msg)))
+            }
+            Err(CallError::Deadline) => {
+                Metrics::inc(&self.metrics.plugin_traps);
+                tracing::warn!(tenant = %self.tenant, hook, "plugin call exceeded its deadline; instance discarded");
+                Err(self.err(hook, Failure::Deadline))
             }
         }
     }
@@ -511,7 +516,10 @@ fn describe(e: &wasmtime::Error) -> String {
 }
 
 fn trap(e: wasmtime::Error) -> CallError {
-    CallError::Trap(describe(&e))
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Deadline,
+        _ => CallError::Trap(describe(&e)),
+    }
 }
 
 /// Map a hook's raw result through a checked conversion.

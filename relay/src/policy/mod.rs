@@ -5,7 +5,10 @@
 //! [`open::OpenPolicy`] serves development; the WASM plugin host implements
 //! the same trait for production.
 
+mod error;
 pub mod open;
+
+pub use error::{Failure, PolicyError};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,7 +18,6 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::PolicyError;
 use crate::hub::{Presence, Target};
 pub use crate::protocol::ClientEvent;
 use crate::protocol::Message;

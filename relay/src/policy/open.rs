@@ -22,11 +22,11 @@
 
 use serde_json::{json, Map, Value};
 
+use super::PolicyError;
 use super::{
     Action, BoxFuture, ClientEvent, ConnInfo, HandshakeDecision, HandshakeRequest, IngressOutcome,
     IngressRequest, IngressSource, Policy,
 };
-use crate::error::PolicyError;
 use crate::hub::{Presence, Target};
 use crate::protocol::Message;
 

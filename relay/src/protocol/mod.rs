@@ -1,6 +1,7 @@
 //! Wire profiles: decode a client's message into a [`ClientEvent`], encode a
 //! [`Message`] into bytes once per output format and share them.
 
+pub mod close;
 pub mod frame;
 pub mod json;
 pub mod socketio;

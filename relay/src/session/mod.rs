@@ -25,7 +25,7 @@ use crate::hub::{ConnHandle, ConnId, Link, Watcher};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::policy::{DisconnectInfo, HandshakeDecision, HandshakeRequest};
-use crate::protocol::frame;
+use crate::protocol::{close, frame};
 use crate::store::Mailbox;
 use crate::tenant::Tenant;
 use crate::transport::http::{text_response, ConnSlot};
@@ -169,7 +169,7 @@ where
     // Registered after the shutdown's sweep of the hub? Then close here (see
     // `close_connections_at_shutdown`).
     if node.shutdown.token.is_cancelled() {
-        h.link.close(1001, "server shutting down");
+        h.link.close_as(close::SHUTDOWN);
     }
     // Whatever happens below (even a panic in a hook), the hub forgets the connection
     // and the gauge comes down.
@@ -211,8 +211,8 @@ where
     // every connection carries while it is open.
     Box::pin(node.disconnected(&tenant, &h, &info)).await;
     // Let the writer drain what is queued (graceful close) but never wait forever.
-    if !h.is_closing() && !h.is_killed() {
-        h.abort(info.code.unwrap_or(1000));
+    if !h.link.is_closing() && !h.link.is_killed() {
+        h.link.abort(info.code.unwrap_or(close::NORMAL));
     }
     let abort = writer.abort_handle();
     if Box::pin(tokio::time::timeout(CLOSE_WAIT, writer))
@@ -377,15 +377,15 @@ impl MessageSink for JsonSink {
         let m = &node.metrics;
         if binary {
             Metrics::inc(&m.protocol_errors);
-            h.close(1003, "binary messages are not supported by this profile");
-            return Some(info(Some(1003), "binary message"));
+            h.link.close_as(close::BINARY_REFUSED);
+            return Some(info(Some(close::UNSUPPORTED_DATA), "binary message"));
         }
         let text = match String::from_utf8(payload) {
             Ok(t) => t,
             Err(_) => {
                 Metrics::inc(&m.protocol_errors);
-                h.close(1007, "invalid UTF-8");
-                return Some(info(Some(1007), "invalid UTF-8"));
+                h.link.close_as(close::INVALID_UTF8);
+                return Some(info(Some(close::INVALID_PAYLOAD), "invalid UTF-8"));
             }
         };
         Metrics::inc(&m.messages_in);

@@ -7,33 +7,75 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
-use crate::error::Error;
+use crate::fault::Fault;
+
+/// TLS material could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file is unreadable or not PEM.
+    #[error("cannot read certificate {path}: {source}")]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("no certificate found in {0}")]
+    NoCertificate(PathBuf),
+    /// The key file is unreadable or holds no private key.
+    #[error("cannot read private key {path}: {source}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// rustls refused the certificate and key.
+    #[error("certificate and key do not form a usable pair: {0}")]
+    Unusable(rustls::Error),
+    /// Generating a development certificate failed.
+    #[error("generating dev certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// Writing development certificate files failed.
+    #[error("writing dev certificates: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TlsError {
+    /// Whose fault: the operator's files, except generation (relay's own).
+    pub fn fault(&self) -> Fault {
+        match self {
+            TlsError::Generate(_) => Fault::Internal,
+            _ => Fault::Operator,
+        }
+    }
+}
 
 /// Load a PEM certificate chain and private key into a rustls server config.
-pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
+pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let bad_cert = |source| TlsError::Certificate {
+        path: cert.to_owned(),
+        source,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| Error::Tls(format!("cannot read certificate {}: {e}", cert.display())))?
+        .map_err(bad_cert)?
         .collect::<Result<_, _>>()
-        .map_err(|e| Error::Tls(format!("bad certificate PEM in {}: {e}", cert.display())))?;
+        .map_err(bad_cert)?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!(
-            "no certificate found in {}",
-            cert.display()
-        )));
+        return Err(TlsError::NoCertificate(cert.to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| Error::Tls(format!("cannot read private key {}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.to_owned(),
+        source,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(TlsError::Unusable)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| {
-            Error::Tls(format!(
-                "certificate and key do not form a usable pair: {e}"
-            ))
-        })?;
+        .map_err(TlsError::Unusable)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -61,7 +103,7 @@ impl DevCerts {
 }
 
 /// Generate a dev CA and a localhost server certificate into `dir`, unless they exist (or `force`).
-pub fn ensure_dev_certs(dir: &Path, force: bool) -> Result<DevCerts, Error> {
+pub fn ensure_dev_certs(dir: &Path, force: bool) -> Result<DevCerts, TlsError> {
     let files = DevCerts::in_dir(dir);
     if !force && files.ca.exists() && files.cert.exists() && files.key.exists() {
         return Ok(files);
@@ -70,7 +112,7 @@ pub fn ensure_dev_certs(dir: &Path, force: bool) -> Result<DevCerts, Error> {
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose,
     };
-    let e = |e: rcgen::Error| Error::Tls(format!("generating dev certificate: {e}"));
+    let e = TlsError::Generate;
     let ca_key = KeyPair::generate().map_err(e)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -270,7 +270,7 @@ async fn clients_reconnect_after_the_server_drops_them() -> Result<()> {
     let tenant = relay.running.node.tenants["chat"].clone();
     assert_eq!(tenant.hub.all().len(), 2);
     for h in tenant.hub.all() {
-        h.abort(1011); // what a crashing backend node or a network cut looks like
+        h.link.abort(1011); // what a crashing backend node or a network cut looks like
     }
     for (name, first) in [("v2", &first2), ("v4", &first4)] {
         let gone = d.next(name, "disconnect", None).await?;

@@ -1,0 +1,308 @@
+//! The composition root: builds each part of a relay once from its config, binds the
+//! listeners and starts the background tasks; [`check`] builds what `relay check` proves.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ListenerKind;
+use crate::config::{self, Config};
+use crate::error::Error;
+use crate::node::Node;
+use crate::shutdown::Shutdown;
+use crate::tenant::{Tenant, TenantDeps};
+use crate::transport::http::TcpListenerCtx;
+use crate::{broker, ingress, metrics, msglog, node, store, transport, webhook};
+
+/// A started relay: its bound addresses and the handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound address of each listener, by name.
+    pub addrs: HashMap<String, SocketAddr>,
+    /// The node (tenants, metrics).
+    pub node: Arc<Node>,
+    /// Its shutdown handle.
+    pub shutdown: Shutdown,
+    grace: Duration,
+    /// Written out at the end of [`Running::stop`] (or when dropped).
+    kv_log: Arc<store::kv::KvLog>,
+}
+
+impl Running {
+    /// The bound address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        match self.addrs.get(name) {
+            Some(a) => *a,
+            None => panic!("no listener named {name:?}"),
+        }
+    }
+
+    /// Stop accepting, send close frames after queued messages, and wait up to the grace period.
+    /// Returns `true` if every task finished in time.
+    pub async fn stop(self) -> bool {
+        self.shutdown.trigger();
+        self.shutdown.tracker.close();
+        let done = tokio::time::timeout(self.grace, self.shutdown.tracker.wait())
+            .await
+            .is_ok();
+        // Last: what the connections' final hook calls wrote goes to disk too.
+        let kv_log = self.kv_log.clone();
+        let _ = tokio::task::spawn_blocking(move || kv_log.close()).await;
+        done
+    }
+}
+
+/// Raise the soft descriptor limit to the hard limit; every connection needs one.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
+}
+
+fn config_error(config: &Config, key: String, message: String) -> config::ConfigError {
+    config::ConfigError {
+        file: config
+            .source
+            .path
+            .as_ref()
+            .map_or("<embedded>".into(), |p| p.display().to_string()),
+        line: None,
+        key,
+        message,
+    }
+}
+
+/// Gives a tenant its key-value store.
+type KvFactory<'a> = dyn Fn(&config::TenantConfig) -> Result<Arc<dyn store::KvStore>, Error> + 'a;
+
+/// Build every tenant (loading, compiling and initialising WASM plugins); `kv_for`
+/// gives each tenant its key-value store.
+fn build_tenants(
+    config: &Config,
+    metrics: &Arc<metrics::Metrics>,
+    kv_for: &KvFactory<'_>,
+) -> Result<HashMap<String, Arc<Tenant>>, Error> {
+    let mut tenants = HashMap::new();
+    for t in &config.tenants {
+        let deps = TenantDeps {
+            cache_dir: config.data_dir().join("plugin-cache"),
+            plugin_path: t.plugin.as_ref().map(|p| config.plugin_path(p.get_ref())),
+            kv: kv_for(t)?,
+            log_dir: config.log_dir(t),
+            metrics: metrics.clone(),
+        };
+        let tenant = Tenant::new(t.clone(), deps)
+            .map_err(|m| config_error(config, format!("tenant {:?}", t.name.get_ref()), m))?;
+        tenants.insert(t.name.get_ref().clone(), Arc::new(tenant));
+    }
+    Ok(tenants)
+}
+
+/// Everything `relay check` verifies beyond [`Config::validate`]: plugins compile,
+/// fit the contract, import nothing forbidden and accept their settings.
+/// (It does not open the store, which a running relay holds locked.)
+pub fn check(config: &Config) -> Result<(), Error> {
+    let memory = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
+        Ok(Arc::new(store::TenantKv::in_memory(t.kv_max_bytes)))
+    };
+    build_tenants(config, &Arc::new(metrics::Metrics::default()), &memory).map(|_| ())
+}
+
+/// Drop expired keys from the tenants' key-value stores every minute.
+async fn purge_expired_keys(node: Arc<Node>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        for t in node.tenants.values() {
+            t.kv.purge_expired();
+        }
+    }
+}
+
+/// At shutdown, queue a close frame (1001) on every connection, after what is queued.
+/// WebSocket sessions wait for nothing else to learn of the shutdown (a waiter per
+/// connection is memory an idle connection would carry); one registered just as this
+/// runs looks at the token itself (`session::run`).
+async fn close_connections_at_shutdown(node: Arc<Node>) {
+    node.shutdown.token.cancelled().await;
+    for t in node.tenants.values() {
+        for h in t.hub.all() {
+            h.link.close_as(crate::protocol::close::SHUTDOWN);
+        }
+    }
+}
+
+/// Poll a tenant's plugin file and reload it when it changes.
+async fn watch_plugin(
+    tenant: Arc<Tenant>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let policy = tenant.policy.clone();
+        let _ = tokio::task::spawn_blocking(move || policy.reload_if_changed()).await;
+    }
+}
+
+/// Bind every listener and start serving. Returns once all sockets are bound.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    raise_fd_limit();
+    let shutdown = Shutdown::new();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let db = store::sled::SledStore::open(&config.data_dir().join("store"))?;
+    let kv_log = store::kv::KvLog::start(db.db())?;
+    let logged_kv = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
+        let kv = kv_log
+            .open(t.name.get_ref(), t.kv_max_bytes)
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        Ok(kv)
+    };
+    let tenants = build_tenants(&config, &metrics, &logged_kv)?;
+    let offline: Arc<dyn store::OfflineStore> = Arc::new(db.clone());
+    let (committer, commit_task) = store::commit::Committer::start(
+        offline.clone(),
+        config.server.sync,
+        Duration::from_millis(config.server.sync_window_ms),
+        shutdown.token.clone(),
+    );
+    shutdown.tracker.spawn(commit_task);
+    for t in tenants.values() {
+        // Messages kept before a restart must still be found.
+        let used = offline.has_offline(&t.name).await?;
+        t.offline_used
+            .store(used, std::sync::atomic::Ordering::Relaxed);
+    }
+    let (webhooks, webhook_task) =
+        webhook::Webhooks::start(metrics.clone(), shutdown.token.clone())
+            .map_err(Error::Webhooks)?;
+    shutdown.tracker.spawn(webhook_task);
+    let msglog = msglog::MessageLog::start(metrics.clone())?;
+    let broker = Arc::new(broker::MemoryBroker::new(Arc::new(db.clone())));
+    broker::Broker::register_handler(
+        &*broker,
+        Arc::new(node::delivery::HubDelivery::new(
+            tenants.values().map(|t| (t.name.clone(), t.hub.clone())),
+        )),
+    );
+    let node = Arc::new(Node {
+        tenants,
+        broker,
+        metrics,
+        shutdown: shutdown.clone(),
+        offline,
+        committer,
+        webhooks,
+        msglog,
+    });
+    shutdown
+        .tracker
+        .spawn(purge_expired_keys(node.clone(), shutdown.token.clone()));
+    shutdown
+        .tracker
+        .spawn(close_connections_at_shutdown(node.clone()));
+    for tenant in node.tenants.values() {
+        if tenant.config.plugin_watch_ms > 0 && tenant.config.policy.get_ref() == "wasm" {
+            let every = Duration::from_millis(tenant.config.plugin_watch_ms);
+            shutdown
+                .tracker
+                .spawn(watch_plugin(tenant.clone(), every, shutdown.token.clone()));
+        }
+    }
+    let mut addrs = HashMap::new();
+    for l in &config.listeners {
+        let name = l.name.get_ref().clone();
+        let bind: SocketAddr = l.bind.get_ref().parse().map_err(|_| Error::BindAddress {
+            name: name.clone(),
+            addr: l.bind.get_ref().clone(),
+        })?;
+        let bind_err = |source| Error::Bind {
+            name: name.clone(),
+            addr: bind.to_string(),
+            source,
+        };
+        if l.kind == ListenerKind::Udp {
+            let sock = UdpSocket::bind(bind).await.map_err(bind_err)?;
+            addrs.insert(name.clone(), sock.local_addr()?);
+            let tenant = l
+                .tenant
+                .as_ref()
+                .and_then(|t| node.tenants.get(t.get_ref()))
+                .cloned();
+            let Some(tenant) = tenant else { continue };
+            shutdown.tracker.spawn(ingress::udp::serve(
+                sock,
+                name,
+                tenant,
+                node.clone(),
+                l.max_body_bytes,
+            ));
+            continue;
+        }
+        let tls = match l.kind {
+            ListenerKind::Wss => {
+                let (cert, key) = match (&l.cert, &l.key) {
+                    (Some(c), Some(k)) => {
+                        (config.resolve(c.get_ref()), config.resolve(k.get_ref()))
+                    }
+                    _ => {
+                        let d = transport::tls::ensure_dev_certs(
+                            &config.data_dir().join("dev-certs"),
+                            false,
+                        )?;
+                        (d.cert, d.key)
+                    }
+                };
+                Some(TlsAcceptor::from(transport::tls::load_server_config(
+                    &cert, &key,
+                )?))
+            }
+            _ => None,
+        };
+        let routes = l
+            .routes
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.path.get_ref().clone(),
+                    node.tenants.get(r.tenant.get_ref())?.clone(),
+                ))
+            })
+            .collect();
+        let mut ctx = TcpListenerCtx::new(
+            name.clone(),
+            l.kind,
+            routes,
+            l.http_ingress,
+            l.max_body_bytes,
+            Duration::from_millis(l.handshake_timeout_ms),
+            l.max_connections,
+            l.max_connections_per_ip,
+            tls,
+        );
+        ctx.allowed_origins = l.allowed_origins.clone();
+        let ctx = Arc::new(ctx);
+        let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
+        addrs.insert(name, listener.local_addr()?);
+        shutdown
+            .tracker
+            .spawn(transport::http::serve(listener, ctx, node.clone()));
+    }
+    Ok(Running {
+        addrs,
+        node,
+        shutdown,
+        grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        kv_log,
+    })
+}

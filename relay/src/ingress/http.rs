@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{IngressError, Node};
 use crate::policy::{IngressRequest, IngressSource};
 use crate::tenant::Tenant;
 use crate::transport::http::{header_pairs, text_response};
@@ -65,25 +65,13 @@ pub async fn handle(
         remote,
         body,
     };
-    let out = match tenant.policy.on_ingress(&ireq, &*tenant.hub).await {
+    let out = match node.ingress(&tenant, &ireq).await {
         Ok(out) => out,
-        Err(e) => {
-            Metrics::inc(&node.metrics.policy_errors);
-            tracing::warn!(tenant = %tenant.name, error = %e, "ingress hook failed");
-            return json_error(500, "the tenant's policy failed on this request");
+        Err(IngressError::Policy(_)) => {
+            return json_error(500, "the tenant's policy failed on this request")
         }
+        Err(e) => return json_error(503, &e.to_string()),
     };
-    // Success is answered only once every offline message it kept is durable.
-    let done = node.execute(&tenant, None, out.actions).await;
-    if let Some(e) = done.store_error {
-        return json_error(503, &format!("message not stored: {e}"));
-    }
-    if done.stored > 0 {
-        if let Err(e) = node.committer.durable().await {
-            tracing::error!(tenant = %tenant.name, error = %e, "flushing offline messages failed");
-            return json_error(503, &format!("message not stored durably: {e}"));
-        }
-    }
     let mut r = Response::new(Full::new(out.body));
     match hyper::StatusCode::from_u16(out.status) {
         Ok(s) => *r.status_mut() = s,

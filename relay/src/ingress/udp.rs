@@ -8,7 +8,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{IngressError, Node};
 use crate::policy::{IngressRequest, IngressSource};
 use crate::tenant::Tenant;
 
@@ -61,26 +61,16 @@ pub async fn serve(
                 remote: peer,
                 body,
             };
-            match tenant.policy.on_ingress(&req, &*tenant.hub).await {
-                Ok(out) => {
-                    // The reply goes out once every offline message kept is durable.
-                    let done = node2.execute(&tenant, None, out.actions).await;
-                    let durable = match done.store_error {
-                        Some(e) => Err(e),
-                        None if done.stored > 0 => node2.committer.durable().await.map_err(|e| e.to_string()),
-                        None => Ok(()),
-                    };
-                    if let Err(e) = durable {
-                        tracing::warn!(tenant = %tenant.name, error = %e, "udp push not stored: no reply");
-                        return;
-                    }
-                    if !out.body.is_empty() {
-                        let _ = sock.send_to(&out.body, peer).await;
-                    }
+            // The reply goes out once every offline message kept is durable.
+            match node2.ingress(&tenant, &req).await {
+                Ok(out) if !out.body.is_empty() => {
+                    let _ = sock.send_to(&out.body, peer).await;
                 }
+                Ok(_) => {}
+                // A policy failure is logged by the node; a store failure is said here.
+                Err(IngressError::Policy(_)) => {}
                 Err(e) => {
-                    Metrics::inc(&node2.metrics.policy_errors);
-                    tracing::warn!(tenant = %tenant.name, error = %e, "udp ingress hook failed");
+                    tracing::warn!(tenant = %tenant.name, error = %e, "udp push not stored: no reply")
                 }
             }
         });

@@ -1,12 +1,14 @@
 //! The node: tenants, broker, stores and metrics; carries out policy actions.
 //!
 //! - `mod.rs`: [`Node`], publishing, lifecycle webhooks.
+//! - [`hooks`]: the hook façade: every policy call, counted and logged in one place.
 //! - [`actions`]: carrying out a policy's [`Action`](crate::policy::Action)s.
 //! - [`rooms`]: joining rooms (with history recovery) and offline mailboxes.
 //! - [`delivery`]: the publication handler the broker calls back.
 
 mod actions;
 pub mod delivery;
+mod hooks;
 mod rooms;
 
 use std::collections::HashMap;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use crate::broker::{Broker, BrokerError, HistoryOptions, Publication, Published};
 use crate::hub::{ConnHandle, ConnId, Target};
 use crate::metrics::Metrics;
-use crate::policy::{ConnInfo, DisconnectInfo};
+use crate::policy::ConnInfo;
 use crate::protocol::Message;
 use crate::shutdown::Shutdown;
 use crate::store::commit::Committer;
@@ -25,6 +27,7 @@ use crate::tenant::Tenant;
 use crate::webhook::{with_param, Call, Webhooks};
 
 pub use actions::Executed;
+pub use hooks::IngressError;
 
 /// A connection's lifecycle moments that may call a tenant's webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,25 +120,6 @@ impl Node {
             data,
             authenticated: h.is_authenticated(),
             remote: h.remote,
-        }
-    }
-
-    /// A connection ended: forget it, run the disconnect hook and its actions, and call the
-    /// disconnect webhook for an identified connection.
-    pub async fn disconnected(&self, tenant: &Tenant, h: &ConnHandle, info: &DisconnectInfo) {
-        let ci = Self::conn_info(h);
-        tenant.hub.unregister(h);
-        if ci.user.is_some() {
-            self.lifecycle(tenant, Lifecycle::Disconnect, &ci.id);
-        }
-        match tenant.policy.on_disconnect(&ci, info, &*tenant.hub).await {
-            Ok(actions) => {
-                self.execute(tenant, None, actions).await;
-            }
-            Err(e) => {
-                Metrics::inc(&self.metrics.policy_errors);
-                tracing::warn!(tenant = %tenant.name, error = %e, "disconnect hook failed");
-            }
         }
     }
 

@@ -891,27 +891,10 @@ impl Driver {
 
     /// The event hook; with `ack`, its first reply answers the client's acknowledgement.
     async fn event(&self, h: &Arc<ConnHandle>, ev: &ClientEvent, ack: Option<u64>) {
-        let (tenant, node) = (&self.tenant, &self.node);
-        let conn = Node::conn_info(h);
-        let mut actions = match tenant.policy.on_event(&conn, ev, &*tenant.hub).await {
-            Ok(a) => a,
-            Err(e) => {
-                Metrics::inc(&node.metrics.policy_errors);
-                tracing::warn!(tenant = %tenant.name, conn = %h.id, error = %e, "event hook failed");
-                return;
-            }
-        };
-        if let Some(id) = ack {
-            if let Some(i) = actions
-                .iter()
-                .position(|a| matches!(a, Action::Reply { .. }))
-            {
-                if let Action::Reply { message } = actions.remove(i) {
-                    self.ack(h, id, &message);
-                }
-            }
+        let answer = Box::pin(self.node.event(&self.tenant, h, ev, ack.is_some())).await;
+        if let (Some(id), Some(message)) = (ack, answer) {
+            self.ack(h, id, &message);
         }
-        Box::pin(node.execute(tenant, Some(h), actions)).await;
     }
 
     /// Answer a client's acknowledgement with a message's data as the one argument.
@@ -964,14 +947,9 @@ impl Driver {
             auth,
         });
         let recover = super::presented_offset(&tenant, &hreq);
-        let decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
-            Ok(d) => d,
-            Err(e) => {
-                Metrics::inc(&node.metrics.policy_errors);
-                tracing::warn!(tenant = %tenant.name, error = %e, "handshake hook failed");
-                self.connect_error(nsp, "policy error", None);
-                return;
-            }
+        let Ok(decision) = node.handshake(&tenant, &hreq).await else {
+            self.connect_error(nsp, "policy error", None);
+            return;
         };
         if let HandshakeDecision::Reject {
             body,
@@ -983,7 +961,6 @@ impl Driver {
             if !actions.is_empty() {
                 // The policy speaks to the refused namespace itself (no CONNECT_ERROR,
                 // no CONNECT): only its replies are sent.
-                Metrics::inc(&node.metrics.handshakes_rejected);
                 for a in actions {
                     if let Action::Reply { message } = a {
                         s.link.send(codec.encode(message));
@@ -1002,7 +979,6 @@ impl Driver {
                 body.clone()
             };
             let body = body.as_str();
-            Metrics::inc(&node.metrics.handshakes_rejected);
             // A JSON object body is the error's data; its `message` (or `error`) the text.
             let (message, data) = match serde_json::from_str::<Value>(body) {
                 Ok(Value::Object(o)) => {

@@ -61,13 +61,8 @@ pub async fn handshake(
         auth: None,
     });
     let recover = presented_offset(&tenant, &hreq);
-    let mut decision = match tenant.policy.on_handshake(&hreq, &*tenant.hub).await {
-        Ok(d) => d,
-        Err(e) => {
-            Metrics::inc(&node.metrics.policy_errors);
-            tracing::warn!(tenant = %tenant.name, error = %e, "handshake hook failed");
-            return text_response(500, "policy error\n");
-        }
+    let Ok(mut decision) = node.handshake(&tenant, &hreq).await else {
+        return text_response(500, "policy error\n");
     };
     let extra_headers = match &mut decision {
         HandshakeDecision::Reject {
@@ -76,7 +71,6 @@ pub async fn handshake(
             body,
             ..
         } => {
-            Metrics::inc(&node.metrics.handshakes_rejected);
             let mut resp = text_response(*status, body);
             for (k, v) in headers {
                 if let (Ok(k), Ok(v)) = (
@@ -390,17 +384,8 @@ impl MessageSink for JsonSink {
         };
         Metrics::inc(&m.messages_in);
         let event = tenant.codec.decode_text(text);
-        let conn = Node::conn_info(h);
-        match tenant.policy.on_event(&conn, &event, &*tenant.hub).await {
-            Ok(actions) => {
-                // Boxed: the read loop's state (kept for the connection's life) stays small.
-                Box::pin(node.execute(tenant, Some(h), actions)).await;
-            }
-            Err(e) => {
-                Metrics::inc(&m.policy_errors);
-                tracing::warn!(tenant = %tenant.name, conn = %h.id, error = %e, "event hook failed");
-            }
-        }
+        // Boxed: the read loop's state (kept for the connection's life) stays small.
+        Box::pin(node.event(tenant, h, &event, false)).await;
         None
     }
 }

@@ -7,7 +7,7 @@ use thiserror::Error;
 pub enum Error {
     /// The configuration is invalid.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::config::ConfigErrors),
     /// A listener could not bind.
     #[error("listener {name:?} cannot bind {addr}: {source}")]
     Bind {

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::plugin::policy::PluginEnv;
 use crate::plugin::{PluginLimits, WasmPolicy};
 use crate::policy::{open::OpenPolicy, Policy};
-use crate::protocol::{json::WsJson, socketio::SioCodec, Codec, OutFormat};
+use crate::protocol::{json::WsJson, socketio::SioCodec, Codec, Message, OutFormat};
 use crate::store::KvStore;
 
 /// One tenant. Nothing in one tenant can reach another's hub: every route,
@@ -41,13 +41,36 @@ pub struct Tenant {
     /// joins skip the store lookup.
     pub offline_used: std::sync::atomic::AtomicBool,
     /// Sent just before the authentication deadline closes a connection.
-    pub auth_timeout_notice: Option<crate::protocol::Message>,
+    pub auth_timeout_notice: Option<Message>,
 }
 
 impl std::fmt::Debug for Tenant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tenant").field("name", &self.name).finish()
     }
+}
+
+/// Why a tenant could not be built (each names the config key at fault).
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// The policy refused its settings (`settings`).
+    #[error("{0}")]
+    Settings(String),
+    /// The plugin could not be loaded (`plugin`).
+    #[error("{0}")]
+    Plugin(String),
+    /// `auth_timeout_notice` is not a message.
+    #[error("needs `event` (optional) and `data`: {0}")]
+    Notice(String),
+}
+
+/// `auth_timeout_notice` as a message.
+fn notice_message(table: Option<&toml::Table>) -> Result<Option<Message>, TenantError> {
+    let Some(t) = table else { return Ok(None) };
+    let v = serde_json::to_value(t).map_err(|e| TenantError::Notice(e.to_string()))?;
+    serde_json::from_value(v)
+        .map(Some)
+        .map_err(|e| TenantError::Notice(e.to_string()))
 }
 
 /// What building a tenant needs besides its config.
@@ -67,37 +90,44 @@ pub struct TenantDeps {
 impl Tenant {
     /// Build a tenant from its (validated) config. Blocking: a wasm policy is compiled
     /// (or loaded from the cache), instantiated and initialised here.
-    pub fn new(config: TenantConfig, deps: TenantDeps) -> Result<Self, String> {
+    pub fn new(config: TenantConfig, deps: TenantDeps) -> Result<Self, TenantError> {
         let name: Arc<str> = Arc::from(config.name.get_ref().as_str());
         let hub = Arc::new(Hub::new(config.max_rooms_per_connection));
         let kv = deps.kv.clone();
         let policy: Arc<dyn Policy> = match config.policy.get_ref().as_str() {
-            "open" => Arc::new(OpenPolicy::from_settings(&config.settings())?),
+            "open" => Arc::new(
+                OpenPolicy::from_settings(&config.settings()).map_err(TenantError::Settings)?,
+            ),
             "wasm" => {
-                let path = deps.plugin_path.ok_or("the wasm policy needs `plugin`")?;
-                Arc::new(WasmPolicy::load(PluginEnv {
-                    tenant: name.clone(),
-                    path,
-                    cache_dir: deps.cache_dir,
-                    settings: config.settings(),
-                    limits: PluginLimits {
-                        deadline: Duration::from_millis(config.plugin_deadline_ms),
-                        memory_bytes: usize::try_from(config.plugin_memory_mb << 20)
-                            .unwrap_or(usize::MAX),
-                        max_idle: config.plugin_instances,
-                    },
-                    kv: kv.clone(),
-                    hub: hub.clone(),
-                    metrics: deps.metrics,
-                    headers: crate::plugin::HeaderFilter::new(
-                        config
-                            .plugin_headers
-                            .as_ref()
-                            .map(|h| h.get_ref().as_slice()),
-                    ),
-                })?)
+                let path = deps
+                    .plugin_path
+                    .ok_or_else(|| TenantError::Plugin("the wasm policy needs `plugin`".into()))?;
+                Arc::new(
+                    WasmPolicy::load(PluginEnv {
+                        tenant: name.clone(),
+                        path,
+                        cache_dir: deps.cache_dir,
+                        settings: config.settings(),
+                        limits: PluginLimits {
+                            deadline: Duration::from_millis(config.plugin_deadline_ms),
+                            memory_bytes: usize::try_from(config.plugin_memory_mb << 20)
+                                .unwrap_or(usize::MAX),
+                            max_idle: config.plugin_instances,
+                        },
+                        kv: kv.clone(),
+                        hub: hub.clone(),
+                        metrics: deps.metrics,
+                        headers: crate::plugin::HeaderFilter::new(
+                            config
+                                .plugin_headers
+                                .as_ref()
+                                .map(|h| h.get_ref().as_slice()),
+                        ),
+                    })
+                    .map_err(TenantError::Plugin)?,
+                )
             }
-            other => return Err(format!("unknown policy {other:?}")),
+            other => return Err(TenantError::Settings(format!("unknown policy {other:?}"))),
         };
         let namespaces: Vec<(String, Arc<dyn Codec>)> = match config.profile {
             WireProfile::WsJson => Vec::new(),
@@ -126,7 +156,7 @@ impl Tenant {
             max_bytes: config.log_max_bytes,
             keep: config.log_keep,
         });
-        let notice = config.auth_timeout_message()?;
+        let notice = notice_message(config.auth_timeout_notice.as_ref().map(|n| n.get_ref()))?;
         Ok(Tenant {
             presence: hub.clone(),
             log,

@@ -125,8 +125,8 @@ impl OutFormat {
     }
 }
 
-/// Most Socket.IO namespaces a tenant may serve.
-pub const MAX_NAMESPACES: usize = 8;
+/// Most Socket.IO namespaces a tenant may serve (a configuration limit).
+pub use crate::config::MAX_NAMESPACES;
 
 /// Decoding and encoding of one wire profile.
 pub trait Codec: Send + Sync + 'static {

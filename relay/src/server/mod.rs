@@ -1,20 +1,21 @@
 //! The composition root: builds each part of a relay once from its config, binds the
 //! listeners and starts the background tasks; [`check`] builds what `relay check` proves.
 
+mod build;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerKind;
 use crate::config::{self, Config};
 use crate::error::Error;
 use crate::node::Node;
 use crate::shutdown::Shutdown;
-use crate::tenant::{Tenant, TenantDeps};
+use crate::tenant::Tenant;
 use crate::transport::http::TcpListenerCtx;
 use crate::{broker, ingress, metrics, msglog, node, store, transport, webhook};
 
@@ -64,53 +65,26 @@ fn raise_fd_limit() {
     }
 }
 
-fn config_error(config: &Config, key: String, message: String) -> config::ConfigError {
-    config::ConfigError {
-        file: config
-            .source
-            .path
-            .as_ref()
-            .map_or("<embedded>".into(), |p| p.display().to_string()),
-        line: None,
-        key,
-        message,
-    }
-}
-
-/// Gives a tenant its key-value store.
-type KvFactory<'a> = dyn Fn(&config::TenantConfig) -> Result<Arc<dyn store::KvStore>, Error> + 'a;
-
-/// Build every tenant (loading, compiling and initialising WASM plugins); `kv_for`
-/// gives each tenant its key-value store.
-fn build_tenants(
-    config: &Config,
-    metrics: &Arc<metrics::Metrics>,
-    kv_for: &KvFactory<'_>,
-) -> Result<HashMap<String, Arc<Tenant>>, Error> {
-    let mut tenants = HashMap::new();
-    for t in &config.tenants {
-        let deps = TenantDeps {
-            cache_dir: config.data_dir().join("plugin-cache"),
-            plugin_path: t.plugin.as_ref().map(|p| config.plugin_path(p.get_ref())),
-            kv: kv_for(t)?,
-            log_dir: config.log_dir(t),
-            metrics: metrics.clone(),
-        };
-        let tenant = Tenant::new(t.clone(), deps)
-            .map_err(|m| config_error(config, format!("tenant {:?}", t.name.get_ref()), m))?;
-        tenants.insert(t.name.get_ref().clone(), Arc::new(tenant));
-    }
-    Ok(tenants)
-}
-
-/// Everything `relay check` verifies beyond [`Config::validate`]: plugins compile,
-/// fit the contract, import nothing forbidden and accept their settings.
-/// (It does not open the store, which a running relay holds locked.)
+/// Everything `relay check` verifies beyond [`Config::validate`]: TLS material loads,
+/// webhook URLs are callable, policies accept their settings, plugins compile, fit the
+/// contract, import nothing forbidden and accept their settings. Every error is
+/// reported. (It does not open the store, which a running relay holds locked.)
 pub fn check(config: &Config) -> Result<(), Error> {
     let memory = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
         Ok(Arc::new(store::TenantKv::in_memory(t.kv_max_bytes)))
     };
-    build_tenants(config, &Arc::new(metrics::Metrics::default()), &memory).map(|_| ())
+    let tls = build::tls_acceptors(config);
+    let tenants = build::tenants(config, &Arc::new(metrics::Metrics::default()), &memory);
+    match (tls, tenants) {
+        (Ok(_), Ok(_)) => Ok(()),
+        (Err(e), Ok(_)) => Err(e.into()),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(mut a), Err(Error::Config(b))) => {
+            a.0.extend(b.0);
+            Err(a.into())
+        }
+        (Err(_), Err(e)) => Err(e),
+    }
 }
 
 /// Drop expired keys from the tenants' key-value stores every minute.
@@ -168,7 +142,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             .map_err(|e| Error::Io(std::io::Error::other(e)))?;
         Ok(kv)
     };
-    let tenants = build_tenants(&config, &metrics, &logged_kv)?;
+    let mut tls = build::tls_acceptors(&config)?;
+    let tenants = build::tenants(&config, &metrics, &logged_kv)?;
     let offline: Arc<dyn store::OfflineStore> = Arc::new(db.clone());
     let (committer, commit_task) = store::commit::Committer::start(
         offline.clone(),
@@ -220,7 +195,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     }
     let mut addrs = HashMap::new();
-    for l in &config.listeners {
+    for (i, l) in config.listeners.iter().enumerate() {
         let name = l.name.get_ref().clone();
         let bind: SocketAddr = l.bind.get_ref().parse().map_err(|_| Error::BindAddress {
             name: name.clone(),
@@ -249,26 +224,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             ));
             continue;
         }
-        let tls = match l.kind {
-            ListenerKind::Wss => {
-                let (cert, key) = match (&l.cert, &l.key) {
-                    (Some(c), Some(k)) => {
-                        (config.resolve(c.get_ref()), config.resolve(k.get_ref()))
-                    }
-                    _ => {
-                        let d = transport::tls::ensure_dev_certs(
-                            &config.data_dir().join("dev-certs"),
-                            false,
-                        )?;
-                        (d.cert, d.key)
-                    }
-                };
-                Some(TlsAcceptor::from(transport::tls::load_server_config(
-                    &cert, &key,
-                )?))
-            }
-            _ => None,
-        };
+        let tls = tls.remove(&i);
         let routes = l
             .routes
             .iter()

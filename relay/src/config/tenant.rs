@@ -1,0 +1,378 @@
+//! `[[tenant]]`: an isolated application, its policy, limits and wire profile, and the
+//! checks of one tenant's section.
+
+use std::collections::HashSet;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::validate::Report;
+
+/// Policies: `open` (built in, development only) and `wasm` (a plugin per tenant).
+pub const BUILTIN_POLICIES: &[&str] = &["open", "wasm"];
+
+/// Most Socket.IO namespaces a tenant may serve (each has its own encoding slot).
+pub const MAX_NAMESPACES: usize = 8;
+
+/// The wire profile of a tenant's WebSocket connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum WireProfile {
+    /// Raw WebSocket text frames carrying JSON.
+    #[serde(rename = "ws-json")]
+    WsJson,
+    /// Socket.IO (protocol v4 on Engine.IO v4, and v2 on Engine.IO v3: socket.io-client
+    /// 1.x–4.x) over HTTP long-polling and WebSocket.
+    #[serde(rename = "socket.io")]
+    SocketIo,
+}
+
+/// `[[tenant]]`: an isolated application.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Unique name.
+    pub name: Spanned<String>,
+    /// Policy deciding on handshakes, events and ingress: `open` (development only).
+    pub policy: Spanned<String>,
+    /// Wire profile of WebSocket clients. Default `ws-json`.
+    #[serde(default = "defaults::profile")]
+    pub profile: WireProfile,
+    /// ws-json: the JSON field naming a client message's event. Default `event` (seed 004: `method`).
+    #[serde(default = "defaults::event_field")]
+    pub event_field: String,
+    /// Largest client message (all fragments together); larger closes with 1009. Default 65536.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Close a connection from which nothing was received for this long (1001). 0 = never. Default 60000 ms.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Send a WebSocket ping after this much silence, so live clients answer. 0 = never. Default 25000 ms.
+    #[serde(default = "defaults::ping_interval_ms")]
+    pub ping_interval_ms: u64,
+    /// socket.io: how long a client may take to answer a ping (v4) or to send its next one
+    /// (v3, after `ping_interval_ms`) before it is disconnected. Default 20000 ms.
+    #[serde(default = "defaults::ping_timeout_ms")]
+    pub ping_timeout_ms: u64,
+    /// socket.io: the namespaces clients may connect to (at most 8). Default `["/"]`.
+    #[serde(default = "defaults::namespaces")]
+    pub namespaces: Vec<String>,
+    /// Offline messages kept per user or room; beyond, the oldest are dropped (counted). Default 1000.
+    #[serde(default = "defaults::offline_max")]
+    pub offline_max: usize,
+    /// Offline messages older than this are not delivered. Default 7 days.
+    #[serde(default = "defaults::offline_ttl_ms")]
+    pub offline_ttl_ms: u64,
+    /// Largest offline message (its JSON); larger ones are refused. Default 65536.
+    #[serde(default = "defaults::offline_max_bytes")]
+    pub offline_max_bytes: usize,
+    /// Most bytes the tenant's key-value store holds (keys, values and 64 bytes per
+    /// entry; it lives in memory): writes beyond fail the plugin's call. Default 64 MiB.
+    #[serde(default = "defaults::kv_max_bytes")]
+    pub kv_max_bytes: usize,
+    /// Message log directory (relative to the config file). Default `<data_dir>/logs/<tenant>`.
+    #[serde(default)]
+    pub log_dir: Option<Spanned<String>>,
+    /// Rotate a message log file before it grows past this. Default 64 MiB.
+    #[serde(default = "defaults::log_max_bytes")]
+    pub log_max_bytes: u64,
+    /// Rotated message log files kept per file. Default 5.
+    #[serde(default = "defaults::log_keep")]
+    pub log_keep: usize,
+    /// Room history: keep the last this many messages of every room (0 = no history).
+    /// Messages to rooms then carry an offset clients can present to recover. Default 0.
+    #[serde(default)]
+    pub history_max: usize,
+    /// Room history entries older than this cannot be recovered. Default 600000 ms.
+    #[serde(default = "defaults::history_ttl_ms")]
+    pub history_ttl_ms: u64,
+    /// ws-json: the field added to object messages with their history offset. Default `offset`.
+    #[serde(default = "defaults::history_field")]
+    pub history_field: String,
+    /// Time allowed for each webhook attempt. Default 5000 ms.
+    #[serde(default = "defaults::webhook_timeout_ms")]
+    pub webhook_timeout_ms: u64,
+    /// Webhook attempts after the first (connection errors, timeouts, 429, 5xx). Default 3.
+    #[serde(default = "defaults::webhook_retries")]
+    pub webhook_retries: u32,
+    /// Called (GET, `sid=<connection id>` appended) when a connection is identified as a
+    /// user (seed 000's `login_cb`).
+    #[serde(default)]
+    pub login_webhook: Option<Spanned<String>>,
+    /// Called (GET, `sid=<connection id>` appended) when an identified connection ends
+    /// (seed 000's `disconnect_cb`).
+    #[serde(default)]
+    pub disconnect_webhook: Option<Spanned<String>>,
+    /// A message sent to a connection (socket.io: namespace) just before the authentication
+    /// deadline closes it, e.g. `{ event = "server_return", data = { errcode = 1 } }`.
+    #[serde(default)]
+    pub auth_timeout_notice: Option<Spanned<toml::Table>>,
+    /// Close a connection not authenticated within this long (1008). Default 30000 ms.
+    #[serde(default = "defaults::auth_timeout_ms")]
+    pub auth_timeout_ms: u64,
+    /// Frames waiting for one connection's socket; a client that lets it fill is closed (1013). Default 1024.
+    #[serde(default = "defaults::outbound_queue")]
+    pub outbound_queue: usize,
+    /// Bytes waiting for one connection's socket; beyond, the client is closed (1013). Default 4 MiB.
+    #[serde(default = "defaults::outbound_queue_bytes")]
+    pub outbound_queue_bytes: usize,
+    /// Rooms one connection may be in at once; further joins are refused. Default 1000.
+    #[serde(default = "defaults::max_rooms_per_connection")]
+    pub max_rooms_per_connection: usize,
+    /// Source networks allowed to send UDP datagrams. Default loopback only.
+    #[serde(default = "defaults::udp_allow")]
+    pub udp_allow: Vec<IpNet>,
+    /// `wasm` policy: the plugin component, a path (relative to the config file) or
+    /// `bundled:<name>` for a plugin built from `plugins/` (e.g. `bundled:md5-sign`).
+    #[serde(default)]
+    pub plugin: Option<Spanned<String>>,
+    /// CPU-time budget of one plugin call (20× in wall-clock time at most); past it the
+    /// call fails. Default 5 ms.
+    #[serde(default = "defaults::plugin_deadline_ms")]
+    pub plugin_deadline_ms: u64,
+    /// Memory cap of one plugin instance. Default 32 MiB.
+    #[serde(default = "defaults::plugin_memory_mb")]
+    pub plugin_memory_mb: u64,
+    /// Plugin instances per tenant: at most this many calls run at once (more wait their turn). Default 4.
+    #[serde(default = "defaults::plugin_instances")]
+    pub plugin_instances: usize,
+    /// How often the plugin file is checked for changes (hot reload). 0 = never. Default 1000 ms.
+    #[serde(default = "defaults::plugin_watch_ms")]
+    pub plugin_watch_ms: u64,
+    /// Request headers the plugin sees (lowercase names), for handshakes and HTTP pushes;
+    /// unset = all of them (handshakes: all but the WebSocket upgrade's own). Each header
+    /// passed costs its hook call a little, so name the ones the plugin reads.
+    #[serde(default)]
+    pub plugin_headers: Option<Spanned<Vec<String>>>,
+    /// Policy-specific settings (keys, secrets, options), handed to the policy as they are.
+    #[serde(default)]
+    pub settings: Option<Spanned<toml::Table>>,
+}
+
+impl TenantConfig {
+    /// The policy settings (empty when none are given).
+    pub fn settings(&self) -> toml::Table {
+        self.settings
+            .as_ref()
+            .map(|s| s.get_ref().clone())
+            .unwrap_or_default()
+    }
+}
+
+pub(super) mod defaults {
+    use super::*;
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn max_connections_per_ip() -> usize {
+        1_000
+    }
+    pub fn handshake_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn max_body_bytes() -> usize {
+        1 << 20
+    }
+    pub fn profile() -> WireProfile {
+        WireProfile::WsJson
+    }
+    pub fn event_field() -> String {
+        "event".into()
+    }
+    pub fn max_message_bytes() -> usize {
+        64 << 10
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn ping_interval_ms() -> u64 {
+        25_000
+    }
+    pub fn ping_timeout_ms() -> u64 {
+        20_000
+    }
+    pub fn history_ttl_ms() -> u64 {
+        600_000
+    }
+    pub fn history_field() -> String {
+        "offset".into()
+    }
+    pub fn log_max_bytes() -> u64 {
+        64 << 20
+    }
+    pub fn log_keep() -> usize {
+        5
+    }
+    pub fn webhook_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn webhook_retries() -> u32 {
+        3
+    }
+    pub fn offline_max() -> usize {
+        1000
+    }
+    pub fn offline_ttl_ms() -> u64 {
+        7 * 24 * 3600 * 1000
+    }
+    pub fn offline_max_bytes() -> usize {
+        64 << 10
+    }
+    pub fn kv_max_bytes() -> usize {
+        64 << 20
+    }
+    pub fn namespaces() -> Vec<String> {
+        vec!["/".into()]
+    }
+    pub fn plugin_deadline_ms() -> u64 {
+        5
+    }
+    pub fn plugin_memory_mb() -> u64 {
+        32
+    }
+    pub fn plugin_instances() -> usize {
+        4
+    }
+    pub fn plugin_watch_ms() -> u64 {
+        1000
+    }
+    pub fn auth_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn outbound_queue() -> usize {
+        1024
+    }
+    pub fn outbound_queue_bytes() -> usize {
+        4 << 20
+    }
+    pub fn max_rooms_per_connection() -> usize {
+        1000
+    }
+    pub fn udp_allow() -> Vec<IpNet> {
+        ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+}
+
+/// Whether a name is non-empty and uses only `a-z`, `0-9`, `-` and `_` (any case).
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl TenantConfig {
+    /// Check the `i`-th tenant's section; `names` collects tenant names (duplicates are errors).
+    pub(super) fn check<'c>(&'c self, i: usize, names: &mut HashSet<&'c str>, r: &mut Report<'_>) {
+        let k = |f: &str| format!("tenant[{i}].{f}");
+        let name = self.name.get_ref();
+        if !plain_name(name) {
+            r.add(
+                Some(self.name.span()),
+                k("name"),
+                "must be non-empty and use only a-z, 0-9, '-' and '_'",
+            );
+        }
+        if !names.insert(name.as_str()) {
+            r.add(
+                Some(self.name.span()),
+                k("name"),
+                format!("duplicate tenant name {name:?}"),
+            );
+        }
+        let policy = self.policy.get_ref().as_str();
+        if !BUILTIN_POLICIES.contains(&policy) {
+            r.add(
+                Some(self.policy.span()),
+                k("policy"),
+                format!(
+                    "unknown policy {policy:?}; known: {}",
+                    BUILTIN_POLICIES.join(", ")
+                ),
+            );
+        }
+        for (field, value) in [
+            ("max_message_bytes", self.max_message_bytes),
+            ("outbound_queue", self.outbound_queue),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
+            ("max_rooms_per_connection", self.max_rooms_per_connection),
+            ("auth_timeout_ms", self.auth_timeout_ms as usize),
+            ("offline_max", self.offline_max),
+            ("offline_ttl_ms", self.offline_ttl_ms as usize),
+            ("offline_max_bytes", self.offline_max_bytes),
+            ("kv_max_bytes", self.kv_max_bytes),
+            ("plugin_deadline_ms", self.plugin_deadline_ms as usize),
+            ("plugin_memory_mb", self.plugin_memory_mb as usize),
+        ] {
+            if value == 0 {
+                r.add(Some(self.name.span()), k(field), "must be greater than 0");
+            }
+        }
+        match (policy, &self.plugin) {
+            ("wasm", None) => r.add(
+                Some(self.policy.span()),
+                k("plugin"),
+                "the wasm policy needs `plugin` (a .wasm path or bundled:<name>)",
+            ),
+            ("wasm", Some(_)) | (_, None) => {}
+            (_, Some(p)) => r.add(
+                Some(p.span()),
+                k("plugin"),
+                "`plugin` needs policy = \"wasm\"",
+            ),
+        }
+        if let Some(h) = &self.plugin_headers {
+            let bad = h.get_ref().iter().find(|n| {
+                http::HeaderName::from_bytes(n.as_bytes()).is_err()
+                    || n.bytes().any(|b| b.is_ascii_uppercase())
+            });
+            if let Some(bad) = bad {
+                r.add(
+                    Some(h.span()),
+                    k("plugin_headers"),
+                    format!("{bad:?} is not a lowercase HTTP header name"),
+                );
+            }
+        }
+        if self.event_field.is_empty() {
+            r.add(
+                Some(self.name.span()),
+                k("event_field"),
+                "must not be empty",
+            );
+        }
+        if self.profile == WireProfile::SocketIo {
+            self.check_socketio(&k, r);
+        }
+    }
+
+    fn check_socketio(&self, k: &dyn Fn(&str) -> String, r: &mut Report<'_>) {
+        if self.ping_interval_ms == 0 || self.ping_timeout_ms == 0 {
+            r.add(
+                Some(self.name.span()),
+                k("ping_interval_ms"),
+                "socket.io needs ping_interval_ms and ping_timeout_ms greater than 0",
+            );
+        }
+        if self.namespaces.is_empty() || self.namespaces.len() > MAX_NAMESPACES {
+            r.add(
+                Some(self.name.span()),
+                k("namespaces"),
+                format!("give 1 to {MAX_NAMESPACES} namespaces"),
+            );
+        }
+        let mut seen = HashSet::new();
+        for n in &self.namespaces {
+            if !n.starts_with('/') || n.contains([',', '?', '#']) || !seen.insert(n) {
+                r.add(
+                    Some(self.name.span()),
+                    k("namespaces"),
+                    format!("{n:?}: a namespace starts with '/', has no ',', '?' or '#', and appears once"),
+                );
+            }
+        }
+    }
+}

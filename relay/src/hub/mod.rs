@@ -6,6 +6,7 @@
 //! encoded once per wire format and never copied per recipient.
 
 mod conn;
+mod link;
 pub mod queue;
 
 use std::collections::{HashMap, HashSet};

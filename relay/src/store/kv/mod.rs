@@ -20,13 +20,22 @@
 //! A store holds at most `kv_max_bytes` (key and value bytes plus [`ENTRY_OVERHEAD`]
 //! per entry); a write beyond is refused with [`KvError::Full`]. Expired entries stop
 //! being visible at once and are dropped from memory by [`KvStore::purge_expired`].
+//!
+//! - `mod.rs`: [`TenantKv`], the store in memory.
+//! - `record.rs`: the log's record format. `log.rs`: [`KvLog`], the writer thread.
 
+mod log;
+mod record;
+
+pub use log::KvLog;
+use log::Wake;
+use record::{put_delete, put_set, Op};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{now_ms, KvStore};
@@ -106,78 +115,6 @@ impl Shard {
     }
 }
 
-fn put_set(out: &mut Vec<u8>, key: &str, value: &[u8], expires_ms: u64) {
-    out.push(OP_SET);
-    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(&expires_ms.to_be_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-    out.extend_from_slice(value);
-}
-
-fn put_delete(out: &mut Vec<u8>, key: &str) {
-    out.push(OP_DELETE);
-    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
-    out.extend_from_slice(key.as_bytes());
-}
-
-/// One decoded log operation.
-enum Op<'a> {
-    Set(&'a str, &'a [u8], u64),
-    Delete(&'a str),
-}
-
-/// The operations of one log record; `None` where it is malformed.
-fn ops(mut rec: &[u8]) -> impl Iterator<Item = Option<Op<'_>>> {
-    fn take<'a>(rec: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = rec.split_at_checked(n)?;
-        *rec = rest;
-        Some(head)
-    }
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if rec.is_empty() || failed {
-            return None;
-        }
-        let op = (|| {
-            let kind = take(&mut rec, 1)?[0];
-            let klen = u16::from_be_bytes(take(&mut rec, 2)?.try_into().ok()?) as usize;
-            let key = std::str::from_utf8(take(&mut rec, klen)?).ok()?;
-            match kind {
-                OP_SET => {
-                    let exp = u64::from_be_bytes(take(&mut rec, 8)?.try_into().ok()?);
-                    let vlen = u32::from_be_bytes(take(&mut rec, 4)?.try_into().ok()?) as usize;
-                    Some(Op::Set(key, take(&mut rec, vlen)?, exp))
-                }
-                OP_DELETE => Some(Op::Delete(key)),
-                _ => None,
-            }
-        })();
-        failed = op.is_none();
-        Some(op)
-    })
-}
-
-/// Wakes the log thread.
-#[derive(Default)]
-struct Wake {
-    /// (something is pending, stop requested)
-    flags: Mutex<(bool, bool)>,
-    cond: Condvar,
-}
-
-impl Wake {
-    fn lock(&self) -> MutexGuard<'_, (bool, bool)> {
-        self.flags.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn pending(&self) {
-        self.lock().0 = true;
-        self.cond.notify_one();
-    }
-}
-
-/// One tenant's key-value store.
 pub struct TenantKv {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
@@ -466,229 +403,10 @@ impl KvStore for TenantKv {
 }
 
 /// A store and where its log lives.
-struct Logged {
-    kv: Arc<TenantKv>,
-    tenant: String,
-    tree: sled::Tree,
-    next_seq: u64,
-    /// Bytes in the log (records since and including the last snapshot).
-    log_bytes: usize,
-}
-
-impl Logged {
-    fn write(&mut self, rec: &[u8]) -> sled::Result<()> {
-        self.tree.insert(self.next_seq.to_be_bytes(), rec)?;
-        self.next_seq += 1;
-        self.log_bytes += rec.len();
-        Ok(())
-    }
-
-    /// Write the live data as a snapshot, make it durable, then drop the records before it.
-    fn compact(&mut self) -> sled::Result<()> {
-        let first = self.next_seq;
-        self.log_bytes = 0;
-        for chunk in self.kv.snapshot() {
-            self.write(&chunk)?;
-        }
-        self.tree.flush()?;
-        let old: Vec<sled::IVec> = self
-            .tree
-            .range(..first.to_be_bytes())
-            .keys()
-            .collect::<sled::Result<_>>()?;
-        for k in old {
-            self.tree.remove(k)?;
-        }
-        Ok(())
-    }
-}
-
-/// The log thread and the stores it writes for.
-pub struct KvLog {
-    db: sled::Db,
-    wake: Arc<Wake>,
-    stores: Arc<Mutex<Vec<Logged>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl std::fmt::Debug for KvLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvLog").finish()
-    }
-}
-
-/// Tree of a tenant's log.
-fn log_tree(tenant: &str) -> String {
-    format!("kvlog/{tenant}")
-}
-
-/// Tree of a tenant's store as schema 1 kept it (one sled entry per key).
-fn legacy_tree(tenant: &str) -> String {
-    format!("kv/{tenant}")
-}
-
-impl KvLog {
-    /// Start the log thread for stores in `db`.
-    pub fn start(db: sled::Db) -> std::io::Result<Arc<Self>> {
-        let wake = Arc::new(Wake::default());
-        let stores: Arc<Mutex<Vec<Logged>>> = Arc::default();
-        let thread = {
-            let (wake, stores) = (wake.clone(), stores.clone());
-            std::thread::Builder::new()
-                .name("relay-kv-log".into())
-                .spawn(move || run(&wake, &stores))?
-        };
-        Ok(Arc::new(KvLog {
-            db,
-            wake,
-            stores,
-            thread: Mutex::new(Some(thread)),
-        }))
-    }
-
-    /// Open `tenant`'s store: replay its log (and move a schema-1 store into it), holding
-    /// at most `max_bytes`.
-    pub fn open(&self, tenant: &str, max_bytes: usize) -> Result<Arc<TenantKv>, String> {
-        let err = |e: sled::Error| format!("key-value store of tenant {tenant}: {e}");
-        let kv = Arc::new(TenantKv::new(max_bytes, Some(self.wake.clone())));
-        let tree = self.db.open_tree(log_tree(tenant)).map_err(err)?;
-        let now = now_ms();
-        let (mut next_seq, mut log_bytes) = (0u64, 0usize);
-        for item in tree.iter() {
-            let (k, rec) = item.map_err(err)?;
-            let seq = <[u8; 8]>::try_from(k.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| {
-                    format!(
-                        "key-value store of tenant {tenant}: bad log key; the store may be corrupt"
-                    )
-                })?;
-            for op in ops(&rec) {
-                let Some(op) = op else {
-                    return Err(format!("key-value store of tenant {tenant}: log record {seq} is unreadable; the store may be corrupt"));
-                };
-                kv.replay(op, now);
-            }
-            next_seq = seq + 1;
-            log_bytes += rec.len();
-        }
-        let mut logged = Logged {
-            kv: kv.clone(),
-            tenant: tenant.to_owned(),
-            tree,
-            next_seq,
-            log_bytes,
-        };
-        // Schema 1 kept one sled entry per key (8-byte expiry, then the value).
-        let legacy = legacy_tree(tenant);
-        if self
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == legacy.as_bytes())
-        {
-            let old = self.db.open_tree(&legacy).map_err(err)?;
-            for item in old.iter() {
-                let (k, v) = item.map_err(err)?;
-                let (Ok(key), Some((exp, value))) =
-                    (std::str::from_utf8(&k), v.split_at_checked(8))
-                else {
-                    continue;
-                };
-                if TenantKv::check(key, value).is_err() {
-                    continue;
-                }
-                let exp = u64::from_be_bytes(exp.try_into().unwrap_or_default());
-                kv.replay(Op::Set(key, value, exp), now);
-            }
-            logged.compact().map_err(err)?;
-            drop(old);
-            self.db.drop_tree(legacy.as_bytes()).map_err(err)?;
-            tracing::info!(
-                tenant,
-                keys = kv.len(),
-                "key-value store moved to the schema 2 log"
-            );
-        }
-        self.stores
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(logged);
-        Ok(kv)
-    }
-
-    /// Write everything pending, flush sled and stop the thread (later writes stay in
-    /// memory only). Called at shutdown; idempotent.
-    pub fn close(&self) {
-        {
-            let mut f = self.wake.lock();
-            f.1 = true;
-        }
-        self.wake.cond.notify_one();
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
-        if let Err(e) = self.db.flush() {
-            tracing::error!(error = %e, "flushing the key-value log failed");
-        }
-    }
-}
-
-impl Drop for KvLog {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-/// The log thread: wait for writes, let [`KV_WINDOW`] gather more, write each store's
-/// pending records as one sled value, compact logs that have grown.
-fn run(wake: &Wake, stores: &Mutex<Vec<Logged>>) {
-    let mut rec = Vec::new();
-    loop {
-        let stop = {
-            let mut f = wake.lock();
-            while !f.0 && !f.1 {
-                f = wake.cond.wait(f).unwrap_or_else(|p| p.into_inner());
-            }
-            f.0 = false;
-            f.1
-        };
-        if !stop {
-            std::thread::sleep(KV_WINDOW);
-        }
-        let mut stores = stores.lock().unwrap_or_else(|p| p.into_inner());
-        for s in stores.iter_mut() {
-            rec.clear();
-            s.kv.take_pending(&mut rec);
-            if !rec.is_empty() {
-                if let Err(e) = s.write(&rec) {
-                    tracing::error!(tenant = %s.tenant, error = %e, "writing the key-value log failed; these writes are kept in memory only");
-                }
-            }
-            if rec.capacity() > 1 << 20 {
-                rec = Vec::new();
-            }
-            if s.log_bytes > COMPACT_MIN && s.log_bytes > 2 * s.kv.used_bytes() {
-                let before = s.log_bytes;
-                match s.compact() {
-                    Ok(()) => {
-                        tracing::debug!(tenant = %s.tenant, before, after = s.log_bytes, "key-value log compacted")
-                    }
-                    Err(e) => {
-                        tracing::error!(tenant = %s.tenant, error = %e, "compacting the key-value log failed")
-                    }
-                }
-            }
-        }
-        if stop {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::log::{legacy_tree, log_tree};
+    use super::record::ops;
     use super::*;
 
     fn db(dir: &std::path::Path) -> sled::Db {

@@ -1,0 +1,249 @@
+//! [`KvLog`]: the thread that writes the stores' pending records to sled every
+//! [`KV_WINDOW`](super::KV_WINDOW), replays a log when a store opens, and compacts it.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::record::{ops, Op};
+use super::{TenantKv, COMPACT_MIN, KV_WINDOW};
+use crate::store::now_ms;
+
+/// Wakes the log thread.
+#[derive(Default)]
+pub(super) struct Wake {
+    /// (something is pending, stop requested)
+    flags: Mutex<(bool, bool)>,
+    cond: Condvar,
+}
+
+impl Wake {
+    fn lock(&self) -> MutexGuard<'_, (bool, bool)> {
+        self.flags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn pending(&self) {
+        self.lock().0 = true;
+        self.cond.notify_one();
+    }
+}
+
+/// One tenant's key-value store.
+pub(super) struct Logged {
+    kv: Arc<TenantKv>,
+    tenant: String,
+    tree: sled::Tree,
+    next_seq: u64,
+    /// Bytes in the log (records since and including the last snapshot).
+    log_bytes: usize,
+}
+
+impl Logged {
+    fn write(&mut self, rec: &[u8]) -> sled::Result<()> {
+        self.tree.insert(self.next_seq.to_be_bytes(), rec)?;
+        self.next_seq += 1;
+        self.log_bytes += rec.len();
+        Ok(())
+    }
+
+    /// Write the live data as a snapshot, make it durable, then drop the records before it.
+    fn compact(&mut self) -> sled::Result<()> {
+        let first = self.next_seq;
+        self.log_bytes = 0;
+        for chunk in self.kv.snapshot() {
+            self.write(&chunk)?;
+        }
+        self.tree.flush()?;
+        let old: Vec<sled::IVec> = self
+            .tree
+            .range(..first.to_be_bytes())
+            .keys()
+            .collect::<sled::Result<_>>()?;
+        for k in old {
+            self.tree.remove(k)?;
+        }
+        Ok(())
+    }
+}
+
+/// The log thread and the stores it writes for.
+pub struct KvLog {
+    db: sled::Db,
+    wake: Arc<Wake>,
+    stores: Arc<Mutex<Vec<Logged>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for KvLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvLog").finish()
+    }
+}
+
+/// Tree of a tenant's log.
+pub(super) fn log_tree(tenant: &str) -> String {
+    format!("kvlog/{tenant}")
+}
+
+/// Tree of a tenant's store as schema 1 kept it (one sled entry per key).
+pub(super) fn legacy_tree(tenant: &str) -> String {
+    format!("kv/{tenant}")
+}
+
+impl KvLog {
+    /// Start the log thread for stores in `db`.
+    pub fn start(db: sled::Db) -> std::io::Result<Arc<Self>> {
+        let wake = Arc::new(Wake::default());
+        let stores: Arc<Mutex<Vec<Logged>>> = Arc::default();
+        let thread = {
+            let (wake, stores) = (wake.clone(), stores.clone());
+            std::thread::Builder::new()
+                .name("relay-kv-log".into())
+                .spawn(move || run(&wake, &stores))?
+        };
+        Ok(Arc::new(KvLog {
+            db,
+            wake,
+            stores,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Open `tenant`'s store: replay its log (and move a schema-1 store into it), holding
+    /// at most `max_bytes`.
+    pub fn open(&self, tenant: &str, max_bytes: usize) -> Result<Arc<TenantKv>, String> {
+        let err = |e: sled::Error| format!("key-value store of tenant {tenant}: {e}");
+        let kv = Arc::new(TenantKv::new(max_bytes, Some(self.wake.clone())));
+        let tree = self.db.open_tree(log_tree(tenant)).map_err(err)?;
+        let now = now_ms();
+        let (mut next_seq, mut log_bytes) = (0u64, 0usize);
+        for item in tree.iter() {
+            let (k, rec) = item.map_err(err)?;
+            let seq = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    format!(
+                        "key-value store of tenant {tenant}: bad log key; the store may be corrupt"
+                    )
+                })?;
+            for op in ops(&rec) {
+                let Some(op) = op else {
+                    return Err(format!("key-value store of tenant {tenant}: log record {seq} is unreadable; the store may be corrupt"));
+                };
+                kv.replay(op, now);
+            }
+            next_seq = seq + 1;
+            log_bytes += rec.len();
+        }
+        let mut logged = Logged {
+            kv: kv.clone(),
+            tenant: tenant.to_owned(),
+            tree,
+            next_seq,
+            log_bytes,
+        };
+        // Schema 1 kept one sled entry per key (8-byte expiry, then the value).
+        let legacy = legacy_tree(tenant);
+        if self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == legacy.as_bytes())
+        {
+            let old = self.db.open_tree(&legacy).map_err(err)?;
+            for item in old.iter() {
+                let (k, v) = item.map_err(err)?;
+                let (Ok(key), Some((exp, value))) =
+                    (std::str::from_utf8(&k), v.split_at_checked(8))
+                else {
+                    continue;
+                };
+                if TenantKv::check(key, value).is_err() {
+                    continue;
+                }
+                let exp = u64::from_be_bytes(exp.try_into().unwrap_or_default());
+                kv.replay(Op::Set(key, value, exp), now);
+            }
+            logged.compact().map_err(err)?;
+            drop(old);
+            self.db.drop_tree(legacy.as_bytes()).map_err(err)?;
+            tracing::info!(
+                tenant,
+                keys = kv.len(),
+                "key-value store moved to the schema 2 log"
+            );
+        }
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(logged);
+        Ok(kv)
+    }
+
+    /// Write everything pending, flush sled and stop the thread (later writes stay in
+    /// memory only). Called at shutdown; idempotent.
+    pub fn close(&self) {
+        {
+            let mut f = self.wake.lock();
+            f.1 = true;
+        }
+        self.wake.cond.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::error!(error = %e, "flushing the key-value log failed");
+        }
+    }
+}
+
+impl Drop for KvLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The log thread: wait for writes, let [`KV_WINDOW`] gather more, write each store's
+/// pending records as one sled value, compact logs that have grown.
+fn run(wake: &Wake, stores: &Mutex<Vec<Logged>>) {
+    let mut rec = Vec::new();
+    loop {
+        let stop = {
+            let mut f = wake.lock();
+            while !f.0 && !f.1 {
+                f = wake.cond.wait(f).unwrap_or_else(|p| p.into_inner());
+            }
+            f.0 = false;
+            f.1
+        };
+        if !stop {
+            std::thread::sleep(KV_WINDOW);
+        }
+        let mut stores = stores.lock().unwrap_or_else(|p| p.into_inner());
+        for s in stores.iter_mut() {
+            rec.clear();
+            s.kv.take_pending(&mut rec);
+            if !rec.is_empty() {
+                if let Err(e) = s.write(&rec) {
+                    tracing::error!(tenant = %s.tenant, error = %e, "writing the key-value log failed; these writes are kept in memory only");
+                }
+            }
+            if rec.capacity() > 1 << 20 {
+                rec = Vec::new();
+            }
+            if s.log_bytes > COMPACT_MIN && s.log_bytes > 2 * s.kv.used_bytes() {
+                let before = s.log_bytes;
+                match s.compact() {
+                    Ok(()) => {
+                        tracing::debug!(tenant = %s.tenant, before, after = s.log_bytes, "key-value log compacted")
+                    }
+                    Err(e) => {
+                        tracing::error!(tenant = %s.tenant, error = %e, "compacting the key-value log failed")
+                    }
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}

@@ -56,9 +56,12 @@ pub enum TenantError {
     /// The policy refused its settings (`settings`).
     #[error("{0}")]
     Settings(String),
+    /// The wasm policy was given no plugin (`plugin`).
+    #[error("the wasm policy needs `plugin`")]
+    NoPlugin,
     /// The plugin could not be loaded (`plugin`).
-    #[error("{0}")]
-    Plugin(String),
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::LoadError),
     /// `auth_timeout_notice` is not a message.
     #[error("needs `event` (optional) and `data`: {0}")]
     Notice(String),
@@ -99,9 +102,7 @@ impl Tenant {
                 OpenPolicy::from_settings(&config.settings()).map_err(TenantError::Settings)?,
             ),
             "wasm" => {
-                let path = deps
-                    .plugin_path
-                    .ok_or_else(|| TenantError::Plugin("the wasm policy needs `plugin`".into()))?;
+                let path = deps.plugin_path.ok_or(TenantError::NoPlugin)?;
                 Arc::new(
                     WasmPolicy::load(PluginEnv {
                         tenant: name.clone(),

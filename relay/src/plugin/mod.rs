@@ -6,17 +6,21 @@
 //! - [`convert`]: WIT values ↔ relay's policy types, validating what plugins return.
 //! - [`stdio`]: plugins' stdout/stderr, kept for the log.
 //! - [`syncio`]: `wasi:io` streams and poll for synchronous calls.
-//! - [`policy`]: [`WasmPolicy`]: per-tenant instance pool, limits, deadlines, hot reload.
+//! - [`policy`]: [`WasmPolicy`]: per-tenant instance pool, limits, deadlines, hot reload;
+//!   `load.rs` loads and reloads a plugin, `call.rs` runs one hook call.
 
 pub mod bindings;
+mod call;
 pub mod convert;
 pub mod host;
+mod load;
 pub mod policy;
 pub mod runtime;
 pub mod stdio;
 pub mod syncio;
 
 pub use convert::HeaderFilter;
+pub use load::{InitError, LoadError};
 pub use policy::{PluginLimits, WasmPolicy};
 
 /// Directory of the plugins bundled in `plugins/`, built by relay's build script.

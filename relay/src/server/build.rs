@@ -91,7 +91,7 @@ fn tenant(
                 t.settings.as_ref().map_or(t.policy.span(), |s| s.span()),
                 "settings",
             ),
-            TenantError::Plugin(_) => (
+            TenantError::Plugin(_) | TenantError::NoPlugin => (
                 t.plugin.as_ref().map_or(t.policy.span(), |p| p.span()),
                 "plugin",
             ),

@@ -30,8 +30,8 @@ pub enum Error {
         addr: String,
     },
     /// The webhook client could not be set up.
-    #[error("webhooks: {0}")]
-    Webhooks(String),
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhook::WebhookError),
     /// The embedded store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

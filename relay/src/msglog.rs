@@ -46,15 +46,30 @@ pub struct MessageLog {
     metrics: Arc<Metrics>,
 }
 
-/// Why a file name is refused, or `None` if it is fine.
-pub fn check_name(name: &str) -> Result<(), String> {
+/// Why a line was not queued for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The file name is empty or too long.
+    #[error("log file name must be 1 to {MAX_NAME} bytes")]
+    NameLength,
+    /// The file name is not a plain name.
+    #[error("log file name {0:?} must be a plain name (no '/', '\\', '..', NUL or leading '.')")]
+    NotPlain(String),
+    /// The writer is behind: the queue is full.
+    #[error("message log queue full")]
+    Full,
+    /// The writer has stopped.
+    #[error("message log writer stopped")]
+    Stopped,
+}
+
+/// Whether `name` may name a log file: a plain name, 1 to [`MAX_NAME`] bytes.
+pub fn check_name(name: &str) -> Result<(), LogError> {
     if name.is_empty() || name.len() > MAX_NAME {
-        return Err(format!("log file name must be 1 to {MAX_NAME} bytes"));
+        return Err(LogError::NameLength);
     }
     if name.contains(['/', '\\', '\0']) || name.contains("..") || name.starts_with('.') {
-        return Err(format!(
-            "log file name {name:?} must be a plain name (no '/', '\\', '..', NUL or leading '.')"
-        ));
+        return Err(LogError::NotPlain(name.to_owned()));
     }
     Ok(())
 }
@@ -83,7 +98,7 @@ impl MessageLog {
         target: &Arc<LogTarget>,
         file: &str,
         bytes: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LogError> {
         if let Err(e) = check_name(file) {
             Metrics::inc(&self.metrics.log_refused);
             return Err(e);
@@ -97,11 +112,11 @@ impl MessageLog {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 Metrics::inc(&self.metrics.log_refused);
-                Err("message log queue full".into())
+                Err(LogError::Full)
             }
             Err(TrySendError::Disconnected(_)) => {
                 Metrics::inc(&self.metrics.log_refused);
-                Err("message log writer stopped".into())
+                Err(LogError::Stopped)
             }
         }
     }

@@ -18,6 +18,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+/// Why a webhook call cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// The method is not one relay calls with.
+    #[error("webhook method {0:?} is not GET/POST/PUT/PATCH/DELETE")]
+    Method(String),
+    /// The URL does not parse.
+    #[error("webhook URL {url:?} does not parse: {reason}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// The URL is not absolute http(s).
+    #[error("webhook URL {0} must be absolute http:// or https://")]
+    NotAbsolute(String),
+    /// A header name or value is invalid.
+    #[error("webhook header {0:?} is not valid")]
+    Header(String),
+    /// The HTTPS client could not be set up (relay's fault).
+    #[error("webhook TLS setup: {0}")]
+    Tls(String),
+}
+
 /// Calls waiting to be made, across tenants.
 const QUEUE: usize = 10_000;
 /// Calls in flight at once.
@@ -56,30 +81,28 @@ impl Call {
         body: Bytes,
         timeout: Duration,
         retries: u32,
-    ) -> Result<Call, String> {
+    ) -> Result<Call, WebhookError> {
         let method = match method.to_ascii_uppercase().as_str() {
             m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE") => {
-                hyper::Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?
+                hyper::Method::from_bytes(m.as_bytes())
+                    .map_err(|_| WebhookError::Method(m.to_owned()))?
             }
-            other => {
-                return Err(format!(
-                    "webhook method {other:?} is not GET/POST/PUT/PATCH/DELETE"
-                ))
-            }
+            other => return Err(WebhookError::Method(other.to_owned())),
         };
-        let url: hyper::Uri = url
-            .parse()
-            .map_err(|e| format!("webhook URL {url:?} does not parse: {e}"))?;
+        let url: hyper::Uri =
+            url.parse()
+                .map_err(|e: http::uri::InvalidUri| WebhookError::Url {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                })?;
         if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-            return Err(format!(
-                "webhook URL {url} must be absolute http:// or https://"
-            ));
+            return Err(WebhookError::NotAbsolute(url.to_string()));
         }
         for (k, v) in &headers {
             if http::HeaderName::try_from(k.as_str()).is_err()
                 || http::HeaderValue::try_from(v.as_str()).is_err()
             {
-                return Err(format!("webhook header {k:?} is not valid"));
+                return Err(WebhookError::Header(k.clone()));
             }
         }
         Ok(Call {
@@ -115,12 +138,12 @@ impl Webhooks {
     pub fn start(
         metrics: Arc<Metrics>,
         stop: CancellationToken,
-    ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), String> {
+    ) -> Result<(Self, impl std::future::Future<Output = ()> + Send + 'static), WebhookError> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(Arc::new(
                 tokio_rustls::rustls::crypto::ring::default_provider(),
             ))
-            .map_err(|e| format!("webhook TLS setup: {e}"))?
+            .map_err(|e| WebhookError::Tls(e.to_string()))?
             .https_or_http()
             .enable_http1()
             .build();
@@ -245,9 +268,18 @@ mod tests {
         };
         assert!(c("post", "http://127.0.0.1:9/x").is_ok());
         assert!(c("GET", "https://example.com/cb?a=1").is_ok());
-        assert!(c("TRACE", "http://x/").unwrap_err().contains("method"));
-        assert!(c("GET", "/relative").unwrap_err().contains("absolute"));
-        assert!(c("GET", "ftp://x/").unwrap_err().contains("absolute"));
+        assert!(matches!(
+            c("TRACE", "http://x/"),
+            Err(WebhookError::Method(_))
+        ));
+        assert!(matches!(
+            c("GET", "/relative"),
+            Err(WebhookError::NotAbsolute(_))
+        ));
+        assert!(matches!(
+            c("GET", "ftp://x/"),
+            Err(WebhookError::NotAbsolute(_))
+        ));
         assert_eq!(
             with_param("http://h/cb", "sid", "a b"),
             "http://h/cb?sid=a+b"

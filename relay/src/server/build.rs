@@ -123,7 +123,8 @@ fn webhook_urls(config: &Config, i: usize, t: &TenantConfig, errors: &mut Vec<Co
             0,
         );
         if let Err(e) = call {
-            errors.push(config.error_at(Some(u.span()), format!("tenant[{i}].{field}"), e));
+            let key = format!("tenant[{i}].{field}");
+            errors.push(config.error_at(Some(u.span()), key, e.to_string()));
         }
     }
 }

@@ -137,10 +137,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let db = store::sled::SledStore::open(&config.data_dir().join("store"))?;
     let kv_log = store::kv::KvLog::start(db.db())?;
     let logged_kv = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
-        let kv = kv_log
-            .open(t.name.get_ref(), t.kv_max_bytes)
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        Ok(kv)
+        Ok(kv_log.open(t.name.get_ref(), t.kv_max_bytes)?)
     };
     let mut tls = build::tls_acceptors(&config)?;
     let tenants = build::tenants(&config, &metrics, &logged_kv)?;

@@ -51,7 +51,7 @@ pub enum StoreError {
         /// What was being done.
         op: &'static str,
         /// What is wrong.
-        what: &'static str,
+        what: String,
     },
     /// The store is shutting down; nothing more is accepted.
     #[error("the store is shutting down")]

@@ -262,7 +262,7 @@ impl HistoryStore for SledStore {
             .map_err(StoreError::backend("history epoch"))?
             .ok_or(StoreError::Damaged {
                 op: "history epoch",
-                what: "the epoch vanished",
+                what: "the epoch vanished".into(),
             })?;
         Ok(String::from_utf8_lossy(&v).into_owned())
     }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::record::{ops, Op};
 use super::{TenantKv, COMPACT_MIN, KV_WINDOW};
-use crate::store::now_ms;
+use crate::store::{now_ms, StoreError};
 
 /// Wakes the log thread.
 #[derive(Default)]
@@ -109,8 +109,8 @@ impl KvLog {
 
     /// Open `tenant`'s store: replay its log (and move a schema-1 store into it), holding
     /// at most `max_bytes`.
-    pub fn open(&self, tenant: &str, max_bytes: usize) -> Result<Arc<TenantKv>, String> {
-        let err = |e: sled::Error| format!("key-value store of tenant {tenant}: {e}");
+    pub fn open(&self, tenant: &str, max_bytes: usize) -> Result<Arc<TenantKv>, StoreError> {
+        let err = StoreError::backend("open key-value log");
         let kv = Arc::new(TenantKv::new(max_bytes, Some(self.wake.clone())));
         let tree = self.db.open_tree(log_tree(tenant)).map_err(err)?;
         let now = now_ms();
@@ -119,14 +119,16 @@ impl KvLog {
             let (k, rec) = item.map_err(err)?;
             let seq = <[u8; 8]>::try_from(k.as_ref())
                 .map(u64::from_be_bytes)
-                .map_err(|_| {
-                    format!(
-                        "key-value store of tenant {tenant}: bad log key; the store may be corrupt"
-                    )
+                .map_err(|_| StoreError::Damaged {
+                    op: "open key-value log",
+                    what: "a log key is malformed; the store may be corrupt".into(),
                 })?;
             for op in ops(&rec) {
                 let Some(op) = op else {
-                    return Err(format!("key-value store of tenant {tenant}: log record {seq} is unreadable; the store may be corrupt"));
+                    return Err(StoreError::Damaged {
+                        op: "open key-value log",
+                        what: format!("log record {seq} is unreadable; the store may be corrupt"),
+                    });
                 };
                 kv.replay(op, now);
             }

@@ -592,6 +592,6 @@ mod tests {
             .unwrap();
         let log = KvLog::start(sled).unwrap();
         let e = log.open("a", 1 << 20).unwrap_err();
-        assert!(e.contains("log record 0 is unreadable"), "{e}");
+        assert!(e.to_string().contains("log record 0 is unreadable"), "{e}");
     }
 }

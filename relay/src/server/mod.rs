@@ -1,6 +1,8 @@
 //! The composition root: builds each part of a relay once from its config, binds the
 //! listeners and starts the background tasks; [`check`] builds what `relay check` proves.
 
+mod listen;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +17,6 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::shutdown::Shutdown;
 use crate::tenant::{Tenant, TenantDeps};
-use crate::transport::http::TcpListenerCtx;
 use crate::{broker, ingress, metrics, msglog, node, store, transport, webhook};
 
 /// A started relay: its bound addresses and the handle to stop it.
@@ -220,6 +221,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     }
     let mut addrs = HashMap::new();
+    let engines = listen::engine_tables(&node);
     for l in &config.listeners {
         let name = l.name.get_ref().clone();
         let bind: SocketAddr = l.bind.get_ref().parse().map_err(|_| Error::BindAddress {
@@ -269,34 +271,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             }
             _ => None,
         };
-        let routes = l
-            .routes
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    r.path.get_ref().clone(),
-                    node.tenants.get(r.tenant.get_ref())?.clone(),
-                ))
-            })
-            .collect();
-        let mut ctx = TcpListenerCtx::new(
-            name.clone(),
-            l.kind,
-            routes,
-            l.http_ingress,
-            l.max_body_bytes,
-            Duration::from_millis(l.handshake_timeout_ms),
-            l.max_connections,
-            l.max_connections_per_ip,
-            tls,
-        );
-        ctx.allowed_origins = l.allowed_origins.clone();
-        let ctx = Arc::new(ctx);
+        let ctx = Arc::new(listen::TcpListenerCtx::new(l, &node, &engines, tls));
         let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
         addrs.insert(name, listener.local_addr()?);
         shutdown
             .tracker
-            .spawn(transport::http::serve(listener, ctx, node.clone()));
+            .spawn(listen::serve(listener, ctx, node.clone()));
     }
     Ok(Running {
         addrs,

@@ -38,7 +38,9 @@ use crate::protocol::socketio::{
 };
 use crate::protocol::Message;
 use crate::tenant::Tenant;
-use crate::transport::http::{text_response, ConnSlot, TcpListenerCtx};
+use crate::transport::websocket::Origins;
+use crate::transport::{ConnSlot, Peer};
+use crate::web::text_response;
 
 /// Open Engine.IO sessions of a tenant, by session id.
 pub type Sessions = DashMap<ConnId, Arc<EioSession>>;
@@ -164,24 +166,25 @@ pub async fn handle(
     req: Request<Incoming>,
     tenant: Arc<Tenant>,
     node: Arc<Node>,
-    ctx: Arc<TcpListenerCtx>,
-    remote: SocketAddr,
-    tls: bool,
-    slot: Arc<ConnSlot>,
+    sessions: Arc<Sessions>,
+    origins: &Origins,
+    max_body: usize,
+    peer: Peer,
 ) -> Response<Full<Bytes>> {
+    let Peer { remote, tls, slot } = peer;
     let origin = req
         .headers()
         .get(hyper::header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    if !ctx.origin_allowed(req.headers()) {
+    if !origins.allowed(req.headers()) {
         Metrics::inc(&node.metrics.handshakes_rejected);
         return eio_error(4, "Forbidden");
     }
     let mut resp = if req.method() == Method::OPTIONS {
         preflight(&req)
     } else {
-        route(req, tenant, node, ctx, remote, tls, slot).await
+        route(req, tenant, node, sessions, max_body, remote, tls, slot).await
     };
     if let Some(o) = origin {
         set(&mut resp, "access-control-allow-origin", &o);
@@ -205,11 +208,13 @@ fn preflight(req: &Request<Incoming>) -> Response<Full<Bytes>> {
     r
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn route(
     req: Request<Incoming>,
     tenant: Arc<Tenant>,
     node: Arc<Node>,
-    ctx: Arc<TcpListenerCtx>,
+    sessions: Arc<Sessions>,
+    max_body: usize,
     remote: SocketAddr,
     tls: bool,
     slot: Arc<ConnSlot>,
@@ -242,9 +247,9 @@ async fn route(
         if !p.websocket && req.method() != Method::GET {
             return eio_error(2, "Bad handshake method");
         }
-        return open(req, tenant, node, &p, remote, tls, slot).await;
+        return open(req, tenant, node, sessions, &p, remote, tls, slot).await;
     };
-    let session = ConnId::parse(sid).and_then(|id| tenant.engine.get(&id).map(|s| s.clone()));
+    let session = ConnId::parse(sid).and_then(|id| sessions.get(&id).map(|s| s.clone()));
     let Some(session) = session.filter(|s| s.v3 == p.v3) else {
         return eio_error(1, "Session ID unknown");
     };
@@ -253,7 +258,7 @@ async fn route(
     }
     match *req.method() {
         Method::GET => poll(session).await,
-        Method::POST => post(req, session, ctx.max_body).await,
+        Method::POST => post(req, session, max_body).await,
         _ => eio_error(2, "Bad handshake method"),
     }
 }
@@ -280,6 +285,7 @@ async fn open(
     mut req: Request<Incoming>,
     tenant: Arc<Tenant>,
     node: Arc<Node>,
+    sessions: Arc<Sessions>,
     p: &Params,
     remote: SocketAddr,
     tls: bool,
@@ -323,7 +329,7 @@ async fn open(
     } else {
         None
     };
-    tenant.engine.insert(sid, session.clone());
+    sessions.insert(sid, session.clone());
     Metrics::inc(&node.metrics.connections_total);
     node.metrics
         .connections_open
@@ -335,6 +341,7 @@ async fn open(
         session.clone(),
         tenant.clone(),
         node.clone(),
+        sessions,
         inbound,
     ));
     match ws {
@@ -661,12 +668,14 @@ async fn drive(
     s: Arc<EioSession>,
     tenant: Arc<Tenant>,
     node: Arc<Node>,
+    sessions: Arc<Sessions>,
     mut rx: mpsc::Receiver<Event>,
 ) {
     let mut d = Driver {
         s: s.clone(),
         tenant: tenant.clone(),
         node: node.clone(),
+        sessions,
         sockets: HashMap::new(),
         pending: None,
     };
@@ -732,6 +741,8 @@ struct Driver {
     s: Arc<EioSession>,
     tenant: Arc<Tenant>,
     node: Arc<Node>,
+    /// The tenant's open sessions (this one leaves it when it ends).
+    sessions: Arc<Sessions>,
     /// Connected namespaces.
     sockets: HashMap<String, Arc<ConnHandle>>,
     /// A binary packet waiting for its attachments.
@@ -1070,7 +1081,7 @@ impl Driver {
     /// forgotten, and a waiting poll answers with a close packet.
     async fn finish(mut self, end: DisconnectInfo) {
         let s = self.s.clone();
-        self.tenant.engine.remove(&s.sid);
+        self.sessions.remove(&s.sid);
         for (_, h) in std::mem::take(&mut self.sockets) {
             self.disconnected(&h, end.clone()).await;
         }

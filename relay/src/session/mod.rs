@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{OpCode, WebSocketError};
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::Request;
 use std::future::Future;
 use std::task::Poll;
 use tokio::io::AsyncRead;
@@ -28,7 +27,8 @@ use crate::policy::{DisconnectInfo, HandshakeDecision, HandshakeRequest};
 use crate::protocol::{close, frame};
 use crate::store::Mailbox;
 use crate::tenant::Tenant;
-use crate::transport::http::{text_response, ConnSlot};
+use crate::transport::{ConnSlot, Peer};
+use crate::web::{insert_headers, switching_protocols, text_response, HttpResponse};
 
 /// How long a session waits for the peer's close frame after sending its own.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
@@ -38,10 +38,9 @@ pub async fn handshake(
     mut req: Request<Incoming>,
     tenant: Arc<Tenant>,
     node: Arc<Node>,
-    remote: SocketAddr,
-    tls: bool,
-    slot: Arc<ConnSlot>,
-) -> Response<Full<Bytes>> {
+    peer: Peer,
+) -> HttpResponse {
+    let Peer { remote, tls, slot } = peer;
     // A malformed upgrade is answered 400 before the policy is asked. Rejecting after
     // this is fine: the upgrade only happens if the response is the 101 built here.
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -72,30 +71,15 @@ pub async fn handshake(
             ..
         } => {
             let mut resp = text_response(*status, body);
-            for (k, v) in headers {
-                if let (Ok(k), Ok(v)) = (
-                    http::HeaderName::try_from(k.as_str()),
-                    http::HeaderValue::try_from(v.as_str()),
-                ) {
-                    resp.headers_mut().insert(k, v);
-                }
-            }
+            insert_headers(&mut resp, std::mem::take(headers));
             return resp;
         }
         HandshakeDecision::Accept { headers, .. } => std::mem::take(headers),
         HandshakeDecision::Defer { .. } => Vec::new(),
     };
     drop(hreq);
-    let (parts, _) = resp.into_parts();
-    let mut resp = Response::from_parts(parts, Full::new(Bytes::new()));
-    for (k, v) in extra_headers {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::try_from(k.as_str()),
-            http::HeaderValue::try_from(v.as_str()),
-        ) {
-            resp.headers_mut().insert(k, v);
-        }
-    }
+    let mut resp = switching_protocols(resp);
+    insert_headers(&mut resp, extra_headers);
     let tracker = node.shutdown.tracker.clone();
     // Two tasks: this one waits for the upgrade and ends; the session's own task is just
     // `run`, so what only the upgrade needed is not carried for the connection's whole life

@@ -1,5 +1,9 @@
-//! Listeners: TCP accept loops with connection limits, TLS, and the hyper
-//! service that routes each request to a WebSocket session or to ingress.
+//! Transports: what carries bytes to and from a client, knowing nothing of the wire
+//! profile's meaning: listener limits, TLS, WebSocket, and Engine.IO's polling and
+//! WebSocket transports. Request routing is the server's (`server::listen`).
 
-pub mod http;
+pub mod limits;
 pub mod tls;
+pub mod websocket;
+
+pub use limits::{ConnLimits, ConnSlot, Peer};

@@ -2,6 +2,7 @@
 //! [`Message`] into bytes once per output format and share them.
 
 pub mod close;
+pub mod engineio;
 pub mod frame;
 pub mod json;
 pub mod socketio;
@@ -31,7 +32,7 @@ pub struct Message {
     /// what they missed: Socket.IO as an extra last argument (as socket.io's
     /// connection-state recovery does), ws-json in object data as the tenant's
     /// `history_field`. Not stored with the message, not seen by plugins (a plugin cannot
-    /// set it): a [`Publication`](crate::broker::Publication)'s byte encoding carries it.
+    /// set it): a broker `Publication`'s byte encoding carries it.
     #[serde(skip)]
     pub position: Option<StreamPosition>,
 }

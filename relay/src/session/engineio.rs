@@ -6,7 +6,7 @@
 //! connection per namespace it joined. Everything a client sends, over whichever
 //! transport, goes through one channel to the session's driver task, which runs the
 //! policy hooks in order, keeps the heartbeat and ends the session. Outbound messages
-//! are Engine.IO packet records (see [`socketio::RecordsBuf`]), encoded once per
+//! are Engine.IO packet records (see [`RecordsBuf`](crate::protocol::engineio::RecordsBuf)), encoded once per
 //! namespace and framed by the transport that carries them: a WebSocket frame per packet,
 //! or a polling payload of the client's version.
 
@@ -32,10 +32,8 @@ use crate::hub::{queue, ConnHandle, ConnId, Link, Outbound};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::policy::{Action, ClientEvent, DisconnectInfo, HandshakeDecision, HandshakeRequest};
-use crate::protocol::socketio::{
-    self, decode_poll, encode_poll, insert_binary, packet_records, text_record, EioIn, SioPacket,
-    SioType,
-};
+use crate::protocol::engineio::{decode_poll, encode_poll, text_record, EioIn};
+use crate::protocol::socketio::{self, insert_binary, packet_records, SioPacket, SioType};
 use crate::protocol::Message;
 use crate::tenant::Tenant;
 use crate::transport::websocket::Origins;

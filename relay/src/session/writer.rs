@@ -13,7 +13,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::hub::{queue, Link, Outbound, Watcher};
 use crate::metrics::Metrics;
-use crate::protocol::{frame, socketio};
+use crate::protocol::{engineio, frame};
 
 /// Most queue items taken per turn.
 const BATCH: usize = 512;
@@ -175,7 +175,7 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
 /// Append Engine.IO packet records as WebSocket frames: text packets as text frames,
 /// binary ones as binary frames.
 fn frame_records_into(out: &mut Vec<u8>, records: &[u8], v3: bool) {
-    for (binary, payload) in socketio::Records::new(records) {
+    for (binary, payload) in engineio::Records::new(records) {
         if binary {
             if v3 {
                 frame::encode_parts_into(out, frame::OP_BINARY, &[&[4u8], payload]);

@@ -20,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{ListenerConfig, ListenerKind, WireProfile};
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::session::engineio::{self, Sessions};
 use crate::tenant::Tenant;
+use crate::transport::engineio::{self, Sessions};
 use crate::transport::websocket::Origins;
 use crate::transport::{limits, ConnLimits, Peer};
 use crate::web::{text_response, HttpResponse};
@@ -244,7 +244,7 @@ async fn handle(
                 return text_response(400, "this listener does not accept client connections\n");
             }
             let (sessions, origins) = (sessions.clone(), &ctx.origins);
-            return crate::session::engineio::handle(
+            return crate::session::socketio::handle(
                 req,
                 tenant,
                 node,
@@ -264,7 +264,7 @@ async fn handle(
             Metrics::inc(&node.metrics.handshakes_rejected);
             return text_response(403, "origin not allowed\n");
         }
-        return crate::session::handshake(req, tenant, node, peer).await;
+        return crate::session::wsjson::handshake(req, tenant, node, peer).await;
     }
     if ctx.http_ingress {
         return crate::ingress::http::handle(

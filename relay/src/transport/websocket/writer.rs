@@ -1,4 +1,5 @@
-//! The per-connection writer: drains the bounded queue in batches and
+//! The per-connection WebSocket writer: drains the bounded queue in batches (with the
+//! [`Drain`] Engine.IO polling uses too) and
 //! coalesces every frame that is waiting into one `write`, so a busy
 //! connection costs one syscall per turn, not one per message.
 
@@ -14,9 +15,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::hub::{queue, Link, Outbound, Watcher};
 use crate::metrics::Metrics;
 use crate::protocol::{engineio, frame};
+use crate::transport::drain::{Drain, Piece, BATCH};
 
-/// Most queue items taken per turn.
-const BATCH: usize = 512;
 /// Frames are copied into one buffer up to this size; bigger frames are written as they are.
 const MAX_COALESCE: usize = 64 << 10;
 /// Time allowed to finish a partial write and send the close frame when a connection is aborted.
@@ -88,73 +88,11 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
         if n == 0 {
             return;
         }
-        let taken: usize = batch.iter().map(|o| o.bytes().len()).sum();
-        h.dequeued(taken);
-        let has_close = batch.iter().any(|o| matches!(o, Outbound::Close(_)));
-        let mut close = false;
-        let mut written: Vec<crate::hub::WrittenFn> = Vec::new();
-        buf.clear();
-        // One allocation for the turn (Engine.IO framing adds at most 14 bytes a packet).
-        buf.reserve((taken + 16 * n).min(MAX_COALESCE));
-        let mut result = Ok(());
-        for item in batch.drain(..) {
-            let (bytes, is_close) = match item {
-                Outbound::Frame(b) => match framing {
-                    Framing::Raw => (b, false),
-                    Framing::EngineIo { v3 } => {
-                        // Frame each packet straight into the buffer (one copy, as for Raw).
-                        if !buf.is_empty() && buf.len() + b.len() + 16 > MAX_COALESCE {
-                            result = write_all(&mut w, &buf, &h, &m).await;
-                            if result.is_err() {
-                                break;
-                            }
-                            buf.clear();
-                        }
-                        frame_records_into(&mut buf, &b, v3);
-                        continue;
-                    }
-                },
-                Outbound::Control(b) => (b, false),
-                Outbound::Close(b) => (b, true),
-                Outbound::Written(f) => {
-                    written.push(f);
-                    continue;
-                }
-            };
-            if !buf.is_empty() && buf.len() + bytes.len() > MAX_COALESCE {
-                result = write_all(&mut w, &buf, &h, &m).await;
-                if result.is_err() {
-                    break;
-                }
-                buf.clear();
-            }
-            if bytes.len() > MAX_COALESCE {
-                result = write_all(&mut w, &bytes, &h, &m).await;
-                if result.is_err() {
-                    break;
-                }
-            } else {
-                buf.extend_from_slice(&bytes);
-            }
-            if is_close {
-                close = true;
-                break;
-            }
-        }
-        if result.is_ok() && !buf.is_empty() {
-            result = write_all(&mut w, &buf, &h, &m).await;
-        }
-        if result.is_ok() {
-            result = unless_killed(
-                &h,
-                std::future::poll_fn(|cx| Pin::new(&mut w).poll_flush(cx)),
-            )
-            .await
-            .map_or(Err(Stop::Killed(Vec::new())), |r| r.map_err(|_| Stop::Io));
-        }
-        if result.is_ok() {
-            written.drain(..).for_each(|f| f());
-        }
+        let mut drain = Drain::new(&h, &mut batch);
+        let has_close = drain.has_close;
+        let result = write_batch(&mut w, &mut drain, &mut buf, n, &h, &m, framing).await;
+        let close = drain.closed();
+        drop(drain);
         match result {
             Ok(()) if close => {
                 let _ = tokio::time::timeout(ABORT_GRACE, w.shutdown()).await;
@@ -170,6 +108,75 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
             Err(Stop::Io) => return,
         }
     }
+}
+
+/// Write one batch, coalesced into as few writes as the sizes allow, and flush; then run
+/// the batch's written-callbacks.
+#[allow(clippy::too_many_arguments)]
+async fn write_batch<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    drain: &mut Drain<'_>,
+    buf: &mut Vec<u8>,
+    n: usize,
+    h: &Link,
+    m: &Metrics,
+    framing: Framing,
+) -> Result<(), Stop> {
+    buf.clear();
+    // One allocation for the turn (Engine.IO framing adds at most 14 bytes a packet).
+    buf.reserve((drain.bytes + 16 * n).min(MAX_COALESCE));
+    let mut result = Ok(());
+    for piece in drain.by_ref() {
+        let bytes = match piece {
+            Piece::Frame(b) => match framing {
+                Framing::Raw => b,
+                Framing::EngineIo { v3 } => {
+                    // Frame each packet straight into the buffer (one copy, as for Raw).
+                    if !buf.is_empty() && buf.len() + b.len() + 16 > MAX_COALESCE {
+                        result = write_all(w, buf, h, m).await;
+                        if result.is_err() {
+                            break;
+                        }
+                        buf.clear();
+                    }
+                    frame_records_into(buf, &b, v3);
+                    continue;
+                }
+            },
+            Piece::Control(b) | Piece::Close(b) => b,
+        };
+        if !buf.is_empty() && buf.len() + bytes.len() > MAX_COALESCE {
+            result = write_all(w, buf, h, m).await;
+            if result.is_err() {
+                break;
+            }
+            buf.clear();
+        }
+        if bytes.len() > MAX_COALESCE {
+            result = write_all(w, &bytes, h, m).await;
+            if result.is_err() {
+                break;
+            }
+        } else {
+            buf.extend_from_slice(&bytes);
+        }
+    }
+    let mut written = drain.take_written();
+    if result.is_ok() && !buf.is_empty() {
+        result = write_all(w, buf, h, m).await;
+    }
+    if result.is_ok() {
+        result = unless_killed(
+            h,
+            std::future::poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)),
+        )
+        .await
+        .map_or(Err(Stop::Killed(Vec::new())), |r| r.map_err(|_| Stop::Io));
+    }
+    if result.is_ok() {
+        written.drain(..).for_each(|f| f());
+    }
+    result
 }
 
 /// Append Engine.IO packet records as WebSocket frames: text packets as text frames,

@@ -26,6 +26,11 @@ pub struct Drain<'a> {
     items: std::vec::Drain<'a, Outbound>,
     written: Vec<WrittenFn>,
     closed: bool,
+}
+
+/// What [`Drain::new`] found in a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Taken {
     /// Bytes taken off the queue.
     pub bytes: usize,
     /// Whether the batch holds a close frame.
@@ -33,18 +38,19 @@ pub struct Drain<'a> {
 }
 
 impl<'a> Drain<'a> {
-    /// Take `batch` (just received from `link`'s queue) off the link's books.
-    pub fn new(link: &Link, batch: &'a mut Vec<Outbound>) -> Self {
+    /// Take `batch` (just received from `link`'s queue) off the link's books. (What was
+    /// found is returned beside the drain, not kept in it: the writer holds a drain across
+    /// its writes, so every field is state an open connection carries.)
+    pub fn new(link: &Link, batch: &'a mut Vec<Outbound>) -> (Self, Taken) {
         let bytes: usize = batch.iter().map(|o| o.bytes().len()).sum();
         link.dequeued(bytes);
         let has_close = batch.iter().any(|o| matches!(o, Outbound::Close(_)));
-        Drain {
+        let drain = Drain {
             items: batch.drain(..),
             written: Vec::new(),
             closed: false,
-            bytes,
-            has_close,
-        }
+        };
+        (drain, Taken { bytes, has_close })
     }
 
     /// Whether the close piece has been handed out.

@@ -46,7 +46,7 @@ pub async fn poll(s: Arc<EioSession>) -> HttpResponse {
         batch.push(item);
     }
     s.put_rx(rx);
-    let mut drain = Drain::new(&s.link, &mut batch);
+    let (mut drain, _) = Drain::new(&s.link, &mut batch);
     // Control frames are WebSocket's: polling has none to send.
     let mut items: Vec<Bytes> = drain
         .by_ref()

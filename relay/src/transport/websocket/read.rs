@@ -3,7 +3,6 @@
 //! idle and authentication deadlines. Complete messages go to a [`MessageSink`].
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fastwebsockets::{OpCode, WebSocketError};
 use tokio::io::AsyncRead;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::lazy::{LazyReader, OwnedFrame};
 use super::CLOSE_WAIT;
@@ -89,6 +88,64 @@ impl Clock {
     fn authed(&self) -> bool {
         self.auth_conn.as_ref().is_none_or(|c| c.is_authenticated())
     }
+
+    /// The deadlines that apply now.
+    fn due(&self, h: &Link, opts: &ReadOpts) -> Due {
+        let closing = h.is_closing();
+        Due {
+            idle: opts.idle.filter(|_| !closing).map(|d| self.last_rx + d),
+            ping: opts
+                .ping
+                .filter(|_| self.pinged_at.is_none() && !closing)
+                .map(|d| self.last_rx + d),
+            auth: (!closing && !self.authed()).then_some(self.auth_deadline),
+        }
+    }
+
+    /// The instant to reset the timer to, when the earliest deadline changed.
+    fn arm(&mut self, due: &Due) -> Option<Instant> {
+        let next = [self.close_deadline, due.auth, due.idle, due.ping]
+            .into_iter()
+            .flatten()
+            .min();
+        if next == self.armed {
+            return None;
+        }
+        self.armed = next;
+        next
+    }
+
+    /// The timer went off: end the connection, or close it or ping, as the deadline says.
+    fn timer_fired(&mut self, due: &Due, h: &Link, opts: &ReadOpts, m: &Metrics) -> Option<End> {
+        self.armed = None;
+        let now = Instant::now();
+        if self.close_deadline.is_some_and(|t| t <= now) {
+            return Some(End::new(Some(h.close_code()), "no close reply from peer"));
+        }
+        if due.auth.is_some_and(|t| t <= now) {
+            if !self.authed() {
+                Metrics::inc(&m.auth_timeouts);
+                if let Some(n) = &opts.auth_notice {
+                    h.send(n.clone());
+                }
+                h.close_as(close::AUTH_TIMEOUT);
+            }
+        } else if due.idle.is_some_and(|t| t <= now) {
+            Metrics::inc(&m.idle_timeouts);
+            h.close_as(close::IDLE);
+        } else if due.ping.is_some_and(|t| t <= now) {
+            self.pinged_at = Some(now);
+            h.send_control(frame::encode(frame::OP_PING, b""));
+        }
+        None
+    }
+}
+
+/// The deadlines of one wait (none while closing: then only the close wait counts).
+struct Due {
+    idle: Option<Instant>,
+    ping: Option<Instant>,
+    auth: Option<Instant>,
 }
 
 /// Read messages until the connection ends; returns how it ended.
@@ -103,55 +160,14 @@ pub async fn read_loop<R: AsyncRead + Unpin + Send + 'static, S: MessageSink>(
     let mut fragments: Option<(OpCode, Vec<u8>)> = None;
     // One timer for the earliest deadline (each timer is ~100 bytes of every connection's
     // state), reset when that changes; which deadline it was is worked out on waking.
+    // Everything awaited is awaited here, not in helpers: a helper's future would add its
+    // arguments to the state every open connection carries.
     let timer = tokio::time::sleep_until(far());
     tokio::pin!(timer);
     loop {
-        let frame = match next_frame(rd, h, &opts, m, &mut clock, timer.as_mut()).await {
-            Ok(f) => f,
-            Err(end) => return end,
-        };
-        let (opcode, payload) = match assemble(frame, &mut fragments, h, m, opts.max_message) {
-            Ok(Some(message)) => message,
-            Ok(None) => continue,
-            Err(end) => return end,
-        };
-        if h.is_closing() {
-            continue; // closing: messages after our close frame are dropped
-        }
-        // Boxed: the hook's future exists only while a message is handled, so an idle
-        // connection does not carry its space.
-        if let Some(end) = Box::pin(sink.message(opcode == OpCode::Binary, payload)).await {
-            return end;
-        }
-    }
-}
-
-/// The next frame, keeping the deadlines (close wait, authentication, idle, ping) meanwhile.
-async fn next_frame<R: AsyncRead + Unpin + Send + 'static>(
-    rd: &mut LazyReader<R>,
-    h: &Link,
-    opts: &ReadOpts,
-    m: &Metrics,
-    clock: &mut Clock,
-    mut timer: Pin<&mut Sleep>,
-) -> Result<OwnedFrame, End> {
-    loop {
-        let closing = h.is_closing();
-        let idle_at = opts.idle.filter(|_| !closing).map(|d| clock.last_rx + d);
-        let ping_at = opts
-            .ping
-            .filter(|_| clock.pinged_at.is_none() && !closing)
-            .map(|d| clock.last_rx + d);
-        let auth_at = (!closing && !clock.authed()).then_some(clock.auth_deadline);
-        let next = [clock.close_deadline, auth_at, idle_at, ping_at]
-            .into_iter()
-            .flatten()
-            .min();
-        if next != clock.armed {
-            if let Some(t) = next {
-                timer.as_mut().reset(t);
-            }
-            clock.armed = next;
+        let due = clock.due(h, &opts);
+        if let Some(t) = clock.arm(&due) {
+            timer.as_mut().reset(t);
         }
         let (armed, close_deadline) = (clock.armed, clock.close_deadline);
         // The frame first, then the link's flags (the reader's waker is registered
@@ -171,37 +187,35 @@ async fn next_frame<R: AsyncRead + Unpin + Send + 'static>(
             Poll::Pending
         })
         .await;
-        match woke {
+        let frame = match woke {
             Woke::Frame(Ok(f)) => {
                 clock.last_rx = Instant::now();
                 clock.pinged_at = None;
-                return Ok(f);
+                f
             }
-            Woke::Frame(Err(e)) => return Err(read_failed(&e, h, m)),
-            Woke::Killed => return Err(End::new(Some(h.close_code()), "aborted")),
-            Woke::Closing => clock.close_deadline = Some(Instant::now() + CLOSE_WAIT),
-            Woke::Timer => {
-                clock.armed = None;
-                let now = Instant::now();
-                if clock.close_deadline.is_some_and(|t| t <= now) {
-                    return Err(End::new(Some(h.close_code()), "no close reply from peer"));
-                }
-                if auth_at.is_some_and(|t| t <= now) {
-                    if !clock.authed() {
-                        Metrics::inc(&m.auth_timeouts);
-                        if let Some(n) = &opts.auth_notice {
-                            h.send(n.clone());
-                        }
-                        h.close_as(close::AUTH_TIMEOUT);
-                    }
-                } else if idle_at.is_some_and(|t| t <= now) {
-                    Metrics::inc(&m.idle_timeouts);
-                    h.close_as(close::IDLE);
-                } else if ping_at.is_some_and(|t| t <= now) {
-                    clock.pinged_at = Some(now);
-                    h.send_control(frame::encode(frame::OP_PING, b""));
-                }
+            Woke::Frame(Err(e)) => return read_failed(&e, h, m),
+            Woke::Killed => return End::new(Some(h.close_code()), "aborted"),
+            Woke::Closing => {
+                clock.close_deadline = Some(Instant::now() + CLOSE_WAIT);
+                continue;
             }
+            Woke::Timer => match clock.timer_fired(&due, h, &opts, m) {
+                Some(end) => return end,
+                None => continue,
+            },
+        };
+        let (opcode, payload) = match assemble(frame, &mut fragments, h, m, opts.max_message) {
+            Ok(Some(message)) => message,
+            Ok(None) => continue,
+            Err(end) => return end,
+        };
+        if h.is_closing() {
+            continue; // closing: messages after our close frame are dropped
+        }
+        // Boxed: the hook's future exists only while a message is handled, so an idle
+        // connection does not carry its space.
+        if let Some(end) = Box::pin(sink.message(opcode == OpCode::Binary, payload)).await {
+            return end;
         }
     }
 }

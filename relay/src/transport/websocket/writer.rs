@@ -69,30 +69,77 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
             batch = Vec::new();
             buf = Vec::new();
         }
-        // The queue, or the kill (which also wakes the queue's receiver).
-        let n = std::future::poll_fn(|cx| {
-            if h.is_killed() {
-                return Poll::Ready(None);
-            }
-            match rx.poll_recv_many(cx, &mut batch, BATCH) {
-                Poll::Ready(n) => Poll::Ready(Some(n)),
-                // Killed after the look above: the wake went to the queue or is seen here.
-                Poll::Pending if h.is_killed() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
+        let n = next_batch(&mut rx, &mut batch, &h).await;
         let Some(n) = n else {
             return Box::pin(abort(&mut w, &[], &h, false)).await;
         };
         if n == 0 {
             return;
         }
-        let mut drain = Drain::new(&h, &mut batch);
-        let has_close = drain.has_close;
-        let result = write_batch(&mut w, &mut drain, &mut buf, n, &h, &m, framing).await;
-        let close = drain.closed();
+        let (mut drain, has_close) = {
+            let (drain, taken) = Drain::new(&h, &mut batch);
+            buf.clear();
+            // One allocation for the turn (Engine.IO framing adds at most 14 bytes a packet).
+            buf.reserve((taken.bytes + 16 * n).min(MAX_COALESCE));
+            (drain, taken.has_close)
+        };
+        let mut result = Ok(());
+        // Matched straight off `next()`, with no binding for the piece: a binding would live
+        // across the writes below and grow every writer's state (measured: 32 bytes).
+        loop {
+            let bytes = match drain.next() {
+                None => break,
+                Some(Piece::Frame(b)) => match framing {
+                    Framing::Raw => b,
+                    Framing::EngineIo { v3 } => {
+                        // Frame each packet straight into the buffer (one copy, as for Raw).
+                        if !buf.is_empty() && buf.len() + b.len() + 16 > MAX_COALESCE {
+                            result = write_all(&mut w, &buf, &h, &m).await;
+                            if result.is_err() {
+                                break;
+                            }
+                            buf.clear();
+                        }
+                        frame_records_into(&mut buf, &b, v3);
+                        continue;
+                    }
+                },
+                Some(Piece::Control(b) | Piece::Close(b)) => b,
+            };
+            if !buf.is_empty() && buf.len() + bytes.len() > MAX_COALESCE {
+                result = write_all(&mut w, &buf, &h, &m).await;
+                if result.is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+            if bytes.len() > MAX_COALESCE {
+                result = write_all(&mut w, &bytes, &h, &m).await;
+                if result.is_err() {
+                    break;
+                }
+            } else {
+                buf.extend_from_slice(&bytes);
+            }
+        }
+        // Done with the drain before writing on: what the writer holds across a write is
+        // state every open connection carries.
+        let (mut written, close) = (drain.take_written(), drain.closed());
         drop(drain);
+        if result.is_ok() && !buf.is_empty() {
+            result = write_all(&mut w, &buf, &h, &m).await;
+        }
+        if result.is_ok() {
+            result = unless_killed(
+                &h,
+                std::future::poll_fn(|cx| Pin::new(&mut w).poll_flush(cx)),
+            )
+            .await
+            .map_or(Err(Stop::Killed(Vec::new())), |r| r.map_err(|_| Stop::Io));
+        }
+        if result.is_ok() {
+            written.drain(..).for_each(|f| f());
+        }
         match result {
             Ok(()) if close => {
                 let _ = tokio::time::timeout(ABORT_GRACE, w.shutdown()).await;
@@ -110,73 +157,25 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Write one batch, coalesced into as few writes as the sizes allow, and flush; then run
-/// the batch's written-callbacks.
-#[allow(clippy::too_many_arguments)]
-async fn write_batch<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    drain: &mut Drain<'_>,
-    buf: &mut Vec<u8>,
-    n: usize,
-    h: &Link,
-    m: &Metrics,
-    framing: Framing,
-) -> Result<(), Stop> {
-    buf.clear();
-    // One allocation for the turn (Engine.IO framing adds at most 14 bytes a packet).
-    buf.reserve((drain.bytes + 16 * n).min(MAX_COALESCE));
-    let mut result = Ok(());
-    for piece in drain.by_ref() {
-        let bytes = match piece {
-            Piece::Frame(b) => match framing {
-                Framing::Raw => b,
-                Framing::EngineIo { v3 } => {
-                    // Frame each packet straight into the buffer (one copy, as for Raw).
-                    if !buf.is_empty() && buf.len() + b.len() + 16 > MAX_COALESCE {
-                        result = write_all(w, buf, h, m).await;
-                        if result.is_err() {
-                            break;
-                        }
-                        buf.clear();
-                    }
-                    frame_records_into(buf, &b, v3);
-                    continue;
-                }
-            },
-            Piece::Control(b) | Piece::Close(b) => b,
-        };
-        if !buf.is_empty() && buf.len() + bytes.len() > MAX_COALESCE {
-            result = write_all(w, buf, h, m).await;
-            if result.is_err() {
-                break;
-            }
-            buf.clear();
+/// The next batch off the queue (its length; 0 once the sender is gone), or `None` once the
+/// link is killed (which also wakes the queue's receiver). A poll, not an async fn: the
+/// writer's idle state stays what it was inline.
+fn next_batch<'a>(
+    rx: &'a mut queue::Receiver<Outbound>,
+    batch: &'a mut Vec<Outbound>,
+    h: &'a Link,
+) -> impl Future<Output = Option<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if h.is_killed() {
+            return Poll::Ready(None);
         }
-        if bytes.len() > MAX_COALESCE {
-            result = write_all(w, &bytes, h, m).await;
-            if result.is_err() {
-                break;
-            }
-        } else {
-            buf.extend_from_slice(&bytes);
+        match rx.poll_recv_many(cx, batch, BATCH) {
+            Poll::Ready(n) => Poll::Ready(Some(n)),
+            // Killed after the look above: the wake went to the queue or is seen here.
+            Poll::Pending if h.is_killed() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
-    }
-    let mut written = drain.take_written();
-    if result.is_ok() && !buf.is_empty() {
-        result = write_all(w, buf, h, m).await;
-    }
-    if result.is_ok() {
-        result = unless_killed(
-            h,
-            std::future::poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)),
-        )
-        .await
-        .map_or(Err(Stop::Killed(Vec::new())), |r| r.map_err(|_| Stop::Io));
-    }
-    if result.is_ok() {
-        written.drain(..).for_each(|f| f());
-    }
-    result
+    })
 }
 
 /// Append Engine.IO packet records as WebSocket frames: text packets as text frames,

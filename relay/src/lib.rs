@@ -13,7 +13,7 @@
 //! - [`tenant`]: a tenant's hub, policy and codec.
 //! - [`transport`]: listener limits, TLS, WebSocket and Engine.IO transports.
 //! - [`web`]: HTTP response helpers (a leaf every layer may use).
-//! - [`session`]: one WebSocket connection: read loop, deadlines, batching writer.
+//! - [`session`]: what a client's connection means: ws-json, and Socket.IO over Engine.IO.
 //! - [`protocol`]: wire profiles (codecs) and WebSocket frame encoding.
 //! - [`hub`]: sharded rooms, users and connections; fan-out; presence.
 //! - [`policy`]: the policy seam (four hooks, actions) and the built-in `open` policy.

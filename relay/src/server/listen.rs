@@ -17,13 +17,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ListenerConfig, ListenerKind, WireProfile};
+use crate::config::{Config, ListenerConfig, ListenerKind, WireProfile};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::tenant::Tenant;
 use crate::transport::engineio::{self, Sessions};
 use crate::transport::websocket::Origins;
-use crate::transport::{limits, ConnLimits, Peer};
+use crate::transport::{limits, tls, ConnLimits, Peer};
 use crate::web::{text_response, HttpResponse};
 
 /// Where a path prefix leads: a tenant and, for a Socket.IO tenant, its open Engine.IO
@@ -44,6 +45,24 @@ pub fn engine_tables(node: &Node) -> HashMap<String, Arc<Sessions>> {
         .filter(|(_, t)| t.config.profile == WireProfile::SocketIo)
         .map(|(name, _)| (name.clone(), Arc::default()))
         .collect()
+}
+
+/// A wss listener's TLS acceptor (its certificate, or a development certificate made on
+/// first use); `None` for other listeners.
+pub fn tls_acceptor(config: &Config, l: &ListenerConfig) -> Result<Option<TlsAcceptor>, Error> {
+    if l.kind != ListenerKind::Wss {
+        return Ok(None);
+    }
+    let (cert, key) = match (&l.cert, &l.key) {
+        (Some(c), Some(k)) => (config.resolve(c.get_ref()), config.resolve(k.get_ref())),
+        _ => {
+            let d = tls::ensure_dev_certs(&config.data_dir().join("dev-certs"), false)?;
+            (d.cert, d.key)
+        }
+    };
+    Ok(Some(TlsAcceptor::from(tls::load_server_config(
+        &cert, &key,
+    )?)))
 }
 
 /// A TCP listener's runtime settings.

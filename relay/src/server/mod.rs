@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerKind;
 use crate::config::{self, Config};
@@ -17,7 +16,7 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::shutdown::Shutdown;
 use crate::tenant::{Tenant, TenantDeps};
-use crate::{broker, ingress, metrics, msglog, node, store, transport, webhook};
+use crate::{broker, ingress, metrics, msglog, node, store, webhook};
 
 /// A started relay: its bound addresses and the handle to stop it.
 #[derive(Debug)]
@@ -130,7 +129,7 @@ async fn purge_expired_keys(node: Arc<Node>, stop: tokio_util::sync::Cancellatio
 /// At shutdown, queue a close frame (1001) on every connection, after what is queued.
 /// WebSocket sessions wait for nothing else to learn of the shutdown (a waiter per
 /// connection is memory an idle connection would carry); one registered just as this
-/// runs looks at the token itself (`session::run`).
+/// runs looks at the token itself (`session::wsjson::run`).
 async fn close_connections_at_shutdown(node: Arc<Node>) {
     node.shutdown.token.cancelled().await;
     for t in node.tenants.values() {
@@ -251,26 +250,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             ));
             continue;
         }
-        let tls = match l.kind {
-            ListenerKind::Wss => {
-                let (cert, key) = match (&l.cert, &l.key) {
-                    (Some(c), Some(k)) => {
-                        (config.resolve(c.get_ref()), config.resolve(k.get_ref()))
-                    }
-                    _ => {
-                        let d = transport::tls::ensure_dev_certs(
-                            &config.data_dir().join("dev-certs"),
-                            false,
-                        )?;
-                        (d.cert, d.key)
-                    }
-                };
-                Some(TlsAcceptor::from(transport::tls::load_server_config(
-                    &cert, &key,
-                )?))
-            }
-            _ => None,
-        };
+        let tls = listen::tls_acceptor(&config, l)?;
         let ctx = Arc::new(listen::TcpListenerCtx::new(l, &node, &engines, tls));
         let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
         addrs.insert(name, listener.local_addr()?);

@@ -11,8 +11,9 @@
 //! - [`shutdown`]: cancellation token and task tracker.
 //! - [`node`]: owns tenants, broker and metrics; runs policy actions.
 //! - [`tenant`]: a tenant's hub, policy and codec.
-//! - [`transport`]: TCP listeners, limits, TLS, hyper routing.
-//! - [`session`]: one WebSocket connection: read loop, deadlines, batching writer.
+//! - [`transport`]: listener limits, TLS, WebSocket and Engine.IO transports.
+//! - [`web`]: HTTP response helpers (a leaf every layer may use).
+//! - [`session`]: what a client's connection means: ws-json, and Socket.IO over Engine.IO.
 //! - [`protocol`]: wire profiles (codecs) and WebSocket frame encoding.
 //! - [`hub`]: sharded rooms, users and connections; fan-out; presence.
 //! - [`policy`]: the policy seam (four hooks, actions) and the built-in `open` policy.
@@ -23,7 +24,7 @@
 //! - [`fault`]: whose fault an error is.
 //! - [`metrics`]: counters, rendered for `/metrics`.
 //! - `server`: the composition root: builds each part once from the config, binds the
-//!   listeners, starts the background tasks ([`start`], [`check`], [`Running`]).
+//!   listeners and routes their requests, starts the background tasks ([`start`], [`check`], [`Running`]).
 
 pub mod broker;
 pub mod config;
@@ -43,6 +44,7 @@ pub mod shutdown;
 pub mod store;
 pub mod tenant;
 pub mod transport;
+pub mod web;
 pub mod webhook;
 
 pub use config::Config;

@@ -35,8 +35,6 @@ pub struct Tenant {
     pub codec: Arc<dyn Codec>,
     /// socket.io: each namespace and its codec.
     pub namespaces: Vec<(String, Arc<dyn Codec>)>,
-    /// socket.io: open Engine.IO sessions by id.
-    pub engine: crate::session::engineio::Sessions,
     /// Set once the tenant may have offline messages; until then identifications and
     /// joins skip the store lookup.
     pub offline_used: std::sync::atomic::AtomicBool,
@@ -168,7 +166,6 @@ impl Tenant {
             policy,
             codec,
             namespaces,
-            engine: Default::default(),
             offline_used: Default::default(),
             auth_timeout_notice: notice,
         })

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -13,18 +12,11 @@ use crate::metrics::Metrics;
 use crate::node::{IngressError, Node};
 use crate::policy::{IngressRequest, IngressSource};
 use crate::tenant::Tenant;
-use crate::transport::http::{header_pairs, text_response};
+use crate::web::{header_pairs, insert_headers, json_response, HttpResponse};
 
-fn json_error(status: u16, msg: &str) -> Response<Full<Bytes>> {
-    let mut r = text_response(
-        status,
-        &serde_json::json!({"ok": false, "error": msg}).to_string(),
-    );
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+/// `{"ok": false, "error": msg}` with a status.
+fn json_error(status: u16, msg: &str) -> HttpResponse {
+    json_response(status, &serde_json::json!({"ok": false, "error": msg}))
 }
 
 /// Handle one ingress request for `tenant`; `rel` is the path below the route prefix.
@@ -36,7 +28,7 @@ pub async fn handle(
     remote: SocketAddr,
     max_body: usize,
     timeout: Duration,
-) -> Response<Full<Bytes>> {
+) -> HttpResponse {
     Metrics::inc(&node.metrics.http_requests);
     let (parts, body) = req.into_parts();
     let declared = parts
@@ -80,13 +72,6 @@ pub async fn handle(
             return json_error(500, "the tenant's policy returned an invalid status");
         }
     }
-    for (k, v) in out.headers {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::try_from(k.as_str()),
-            http::HeaderValue::try_from(v.as_str()),
-        ) {
-            r.headers_mut().insert(k, v);
-        }
-    }
+    insert_headers(&mut r, out.headers);
     r
 }

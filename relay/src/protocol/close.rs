@@ -65,3 +65,48 @@ pub const BINARY_REFUSED: Close = Close {
     code: UNSUPPORTED_DATA,
     reason: "binary messages are not supported by this profile",
 };
+/// A frame or message that breaks the WebSocket protocol (what fastwebsockets refused).
+pub const PROTOCOL: Close = Close {
+    code: PROTOCOL_ERROR,
+    reason: "protocol error",
+};
+/// A close or pong frame over the 125-byte control frame limit.
+pub const CONTROL_TOO_LONG: Close = Close {
+    code: PROTOCOL_ERROR,
+    reason: "control frame too long",
+};
+/// A new text or binary frame while a fragmented message is unfinished.
+pub const EXPECTED_CONTINUATION: Close = Close {
+    code: PROTOCOL_ERROR,
+    reason: "expected a continuation frame",
+};
+/// A continuation frame with no fragmented message to continue.
+pub const UNEXPECTED_CONTINUATION: Close = Close {
+    code: PROTOCOL_ERROR,
+    reason: "unexpected continuation frame",
+};
+/// The answer to a close frame with a one-byte payload.
+pub const BAD_CLOSE_FRAME: Close = Close {
+    code: PROTOCOL_ERROR,
+    reason: "bad close frame",
+};
+/// The answer to a close frame whose code may not be sent.
+pub const INVALID_CLOSE_CODE: Close = Close {
+    code: PROTOCOL_ERROR,
+    reason: "invalid close code",
+};
+/// The answer to a close frame whose reason is not UTF-8.
+pub const INVALID_CLOSE_REASON: Close = Close {
+    code: INVALID_PAYLOAD,
+    reason: "invalid UTF-8 in close reason",
+};
+/// Engine.IO: the client's heartbeat stopped (no pong, or no v3 ping, in time).
+pub const PING_TIMEOUT: Close = Close {
+    code: NORMAL,
+    reason: "ping timeout",
+};
+/// Engine.IO v3: a binary WebSocket frame that is not a message packet.
+pub const BINARY_NOT_MESSAGE: Close = Close {
+    code: UNSUPPORTED_DATA,
+    reason: "binary frame is not a message packet",
+};

@@ -2,6 +2,7 @@
 //! [`Message`] into bytes once per output format and share them.
 
 pub mod close;
+pub mod engineio;
 pub mod frame;
 pub mod json;
 pub mod socketio;

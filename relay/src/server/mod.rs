@@ -2,6 +2,7 @@
 //! listeners and starts the background tasks; [`check`] builds what `relay check` proves.
 
 mod build;
+mod listen;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +17,7 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::shutdown::Shutdown;
 use crate::tenant::Tenant;
-use crate::transport::http::TcpListenerCtx;
-use crate::{broker, ingress, metrics, msglog, node, store, transport, webhook};
+use crate::{broker, ingress, metrics, msglog, node, store, webhook};
 
 /// A started relay: its bound addresses and the handle to stop it.
 #[derive(Debug)]
@@ -103,7 +103,7 @@ async fn purge_expired_keys(node: Arc<Node>, stop: tokio_util::sync::Cancellatio
 /// At shutdown, queue a close frame (1001) on every connection, after what is queued.
 /// WebSocket sessions wait for nothing else to learn of the shutdown (a waiter per
 /// connection is memory an idle connection would carry); one registered just as this
-/// runs looks at the token itself (`session::run`).
+/// runs looks at the token itself (`session::wsjson::run`).
 async fn close_connections_at_shutdown(node: Arc<Node>) {
     node.shutdown.token.cancelled().await;
     for t in node.tenants.values() {
@@ -192,6 +192,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     }
     let mut addrs = HashMap::new();
+    let engines = listen::engine_tables(&node);
     for (i, l) in config.listeners.iter().enumerate() {
         let name = l.name.get_ref().clone();
         let bind: SocketAddr = l.bind.get_ref().parse().map_err(|_| Error::BindAddress {
@@ -222,34 +223,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             continue;
         }
         let tls = tls.remove(&i);
-        let routes = l
-            .routes
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    r.path.get_ref().clone(),
-                    node.tenants.get(r.tenant.get_ref())?.clone(),
-                ))
-            })
-            .collect();
-        let mut ctx = TcpListenerCtx::new(
-            name.clone(),
-            l.kind,
-            routes,
-            l.http_ingress,
-            l.max_body_bytes,
-            Duration::from_millis(l.handshake_timeout_ms),
-            l.max_connections,
-            l.max_connections_per_ip,
-            tls,
-        );
-        ctx.allowed_origins = l.allowed_origins.clone();
-        let ctx = Arc::new(ctx);
+        let ctx = Arc::new(listen::TcpListenerCtx::new(l, &node, &engines, tls));
         let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
         addrs.insert(name, listener.local_addr()?);
         shutdown
             .tracker
-            .spawn(transport::http::serve(listener, ctx, node.clone()));
+            .spawn(listen::serve(listener, ctx, node.clone()));
     }
     Ok(Running {
         addrs,

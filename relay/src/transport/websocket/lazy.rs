@@ -125,9 +125,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for Source<R> {
 }
 
 /// One frame, owning its (unmasked) payload.
-pub(crate) struct OwnedFrame {
+pub struct OwnedFrame {
+    /// The last frame of its message.
     pub fin: bool,
+    /// Its opcode.
     pub opcode: OpCode,
+    /// Its payload, unmasked.
     pub payload: Vec<u8>,
 }
 
@@ -139,7 +142,7 @@ type FrameRead<R> = Pin<
 
 /// Reads WebSocket frames from a client, holding fastwebsockets' reader (and its
 /// buffer) only while there is something to read.
-pub(crate) struct LazyReader<R> {
+pub struct LazyReader<R> {
     shared: Arc<Mutex<Inner<R>>>,
     reader: Option<WebSocketRead<Source<R>>>,
     /// The frame being read, if one is.
@@ -153,7 +156,7 @@ pub(crate) struct LazyReader<R> {
 impl<R: AsyncRead + Unpin + Send + 'static> LazyReader<R> {
     /// A server-side reader; frames of `max_message` bytes are allowed, longer ones fail
     /// with `FrameTooLarge`.
-    pub(crate) fn new(stream: R, max_message: usize) -> Self {
+    pub fn new(stream: R, max_message: usize) -> Self {
         LazyReader {
             shared: Arc::new(Mutex::new(Inner {
                 stream,
@@ -174,17 +177,14 @@ impl<R: AsyncRead + Unpin + Send + 'static> LazyReader<R> {
     }
 
     /// The next frame. Auto-close and auto-pong are off: the caller answers both.
-    pub(crate) async fn read_frame(&mut self) -> Result<OwnedFrame, WebSocketError> {
+    pub async fn read_frame(&mut self) -> Result<OwnedFrame, WebSocketError> {
         std::future::poll_fn(|cx| self.poll_frame(cx)).await
     }
 
     /// Poll for the next frame (a poll, not a future: a connection waiting for its
     /// client keeps no future state for it). Auto-close and auto-pong are off: the
     /// caller answers both.
-    pub(crate) fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<OwnedFrame, WebSocketError>> {
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<OwnedFrame, WebSocketError>> {
         loop {
             if let Some(f) = self.reading.as_mut() {
                 let Poll::Ready((rd, res)) = f.as_mut().poll(cx) else {

@@ -1,4 +1,5 @@
-//! The per-connection writer: drains the bounded queue in batches and
+//! The per-connection WebSocket writer: drains the bounded queue in batches (with the
+//! [`Drain`] Engine.IO polling uses too) and
 //! coalesces every frame that is waiting into one `write`, so a busy
 //! connection costs one syscall per turn, not one per message.
 
@@ -13,10 +14,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::hub::{queue, Link, Outbound, Watcher};
 use crate::metrics::Metrics;
-use crate::protocol::{frame, socketio};
+use crate::protocol::{engineio, frame};
+use crate::transport::drain::{Drain, Piece, BATCH};
 
-/// Most queue items taken per turn.
-const BATCH: usize = 512;
 /// Frames are copied into one buffer up to this size; bigger frames are written as they are.
 const MAX_COALESCE: usize = 64 << 10;
 /// Time allowed to finish a partial write and send the close frame when a connection is aborted.
@@ -69,38 +69,28 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
             batch = Vec::new();
             buf = Vec::new();
         }
-        // The queue, or the kill (which also wakes the queue's receiver).
-        let n = std::future::poll_fn(|cx| {
-            if h.is_killed() {
-                return Poll::Ready(None);
-            }
-            match rx.poll_recv_many(cx, &mut batch, BATCH) {
-                Poll::Ready(n) => Poll::Ready(Some(n)),
-                // Killed after the look above: the wake went to the queue or is seen here.
-                Poll::Pending if h.is_killed() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
+        let n = next_batch(&mut rx, &mut batch, &h).await;
         let Some(n) = n else {
             return Box::pin(abort(&mut w, &[], &h, false)).await;
         };
         if n == 0 {
             return;
         }
-        let taken: usize = batch.iter().map(|o| o.bytes().len()).sum();
-        h.dequeued(taken);
-        let has_close = batch.iter().any(|o| matches!(o, Outbound::Close(_)));
-        let mut close = false;
-        let mut written: Vec<crate::hub::WrittenFn> = Vec::new();
-        buf.clear();
-        // One allocation for the turn (Engine.IO framing adds at most 14 bytes a packet).
-        buf.reserve((taken + 16 * n).min(MAX_COALESCE));
+        let (mut drain, has_close) = {
+            let (drain, taken) = Drain::new(&h, &mut batch);
+            buf.clear();
+            // One allocation for the turn (Engine.IO framing adds at most 14 bytes a packet).
+            buf.reserve((taken.bytes + 16 * n).min(MAX_COALESCE));
+            (drain, taken.has_close)
+        };
         let mut result = Ok(());
-        for item in batch.drain(..) {
-            let (bytes, is_close) = match item {
-                Outbound::Frame(b) => match framing {
-                    Framing::Raw => (b, false),
+        // Matched straight off `next()`, with no binding for the piece: a binding would live
+        // across the writes below and grow every writer's state (measured: 32 bytes).
+        loop {
+            let bytes = match drain.next() {
+                None => break,
+                Some(Piece::Frame(b)) => match framing {
+                    Framing::Raw => b,
                     Framing::EngineIo { v3 } => {
                         // Frame each packet straight into the buffer (one copy, as for Raw).
                         if !buf.is_empty() && buf.len() + b.len() + 16 > MAX_COALESCE {
@@ -114,12 +104,7 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
                         continue;
                     }
                 },
-                Outbound::Control(b) => (b, false),
-                Outbound::Close(b) => (b, true),
-                Outbound::Written(f) => {
-                    written.push(f);
-                    continue;
-                }
+                Some(Piece::Control(b) | Piece::Close(b)) => b,
             };
             if !buf.is_empty() && buf.len() + bytes.len() > MAX_COALESCE {
                 result = write_all(&mut w, &buf, &h, &m).await;
@@ -136,11 +121,11 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
             } else {
                 buf.extend_from_slice(&bytes);
             }
-            if is_close {
-                close = true;
-                break;
-            }
         }
+        // Done with the drain before writing on: what the writer holds across a write is
+        // state every open connection carries.
+        let (mut written, close) = (drain.take_written(), drain.closed());
+        drop(drain);
         if result.is_ok() && !buf.is_empty() {
             result = write_all(&mut w, &buf, &h, &m).await;
         }
@@ -172,10 +157,31 @@ pub async fn run_framed<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The next batch off the queue (its length; 0 once the sender is gone), or `None` once the
+/// link is killed (which also wakes the queue's receiver). A poll, not an async fn: the
+/// writer's idle state stays what it was inline.
+fn next_batch<'a>(
+    rx: &'a mut queue::Receiver<Outbound>,
+    batch: &'a mut Vec<Outbound>,
+    h: &'a Link,
+) -> impl Future<Output = Option<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if h.is_killed() {
+            return Poll::Ready(None);
+        }
+        match rx.poll_recv_many(cx, batch, BATCH) {
+            Poll::Ready(n) => Poll::Ready(Some(n)),
+            // Killed after the look above: the wake went to the queue or is seen here.
+            Poll::Pending if h.is_killed() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
+
 /// Append Engine.IO packet records as WebSocket frames: text packets as text frames,
 /// binary ones as binary frames.
 fn frame_records_into(out: &mut Vec<u8>, records: &[u8], v3: bool) {
-    for (binary, payload) in socketio::Records::new(records) {
+    for (binary, payload) in engineio::Records::new(records) {
         if binary {
             if v3 {
                 frame::encode_parts_into(out, frame::OP_BINARY, &[&[4u8], payload]);

@@ -1,0 +1,317 @@
+//! The Socket.IO session: drives one Engine.IO session ([`transport::engineio`]) as a
+//! Socket.IO client. One session is one client: a [`Link`](crate::hub::Link) shared by
+//! one hub connection per namespace it joined. The driver task takes the client's packets
+//! in order (typed: Engine.IO packets answered by the [`Heartbeat`], Socket.IO packets
+//! decoded here), runs the hooks, keeps the authentication deadline and ends the session.
+//! See docs/socketio.md.
+
+mod namespaces;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use super::disconnect_info;
+use crate::hub::ConnHandle;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::policy::ClientEvent;
+use crate::protocol::close;
+use crate::protocol::socketio::{self, insert_binary, packet_records, SioPacket, SioType};
+use crate::protocol::Message;
+use crate::tenant::Tenant;
+use crate::transport::engineio::{
+    self, EioSession, Env, Event, Heartbeat, Opened, Received, Sessions, Settings,
+};
+use crate::transport::websocket::Origins;
+use crate::transport::{End, Peer};
+use crate::web::HttpResponse;
+
+/// Most binary attachments one packet may announce.
+const MAX_ATTACHMENTS: usize = 64;
+
+/// Answer an Engine.IO request of a Socket.IO tenant; a new session gets its driver.
+pub async fn handle(
+    req: Request<Incoming>,
+    tenant: Arc<Tenant>,
+    node: Arc<Node>,
+    sessions: Arc<Sessions>,
+    origins: &Origins,
+    max_body: usize,
+    peer: Peer,
+) -> HttpResponse {
+    let c = &tenant.config;
+    let env = Arc::new(Env {
+        settings: Settings {
+            ping_interval: Duration::from_millis(c.ping_interval_ms),
+            ping_timeout: Duration::from_millis(c.ping_timeout_ms),
+            max_message: c.max_message_bytes,
+            queue: c.outbound_queue,
+            queue_bytes: c.outbound_queue_bytes,
+            max_body,
+        },
+        metrics: node.metrics.clone(),
+        tracker: node.shutdown.tracker.clone(),
+    });
+    let (resp, opened) = engineio::handle(req, &sessions, env.clone(), origins, peer).await;
+    if let Some(Opened { session, events }) = opened {
+        Metrics::inc(&node.metrics.connections_total);
+        node.metrics
+            .connections_open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let hb = Heartbeat::new(session.v3(), &env.settings);
+        let tracker = node.shutdown.tracker.clone();
+        tracker.spawn(drive(session, tenant, node, sessions, events, hb));
+    }
+    resp
+}
+
+/// The session's driver: heartbeat, Socket.IO packets, hooks, and the end of the session.
+async fn drive(
+    s: Arc<EioSession>,
+    tenant: Arc<Tenant>,
+    node: Arc<Node>,
+    sessions: Arc<Sessions>,
+    mut rx: mpsc::Receiver<Event>,
+    mut hb: Heartbeat,
+) {
+    let mut d = Driver {
+        s: s.clone(),
+        tenant: tenant.clone(),
+        node: node.clone(),
+        sessions,
+        sockets: HashMap::new(),
+        pending: None,
+    };
+    let auth_at = Instant::now() + Duration::from_millis(tenant.config.auth_timeout_ms);
+    let mut auth_checked = false;
+    let shutdown = node.shutdown.token.clone();
+    let link = s.link().clone();
+    if s.v3() && tenant.namespaces.iter().any(|(n, _)| n == "/") {
+        // Socket.IO v2 connects every client to `/` without a CONNECT packet.
+        d.connect("/", None, None).await;
+    }
+    let end: End = loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(Event::Packet(p)) => {
+                    if let Some(end) = d.received(hb.receive(&link, p)).await {
+                        break end;
+                    }
+                }
+                Some(Event::TransportClosed(end)) => break end,
+                None => break End::new(None, "session ended"),
+            },
+            _ = link.killed() => break End::new(Some(link.close_code()), "aborted"),
+            _ = shutdown.cancelled() => {
+                link.close_as(close::SHUTDOWN);
+                break End::closed(close::SHUTDOWN);
+            }
+            _ = sleep_until(hb.deadline()) => {
+                if let Some(end) = hb.fire(&link) {
+                    break end;
+                }
+            }
+            _ = sleep_until(auth_at), if !auth_checked => {
+                auth_checked = true;
+                if let Some(end) = d.auth_deadline() {
+                    break end;
+                }
+            }
+        }
+        hb.settle();
+    };
+    d.finish(end).await;
+}
+
+/// A session's Socket.IO state.
+struct Driver {
+    s: Arc<EioSession>,
+    tenant: Arc<Tenant>,
+    node: Arc<Node>,
+    /// The tenant's open sessions (this one leaves it when it ends).
+    sessions: Arc<Sessions>,
+    /// Connected namespaces.
+    sockets: HashMap<String, Arc<ConnHandle>>,
+    /// A binary packet waiting for its attachments.
+    pending: Option<(SioPacket, Vec<Vec<u8>>)>,
+}
+
+impl Driver {
+    fn protocol_error(&self, why: &str) -> Option<End> {
+        Metrics::inc(&self.node.metrics.protocol_errors);
+        tracing::debug!(sid = %self.s.sid(), why, "engine.io protocol error");
+        self.s.link().close(close::PROTOCOL_ERROR, why);
+        Some(End::new(Some(close::PROTOCOL_ERROR), why))
+    }
+
+    /// What the client sent, once Engine.IO has answered its own packets.
+    async fn received(&mut self, r: Received) -> Option<End> {
+        match r {
+            Received::Message(text) => self.message(&text).await,
+            Received::Binary(data) => self.attachment(data).await,
+            Received::Handled => None,
+            Received::Closed(end) => Some(end),
+            Received::Malformed(why) => self.protocol_error(why),
+        }
+    }
+
+    /// A binary message: the next attachment of the pending binary packet.
+    async fn attachment(&mut self, data: Vec<u8>) -> Option<End> {
+        let Some((_, atts)) = self.pending.as_mut() else {
+            return self.protocol_error("binary packet without a binary event");
+        };
+        atts.push(data);
+        if let Some((p, atts)) = self.pending.take_if(|(p, a)| a.len() >= p.attachments) {
+            return self.socketio(p, atts).await;
+        }
+        None
+    }
+
+    /// A text message: one Socket.IO packet.
+    async fn message(&mut self, text: &str) -> Option<End> {
+        if self.pending.is_some() {
+            return self.protocol_error("text packet while attachments are due");
+        }
+        match SioPacket::decode(text) {
+            Ok(p) if p.attachments > MAX_ATTACHMENTS => self.protocol_error("too many attachments"),
+            Ok(p) if p.attachments > 0 => {
+                self.pending = Some((p, Vec::new()));
+                None
+            }
+            Ok(p) => self.socketio(p, Vec::new()).await,
+            Err(e) => self.protocol_error(&format!("malformed socket.io packet: {e}")),
+        }
+    }
+
+    /// Send a Socket.IO packet (with attachments) to the client.
+    fn send(&self, p: &SioPacket, atts: &[Vec<u8>]) {
+        self.s.link().send(packet_records(p, atts));
+    }
+
+    async fn socketio(&mut self, mut p: SioPacket, atts: Vec<Vec<u8>>) -> Option<End> {
+        Metrics::inc(&self.node.metrics.messages_in);
+        match p.kind {
+            SioType::Connect => {
+                // v2 clients put the namespace's query after `?`.
+                let (nsp, query) = match p.nsp.split_once('?') {
+                    Some((n, q)) => (n.to_owned(), Some(q.to_owned())),
+                    None => (p.nsp.clone(), None),
+                };
+                if !self.sockets.contains_key(&nsp) {
+                    self.connect(&nsp, query, p.data.take()).await;
+                }
+                None
+            }
+            SioType::Disconnect => {
+                if let Some(h) = self.sockets.remove(&p.nsp) {
+                    self.disconnected(&h, End::new(None, "client namespace disconnect"))
+                        .await;
+                }
+                None
+            }
+            SioType::Event | SioType::BinaryEvent | SioType::Ack | SioType::BinaryAck => {
+                self.event_packet(p, atts).await
+            }
+            SioType::ConnectError => self.protocol_error("CONNECT_ERROR from a client"),
+        }
+    }
+
+    /// An event or an acknowledgement: the event hook.
+    async fn event_packet(&mut self, mut p: SioPacket, atts: Vec<Vec<u8>>) -> Option<End> {
+        let Some(h) = self.sockets.get(&p.nsp).cloned() else {
+            tracing::debug!(sid = %self.s.sid(), nsp = %p.nsp, "packet for a namespace not connected: ignored");
+            return None;
+        };
+        let text = p.encode();
+        let Some(Value::Array(mut args)) = p.data.take() else {
+            return self.protocol_error("event without an argument array");
+        };
+        for a in args.iter_mut() {
+            if !insert_binary(a, &atts) {
+                return self.protocol_error("placeholder for a missing attachment");
+            }
+        }
+        let is_event = matches!(p.kind, SioType::Event | SioType::BinaryEvent);
+        let name = if is_event {
+            match args.first() {
+                Some(Value::String(_)) => match args.remove(0) {
+                    Value::String(n) => Some(n),
+                    _ => None,
+                },
+                _ => return self.protocol_error("event without a name"),
+            }
+        } else {
+            if p.id.is_none() {
+                return self.protocol_error("acknowledgement without an id");
+            }
+            None
+        };
+        let ev = ClientEvent {
+            name,
+            data: Some(Value::Array(args)),
+            text,
+            ack: p.id,
+        };
+        self.event(&h, &ev, is_event.then_some(p.id).flatten())
+            .await;
+        None
+    }
+
+    /// The event hook; with `ack`, its first reply answers the client's acknowledgement.
+    async fn event(&self, h: &Arc<ConnHandle>, ev: &ClientEvent, ack: Option<u64>) {
+        let answer = Box::pin(self.node.event(&self.tenant, h, ev, ack.is_some())).await;
+        if let (Some(id), Some(message)) = (ack, answer) {
+            self.ack(h, id, &message);
+        }
+    }
+
+    /// Answer a client's acknowledgement with a message's data as the one argument.
+    fn ack(&self, h: &ConnHandle, id: u64, m: &Message) {
+        let nsp = self
+            .sockets
+            .iter()
+            .find(|(_, s)| s.id == h.id)
+            .map_or("/", |(n, _)| n.as_str());
+        let (mut p, atts) = socketio::message_packet(nsp, m);
+        // An ack carries the arguments only (no event name).
+        if let Some(Value::Array(a)) = p.data.as_mut() {
+            a.remove(0);
+        }
+        p.kind = if atts.is_empty() {
+            SioType::Ack
+        } else {
+            SioType::BinaryAck
+        };
+        p.id = Some(id);
+        self.send(&p, &atts);
+    }
+
+    /// A namespace socket ended: run its disconnect hook.
+    async fn disconnected(&self, h: &Arc<ConnHandle>, why: End) {
+        let info = disconnect_info(why);
+        self.node.disconnected(&self.tenant, h, &info).await;
+    }
+
+    /// End the session: every namespace socket disconnects (hooks run), the session is
+    /// forgotten, and a waiting poll answers with a close packet.
+    async fn finish(mut self, end: End) {
+        let s = self.s.clone();
+        self.sessions.remove(&s.sid());
+        for (_, h) in std::mem::take(&mut self.sockets) {
+            self.disconnected(&h, end.clone()).await;
+        }
+        s.end();
+        self.node
+            .metrics
+            .connections_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(tenant = %self.tenant.name, sid = %s.sid(), reason = %end.reason, "engine.io session ended");
+    }
+}

@@ -1,0 +1,114 @@
+//! HTTP long-polling: a GET takes what is queued (waiting for something), a POST brings
+//! the client's packets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::Request;
+
+use super::{eio_error, poll_response, EioSession, Event, Transport};
+use crate::protocol::engineio::{decode_poll, text_record};
+use crate::transport::drain::{Drain, Piece, BATCH};
+use crate::transport::End;
+use crate::web::{set_header, text_response, HttpResponse};
+
+/// A long-poll: answer with everything queued, waiting for at least one packet (or an
+/// upgrade, which answers with a noop, or the end of the session, which answers `1`).
+pub async fn poll(s: Arc<EioSession>) -> HttpResponse {
+    if s.transport() == Transport::WebSocket {
+        return eio_error(3, "Bad request");
+    }
+    if s.transport() == Transport::Upgrading {
+        // The client has not seen the probe's answer yet and polls on: answer soon (with a
+        // noop when nothing is queued) so it can pause polling.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(mut rx) = s.take_rx() else {
+        // Engine.IO allows one pending poll per session.
+        return eio_error(3, "Bad request");
+    };
+    let upgrade = s.upgrade.notified();
+    tokio::pin!(upgrade);
+    upgrade.as_mut().enable();
+    let mut batch = Vec::new();
+    if s.transport() == Transport::Polling && !s.ended.is_cancelled() {
+        tokio::select! {
+            _ = rx.recv_many(&mut batch, BATCH) => {}
+            _ = &mut upgrade => {}
+            _ = s.ended.cancelled() => {}
+        }
+    }
+    // Take whatever else is ready without waiting.
+    while let Some(item) = rx.try_recv() {
+        batch.push(item);
+    }
+    s.put_rx(rx);
+    let (mut drain, _) = Drain::new(&s.link, &mut batch);
+    // Control frames are WebSocket's: polling has none to send.
+    let mut items: Vec<Bytes> = drain
+        .by_ref()
+        .filter_map(|p| match p {
+            Piece::Frame(b) => Some(b),
+            Piece::Control(_) | Piece::Close(_) => None,
+        })
+        .collect();
+    let closed = drain.closed();
+    let written = drain.take_written();
+    drop(drain);
+    if closed || (items.is_empty() && s.ended.is_cancelled()) {
+        items.push(text_record("1"));
+        // The client learns of the close now: end the session if the driver has not yet.
+        let _ = s
+            .inbound
+            .try_send(Event::TransportClosed(End::new(None, "closed by server")));
+    } else if items.is_empty() {
+        items.push(text_record("6"));
+    }
+    let r = poll_response(items.iter().map(|b| &b[..]), s.v3, s.b64);
+    // The response carries everything queued before these: as written as polling gets.
+    written.into_iter().for_each(|f| f());
+    r
+}
+
+/// A polling POST: packets from the client.
+pub async fn post(req: Request<Incoming>, s: Arc<EioSession>, max_body: usize) -> HttpResponse {
+    if s.transport() == Transport::WebSocket {
+        return eio_error(3, "Bad request");
+    }
+    let binary = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/octet-stream"));
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                s.transport_closed("payload too large").await;
+                return text_response(413, "payload too large\n");
+            }
+            return text_response(400, "body read failed\n");
+        }
+    };
+    let packets = match decode_poll(&body, s.v3, binary) {
+        Ok(p) => p,
+        Err(e) => {
+            s.transport_closed(&format!("malformed polling payload: {e}"))
+                .await;
+            return eio_error(3, "Bad request");
+        }
+    };
+    for p in packets {
+        if s.inbound.send(Event::Packet(p)).await.is_err() {
+            return eio_error(1, "Session ID unknown");
+        }
+    }
+    let mut r = text_response(200, "ok");
+    set_header(&mut r, "content-type", "text/html");
+    r
+}

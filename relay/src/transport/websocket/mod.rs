@@ -1,0 +1,58 @@
+//! WebSocket: the upgrade checks and the upgrade itself, the frame reader that holds a
+//! buffer only while a client talks ([`lazy`]), the read loop ([`read`]) and the batching
+//! writer ([`writer`]).
+
+pub mod lazy;
+pub mod read;
+pub mod writer;
+
+use std::time::Duration;
+
+use fastwebsockets::upgrade::UpgradeFut;
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::Request;
+
+use crate::web::{switching_protocols, text_response, HttpResponse};
+
+/// How long a connection waits for the peer's close frame after sending its own (and for
+/// its writer to drain).
+pub const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// The `Origin` values a listener accepts for WebSocket and Engine.IO requests.
+#[derive(Debug, Default, Clone)]
+pub struct Origins(Vec<String>);
+
+impl Origins {
+    /// Accept these origins (`*`: any); none at all accepts every origin.
+    pub fn new(allowed: Vec<String>) -> Self {
+        Origins(allowed)
+    }
+
+    /// Whether a request's `Origin` is allowed (no header: not a browser, allowed).
+    pub fn allowed(&self, headers: &HeaderMap) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        match headers.get(hyper::header::ORIGIN).map(|v| v.to_str()) {
+            None => true,
+            Some(Ok(o)) => self.0.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o)),
+            Some(Err(_)) => false,
+        }
+    }
+}
+
+/// Accept a WebSocket upgrade: the `101` to answer with and the connection to come. A
+/// malformed upgrade gets its `400` instead (boxed: the error path is rare). Rejecting after this is still possible: the
+/// upgrade only happens if the `101` is sent.
+pub fn accept(
+    req: &mut Request<Incoming>,
+) -> Result<(HttpResponse, UpgradeFut), Box<HttpResponse>> {
+    match fastwebsockets::upgrade::upgrade(req) {
+        Ok((resp, fut)) => Ok((switching_protocols(resp), fut)),
+        Err(e) => Err(Box::new(text_response(
+            400,
+            &format!("bad websocket handshake: {e}\n"),
+        ))),
+    }
+}

@@ -1,5 +1,5 @@
-//! The shape of `relay/src`: no import cycle between top-level modules, and no source
-//! file past the size at which it should be split. Part of `cargo test`, so CI fails on
+//! The shape of `relay/src`: no import cycle between top-level modules, no source file
+//! and no function past the size at which it should be split. Part of `cargo test`, so CI fails on
 //! a cycle or an oversized file.
 //!
 //! A top-level module `a` uses `b` when `a`'s code (outside `#[cfg(test)]` items, and
@@ -7,6 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// Lines of code (before a file's `#[cfg(test)]` part) past which a file is split.
+const MAX_FILE_LINES: usize = 500;
+/// Lines past which a function is split (a little slack over 100 for formatting).
+const MAX_FN_LINES: usize = 110;
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -194,4 +199,56 @@ fn no_import_cycle_between_top_level_modules() {
         found.is_empty(),
         "import cycles between top-level modules of relay/src: {found:?}\nedges: {g:#?}"
     );
+}
+
+/// A file's text before its `#[cfg(test)]` part.
+fn before_tests(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read source");
+    match text.find("#[cfg(test)]") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+#[test]
+fn no_source_file_or_function_is_too_long() {
+    let mut all = Vec::new();
+    files(&src(), &mut all);
+    let mut long = Vec::new();
+    for f in &all {
+        let text = before_tests(f);
+        let lines: Vec<&str> = text.lines().collect();
+        let name = f.strip_prefix(src()).unwrap_or(f).display().to_string();
+        if lines.len() > MAX_FILE_LINES {
+            long.push(format!("{name}: {} lines", lines.len()));
+        }
+        // A function runs from its `fn` line to the closing brace at the same indent.
+        for (i, l) in lines.iter().enumerate() {
+            let body = l.trim_start();
+            let indent = &l[..l.len() - body.len()];
+            let is_fn = [
+                "fn ",
+                "pub fn ",
+                "async fn ",
+                "pub async fn ",
+                "pub(crate) fn ",
+                "pub(super) fn ",
+                "pub(crate) async fn ",
+                "pub(super) async fn ",
+            ]
+            .iter()
+            .any(|p| body.starts_with(p));
+            if !is_fn || body.ends_with(';') {
+                continue;
+            }
+            let close = format!("{indent}}}");
+            if let Some(end) = lines[i + 1..].iter().position(|x| *x == close) {
+                if end + 2 > MAX_FN_LINES {
+                    long.push(format!("{name}:{}: a function of {} lines", i + 1, end + 2));
+                }
+            }
+        }
+    }
+    assert!(all.len() > 20, "found the sources: {all:?}");
+    assert!(long.is_empty(), "split these: {long:#?}");
 }

@@ -74,19 +74,7 @@ impl Node {
                     }
                 },
                 Action::SetIdentity { user, data, conn } => match resolve(&conn) {
-                    Some(h) => {
-                        if let Some(u) = user.as_deref() {
-                            tenant.hub.set_user(&h, Some(u));
-                        }
-                        if let (Some(d), Ok(mut s)) = (data, h.state.lock()) {
-                            s.data = d;
-                        }
-                        h.set_authenticated();
-                        if let Some(u) = user {
-                            self.lifecycle(tenant, Lifecycle::Login, &h.id.to_string());
-                            self.deliver_offline(tenant, &h, Mailbox::User(u)).await;
-                        }
-                    }
+                    Some(h) => self.set_identity(tenant, &h, user, data).await,
                     None => {
                         tracing::debug!(tenant = %tenant.name, ?conn, "set_identity: no such connection")
                     }
@@ -123,5 +111,27 @@ impl Node {
             }
         }
         out
+    }
+
+    /// `SetIdentity`: bind the user, replace the session data, mark authenticated; a new
+    /// user gets the login webhook and their offline mailbox.
+    async fn set_identity(
+        &self,
+        tenant: &Tenant,
+        h: &Arc<ConnHandle>,
+        user: Option<String>,
+        data: Option<serde_json::Value>,
+    ) {
+        if let Some(u) = user.as_deref() {
+            tenant.hub.set_user(h, Some(u));
+        }
+        if let (Some(d), Ok(mut s)) = (data, h.state.lock()) {
+            s.data = d;
+        }
+        h.set_authenticated();
+        if let Some(u) = user {
+            self.lifecycle(tenant, Lifecycle::Login, &h.id.to_string());
+            self.deliver_offline(tenant, h, Mailbox::User(u)).await;
+        }
     }
 }

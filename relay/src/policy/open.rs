@@ -156,46 +156,8 @@ impl OpenPolicy {
                 ],
                 _ => error("login needs a non-empty \"user\""),
             },
-            "join" | "leave" => {
-                let rooms: Vec<String> = [o.get("room"), o.get("rooms")]
-                    .into_iter()
-                    .flat_map(str_list)
-                    .collect();
-                if rooms.is_empty() {
-                    return error("join/leave needs \"room\" or \"rooms\"");
-                }
-                let ack = reply(
-                    json!({"event": if name == "join" {"joined"} else {"left"}, "rooms": rooms}),
-                );
-                let act = if name == "join" {
-                    Action::Join { rooms, conn: None }
-                } else {
-                    Action::Leave { rooms, conn: None }
-                };
-                vec![act, ack]
-            }
-            "emit" => {
-                let Some(target) = target(o) else {
-                    return error("emit needs one of room, rooms, user, conn or broadcast");
-                };
-                let message = Message {
-                    event: Some("message".into()),
-                    ack: None,
-                    position: None,
-                    data: json!({
-                        "event": "message",
-                        "from": conn.id,
-                        "user": conn.user,
-                        "data": o.get("data").cloned().unwrap_or(Value::Null),
-                    }),
-                };
-                let exclude_sender = matches!(o.get("exclude_self"), Some(Value::Bool(true)));
-                vec![Action::Emit {
-                    target,
-                    message,
-                    exclude_sender,
-                }]
-            }
+            "join" | "leave" => join_or_leave(name == "join", o),
+            "emit" => emit(conn, o),
             "presence" => match o.get("room").and_then(Value::as_str) {
                 Some(r) => vec![reply(presence_json(r, presence, Some("presence")))],
                 None => error("presence needs \"room\""),
@@ -428,4 +390,46 @@ impl Policy for OpenPolicy {
             }
         })
     }
+}
+
+/// `join` / `leave`: the rooms, then the answer (`joined` / `left`).
+fn join_or_leave(join: bool, o: &Map<String, Value>) -> Vec<Action> {
+    let rooms: Vec<String> = [o.get("room"), o.get("rooms")]
+        .into_iter()
+        .flat_map(str_list)
+        .collect();
+    if rooms.is_empty() {
+        return error("join/leave needs \"room\" or \"rooms\"");
+    }
+    let ack = reply(json!({"event": if join {"joined"} else {"left"}, "rooms": rooms}));
+    let act = if join {
+        Action::Join { rooms, conn: None }
+    } else {
+        Action::Leave { rooms, conn: None }
+    };
+    vec![act, ack]
+}
+
+/// `emit`: the data, wrapped with who sent it, to the named target.
+fn emit(conn: &ConnInfo, o: &Map<String, Value>) -> Vec<Action> {
+    let Some(target) = target(o) else {
+        return error("emit needs one of room, rooms, user, conn or broadcast");
+    };
+    let message = Message {
+        event: Some("message".into()),
+        ack: None,
+        position: None,
+        data: json!({
+            "event": "message",
+            "from": conn.id,
+            "user": conn.user,
+            "data": o.get("data").cloned().unwrap_or(Value::Null),
+        }),
+    };
+    let exclude_sender = matches!(o.get("exclude_self"), Some(Value::Bool(true)));
+    vec![Action::Emit {
+        target,
+        message,
+        exclude_sender,
+    }]
 }

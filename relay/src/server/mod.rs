@@ -139,7 +139,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let logged_kv = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
         Ok(kv_log.open(t.name.get_ref(), t.kv_max_bytes)?)
     };
-    let mut tls = build::tls_acceptors(&config)?;
+    let tls = build::tls_acceptors(&config)?;
     let tenants = build::tenants(&config, &metrics, &logged_kv)?;
     let offline: Arc<dyn store::OfflineStore> = Arc::new(db.clone());
     let (committer, commit_task) = store::commit::Committer::start(
@@ -191,8 +191,25 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 .spawn(watch_plugin(tenant.clone(), every, shutdown.token.clone()));
         }
     }
+    let addrs = bind_listeners(&config, &node, tls).await?;
+    Ok(Running {
+        addrs,
+        node,
+        shutdown,
+        grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        kv_log,
+    })
+}
+
+/// Bind every listener and start serving it; returns the bound addresses by name.
+async fn bind_listeners(
+    config: &Config,
+    node: &Arc<Node>,
+    mut tls: HashMap<usize, tokio_rustls::TlsAcceptor>,
+) -> Result<HashMap<String, SocketAddr>, Error> {
+    let shutdown = &node.shutdown;
     let mut addrs = HashMap::new();
-    let engines = listen::engine_tables(&node);
+    let engines = listen::engine_tables(node);
     for (i, l) in config.listeners.iter().enumerate() {
         let name = l.name.get_ref().clone();
         let bind: SocketAddr = l.bind.get_ref().parse().map_err(|_| Error::BindAddress {
@@ -223,18 +240,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             continue;
         }
         let tls = tls.remove(&i);
-        let ctx = Arc::new(listen::TcpListenerCtx::new(l, &node, &engines, tls));
+        let ctx = Arc::new(listen::TcpListenerCtx::new(l, node, &engines, tls));
         let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
         addrs.insert(name, listener.local_addr()?);
         shutdown
             .tracker
             .spawn(listen::serve(listener, ctx, node.clone()));
     }
-    Ok(Running {
-        addrs,
-        node,
-        shutdown,
-        grace: Duration::from_millis(config.server.shutdown_grace_ms),
-        kv_log,
-    })
+    Ok(addrs)
 }

@@ -93,7 +93,7 @@ impl Tenant {
     /// (or loaded from the cache), instantiated and initialised here.
     pub fn new(config: TenantConfig, deps: TenantDeps) -> Result<Self, TenantError> {
         let name: Arc<str> = Arc::from(config.name.get_ref().as_str());
-        let hub = Arc::new(Hub::new(config.max_rooms_per_connection));
+        let hub = Arc::new(Hub::new(config.limits.max_rooms_per_connection));
         let kv = deps.kv.clone();
         let policy: Arc<dyn Policy> = match config.policy.get_ref().as_str() {
             "open" => Arc::new(
@@ -108,10 +108,10 @@ impl Tenant {
                         cache_dir: deps.cache_dir,
                         settings: config.settings(),
                         limits: PluginLimits {
-                            deadline: Duration::from_millis(config.plugin_deadline_ms),
-                            memory_bytes: usize::try_from(config.plugin_memory_mb << 20)
+                            deadline: Duration::from_millis(config.wasm.deadline_ms),
+                            memory_bytes: usize::try_from(config.wasm.memory_mb << 20)
                                 .unwrap_or(usize::MAX),
-                            max_idle: config.plugin_instances,
+                            max_idle: config.wasm.instances,
                         },
                         kv: kv.clone(),
                         hub: hub.clone(),
@@ -147,13 +147,13 @@ impl Tenant {
             Some((_, c)) => c.clone(),
             None => Arc::new(WsJson {
                 event_field: config.event_field.clone(),
-                offset_field: config.history_field.clone(),
+                offset_field: config.history.field.clone(),
             }),
         };
         let log = Arc::new(crate::msglog::LogTarget {
             dir: deps.log_dir.clone(),
-            max_bytes: config.log_max_bytes,
-            keep: config.log_keep,
+            max_bytes: config.log.max_bytes,
+            keep: config.log.keep,
         });
         let notice = notice_message(config.auth_timeout_notice.as_ref().map(|n| n.get_ref()))?;
         Ok(Tenant {

@@ -315,4 +315,27 @@ mod tests {
         );
         assert_eq!(all.to_string().lines().count(), 4, "one line each:\n{all}");
     }
+
+    #[test]
+    fn flat_keys_land_in_their_groups_and_unknown_keys_are_named_with_their_line() {
+        let tenant = "[[tenant]]\nname = \"a\"\npolicy = \"open\"\nhistory_max = 5\noffline_max = 7\nmax_message_bytes = 99\nplugin_deadline_ms = 3\n";
+        let listener = "\n[[listener]]\nname = \"x\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{ path = \"/\", tenant = \"a\" }]\n";
+        let c = Config::parse(&format!("{tenant}{listener}"), None).unwrap();
+        let t = &c.tenants[0];
+        assert_eq!(
+            (
+                t.history.max,
+                t.offline.max,
+                t.limits.max_message_bytes,
+                t.wasm.deadline_ms
+            ),
+            (5, 7, 99, 3)
+        );
+        assert_eq!(t.timers.idle_timeout_ms, 60_000, "defaults still apply");
+        let text = format!("{tenant}colour = \"blue\"\n{listener}");
+        let e = Config::parse(&text, None).unwrap_err().0.remove(0);
+        assert_eq!(e.key, "tenant[0].colour");
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.message.contains("unknown field `colour`"), "{e}");
+    }
 }

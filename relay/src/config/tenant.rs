@@ -27,9 +27,10 @@ pub enum WireProfile {
     SocketIo,
 }
 
-/// `[[tenant]]`: an isolated application.
+/// `[[tenant]]`: an isolated application. The TOML keys are flat (`max_message_bytes`,
+/// `history_max`, …); in code they are grouped by what they govern (`#[serde(flatten)]`).
+/// Settings that errors point at keep their spans here; the groups hold plain values.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Unique name.
     pub name: Spanned<String>,
@@ -41,60 +42,15 @@ pub struct TenantConfig {
     /// ws-json: the JSON field naming a client message's event. Default `event` (seed 004: `method`).
     #[serde(default = "defaults::event_field")]
     pub event_field: String,
-    /// Largest client message (all fragments together); larger closes with 1009. Default 65536.
-    #[serde(default = "defaults::max_message_bytes")]
-    pub max_message_bytes: usize,
-    /// Close a connection from which nothing was received for this long (1001). 0 = never. Default 60000 ms.
-    #[serde(default = "defaults::idle_timeout_ms")]
-    pub idle_timeout_ms: u64,
-    /// Send a WebSocket ping after this much silence, so live clients answer. 0 = never. Default 25000 ms.
-    #[serde(default = "defaults::ping_interval_ms")]
-    pub ping_interval_ms: u64,
-    /// socket.io: how long a client may take to answer a ping (v4) or to send its next one
-    /// (v3, after `ping_interval_ms`) before it is disconnected. Default 20000 ms.
-    #[serde(default = "defaults::ping_timeout_ms")]
-    pub ping_timeout_ms: u64,
     /// socket.io: the namespaces clients may connect to (at most 8). Default `["/"]`.
     #[serde(default = "defaults::namespaces")]
     pub namespaces: Vec<String>,
-    /// Offline messages kept per user or room; beyond, the oldest are dropped (counted). Default 1000.
-    #[serde(default = "defaults::offline_max")]
-    pub offline_max: usize,
-    /// Offline messages older than this are not delivered. Default 7 days.
-    #[serde(default = "defaults::offline_ttl_ms")]
-    pub offline_ttl_ms: u64,
-    /// Largest offline message (its JSON); larger ones are refused. Default 65536.
-    #[serde(default = "defaults::offline_max_bytes")]
-    pub offline_max_bytes: usize,
-    /// Most bytes the tenant's key-value store holds (keys, values and 64 bytes per
-    /// entry; it lives in memory): writes beyond fail the plugin's call. Default 64 MiB.
-    #[serde(default = "defaults::kv_max_bytes")]
-    pub kv_max_bytes: usize,
+    /// Source networks allowed to send UDP datagrams. Default loopback only.
+    #[serde(default = "defaults::udp_allow")]
+    pub udp_allow: Vec<IpNet>,
     /// Message log directory (relative to the config file). Default `<data_dir>/logs/<tenant>`.
     #[serde(default)]
     pub log_dir: Option<Spanned<String>>,
-    /// Rotate a message log file before it grows past this. Default 64 MiB.
-    #[serde(default = "defaults::log_max_bytes")]
-    pub log_max_bytes: u64,
-    /// Rotated message log files kept per file. Default 5.
-    #[serde(default = "defaults::log_keep")]
-    pub log_keep: usize,
-    /// Room history: keep the last this many messages of every room (0 = no history).
-    /// Messages to rooms then carry an offset clients can present to recover. Default 0.
-    #[serde(default)]
-    pub history_max: usize,
-    /// Room history entries older than this cannot be recovered. Default 600000 ms.
-    #[serde(default = "defaults::history_ttl_ms")]
-    pub history_ttl_ms: u64,
-    /// ws-json: the field added to object messages with their history offset. Default `offset`.
-    #[serde(default = "defaults::history_field")]
-    pub history_field: String,
-    /// Time allowed for each webhook attempt. Default 5000 ms.
-    #[serde(default = "defaults::webhook_timeout_ms")]
-    pub webhook_timeout_ms: u64,
-    /// Webhook attempts after the first (connection errors, timeouts, 429, 5xx). Default 3.
-    #[serde(default = "defaults::webhook_retries")]
-    pub webhook_retries: u32,
     /// Called (GET, `sid=<connection id>` appended) when a connection is identified as a
     /// user (seed 000's `login_cb`).
     #[serde(default)]
@@ -107,9 +63,51 @@ pub struct TenantConfig {
     /// deadline closes it, e.g. `{ event = "server_return", data = { errcode = 1 } }`.
     #[serde(default)]
     pub auth_timeout_notice: Option<Spanned<toml::Table>>,
-    /// Close a connection not authenticated within this long (1008). Default 30000 ms.
-    #[serde(default = "defaults::auth_timeout_ms")]
-    pub auth_timeout_ms: u64,
+    /// `wasm` policy: the plugin component, a path (relative to the config file) or
+    /// `bundled:<name>` for a plugin built from `plugins/` (e.g. `bundled:md5-sign`).
+    #[serde(default)]
+    pub plugin: Option<Spanned<String>>,
+    /// Request headers the plugin sees (lowercase names), for handshakes and HTTP pushes;
+    /// unset = all of them (handshakes: all but the WebSocket upgrade's own). Each header
+    /// passed costs its hook call a little, so name the ones the plugin reads.
+    #[serde(default)]
+    pub plugin_headers: Option<Spanned<Vec<String>>>,
+    /// Policy-specific settings (keys, secrets, options), handed to the policy as they are.
+    #[serde(default)]
+    pub settings: Option<Spanned<toml::Table>>,
+    /// Per-connection limits.
+    #[serde(flatten)]
+    pub limits: Limits,
+    /// Deadlines and heartbeats.
+    #[serde(flatten)]
+    pub timers: Timers,
+    /// Offline mailboxes (`offline_*`).
+    #[serde(flatten)]
+    pub offline: Offline,
+    /// Room history (`history_*`).
+    #[serde(flatten)]
+    pub history: History,
+    /// Message log files (`log_max_bytes`, `log_keep`).
+    #[serde(flatten)]
+    pub log: LogFiles,
+    /// Webhook calls (`webhook_timeout_ms`, `webhook_retries`).
+    #[serde(flatten)]
+    pub webhook: WebhookCalls,
+    /// The wasm policy's sandbox (`plugin_*`, `kv_max_bytes`).
+    #[serde(flatten)]
+    pub wasm: Wasm,
+    /// Keys no group took: each is reported as unknown (`flatten` and serde's
+    /// `deny_unknown_fields` do not work together, so unknown keys land here).
+    #[serde(flatten)]
+    pub unknown: toml::Table,
+}
+
+/// Per-connection limits of a tenant.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Limits {
+    /// Largest client message (all fragments together); larger closes with 1009. Default 65536.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
     /// Frames waiting for one connection's socket; a client that lets it fill is closed (1013). Default 1024.
     #[serde(default = "defaults::outbound_queue")]
     pub outbound_queue: usize,
@@ -119,34 +117,103 @@ pub struct TenantConfig {
     /// Rooms one connection may be in at once; further joins are refused. Default 1000.
     #[serde(default = "defaults::max_rooms_per_connection")]
     pub max_rooms_per_connection: usize,
-    /// Source networks allowed to send UDP datagrams. Default loopback only.
-    #[serde(default = "defaults::udp_allow")]
-    pub udp_allow: Vec<IpNet>,
-    /// `wasm` policy: the plugin component, a path (relative to the config file) or
-    /// `bundled:<name>` for a plugin built from `plugins/` (e.g. `bundled:md5-sign`).
-    #[serde(default)]
-    pub plugin: Option<Spanned<String>>,
+}
+
+/// Deadlines and heartbeats of a tenant's connections.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Timers {
+    /// Close a connection from which nothing was received for this long (1001). 0 = never. Default 60000 ms.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Send a WebSocket ping after this much silence, so live clients answer. 0 = never. Default 25000 ms.
+    #[serde(default = "defaults::ping_interval_ms")]
+    pub ping_interval_ms: u64,
+    /// socket.io: how long a client may take to answer a ping (v4) or to send its next one
+    /// (v3, after `ping_interval_ms`) before it is disconnected. Default 20000 ms.
+    #[serde(default = "defaults::ping_timeout_ms")]
+    pub ping_timeout_ms: u64,
+    /// Close a connection not authenticated within this long (1008). Default 30000 ms.
+    #[serde(default = "defaults::auth_timeout_ms")]
+    pub auth_timeout_ms: u64,
+}
+
+/// Offline mailboxes of a tenant.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Offline {
+    /// Offline messages kept per user or room; beyond, the oldest are dropped (counted). Default 1000.
+    #[serde(rename = "offline_max", default = "defaults::offline_max")]
+    pub max: usize,
+    /// Offline messages older than this are not delivered. Default 7 days.
+    #[serde(rename = "offline_ttl_ms", default = "defaults::offline_ttl_ms")]
+    pub ttl_ms: u64,
+    /// Largest offline message (its JSON); larger ones are refused. Default 65536.
+    #[serde(rename = "offline_max_bytes", default = "defaults::offline_max_bytes")]
+    pub max_bytes: usize,
+}
+
+/// Room history of a tenant.
+#[derive(Debug, Clone, Deserialize)]
+pub struct History {
+    /// Room history: keep the last this many messages of every room (0 = no history).
+    /// Messages to rooms then carry an offset clients can present to recover. Default 0.
+    #[serde(rename = "history_max", default)]
+    pub max: usize,
+    /// Room history entries older than this cannot be recovered. Default 600000 ms.
+    #[serde(rename = "history_ttl_ms", default = "defaults::history_ttl_ms")]
+    pub ttl_ms: u64,
+    /// ws-json: the field added to object messages with their history offset. Default `offset`.
+    #[serde(rename = "history_field", default = "defaults::history_field")]
+    pub field: String,
+}
+
+/// A tenant's message log files.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogFiles {
+    /// Rotate a message log file before it grows past this. Default 64 MiB.
+    #[serde(rename = "log_max_bytes", default = "defaults::log_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated message log files kept per file. Default 5.
+    #[serde(rename = "log_keep", default = "defaults::log_keep")]
+    pub keep: usize,
+}
+
+/// How a tenant's webhooks are called.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookCalls {
+    /// Time allowed for each webhook attempt. Default 5000 ms.
+    #[serde(
+        rename = "webhook_timeout_ms",
+        default = "defaults::webhook_timeout_ms"
+    )]
+    pub timeout_ms: u64,
+    /// Webhook attempts after the first (connection errors, timeouts, 429, 5xx). Default 3.
+    #[serde(rename = "webhook_retries", default = "defaults::webhook_retries")]
+    pub retries: u32,
+}
+
+/// The wasm policy's sandbox: limits of a tenant's plugin.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Wasm {
     /// CPU-time budget of one plugin call (20× in wall-clock time at most); past it the
     /// call fails. Default 5 ms.
-    #[serde(default = "defaults::plugin_deadline_ms")]
-    pub plugin_deadline_ms: u64,
+    #[serde(
+        rename = "plugin_deadline_ms",
+        default = "defaults::plugin_deadline_ms"
+    )]
+    pub deadline_ms: u64,
     /// Memory cap of one plugin instance. Default 32 MiB.
-    #[serde(default = "defaults::plugin_memory_mb")]
-    pub plugin_memory_mb: u64,
+    #[serde(rename = "plugin_memory_mb", default = "defaults::plugin_memory_mb")]
+    pub memory_mb: u64,
     /// Plugin instances per tenant: at most this many calls run at once (more wait their turn). Default 4.
-    #[serde(default = "defaults::plugin_instances")]
-    pub plugin_instances: usize,
+    #[serde(rename = "plugin_instances", default = "defaults::plugin_instances")]
+    pub instances: usize,
     /// How often the plugin file is checked for changes (hot reload). 0 = never. Default 1000 ms.
-    #[serde(default = "defaults::plugin_watch_ms")]
-    pub plugin_watch_ms: u64,
-    /// Request headers the plugin sees (lowercase names), for handshakes and HTTP pushes;
-    /// unset = all of them (handshakes: all but the WebSocket upgrade's own). Each header
-    /// passed costs its hook call a little, so name the ones the plugin reads.
-    #[serde(default)]
-    pub plugin_headers: Option<Spanned<Vec<String>>>,
-    /// Policy-specific settings (keys, secrets, options), handed to the policy as they are.
-    #[serde(default)]
-    pub settings: Option<Spanned<toml::Table>>,
+    #[serde(rename = "plugin_watch_ms", default = "defaults::plugin_watch_ms")]
+    pub watch_ms: u64,
+    /// Most bytes the tenant's key-value store holds (keys, values and 64 bytes per
+    /// entry; it lives in memory): writes beyond fail the plugin's call. Default 64 MiB.
+    #[serde(default = "defaults::kv_max_bytes")]
+    pub kv_max_bytes: usize,
 }
 
 impl TenantConfig {
@@ -256,6 +323,22 @@ pub(super) mod defaults {
     }
 }
 
+/// Where `key = ` first starts a line after byte `from` of `text` (a tenant's keys
+/// follow its name), for the line of an unknown key; `None` if it is not found there.
+fn key_span(text: &str, from: usize, key: &str) -> Option<std::ops::Range<usize>> {
+    let mut at = from.min(text.len());
+    for line in text.get(at..)?.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let rest = trimmed.strip_prefix(key).map(str::trim_start);
+        if rest.is_some_and(|r| r.starts_with('=')) {
+            let start = at + (line.len() - trimmed.len());
+            return Some(start..start + key.len());
+        }
+        at += line.len();
+    }
+    None
+}
+
 /// Whether a name is non-empty and uses only `a-z`, `0-9`, `-` and `_` (any case).
 fn plain_name(name: &str) -> bool {
     !name.is_empty()
@@ -295,17 +378,20 @@ impl TenantConfig {
             );
         }
         for (field, value) in [
-            ("max_message_bytes", self.max_message_bytes),
-            ("outbound_queue", self.outbound_queue),
-            ("outbound_queue_bytes", self.outbound_queue_bytes),
-            ("max_rooms_per_connection", self.max_rooms_per_connection),
-            ("auth_timeout_ms", self.auth_timeout_ms as usize),
-            ("offline_max", self.offline_max),
-            ("offline_ttl_ms", self.offline_ttl_ms as usize),
-            ("offline_max_bytes", self.offline_max_bytes),
-            ("kv_max_bytes", self.kv_max_bytes),
-            ("plugin_deadline_ms", self.plugin_deadline_ms as usize),
-            ("plugin_memory_mb", self.plugin_memory_mb as usize),
+            ("max_message_bytes", self.limits.max_message_bytes),
+            ("outbound_queue", self.limits.outbound_queue),
+            ("outbound_queue_bytes", self.limits.outbound_queue_bytes),
+            (
+                "max_rooms_per_connection",
+                self.limits.max_rooms_per_connection,
+            ),
+            ("auth_timeout_ms", self.timers.auth_timeout_ms as usize),
+            ("offline_max", self.offline.max),
+            ("offline_ttl_ms", self.offline.ttl_ms as usize),
+            ("offline_max_bytes", self.offline.max_bytes),
+            ("kv_max_bytes", self.wasm.kv_max_bytes),
+            ("plugin_deadline_ms", self.wasm.deadline_ms as usize),
+            ("plugin_memory_mb", self.wasm.memory_mb as usize),
         ] {
             if value == 0 {
                 r.add(Some(self.name.span()), k(field), "must be greater than 0");
@@ -337,6 +423,10 @@ impl TenantConfig {
                 );
             }
         }
+        for key in self.unknown.keys() {
+            let span = key_span(r.text(), self.name.span().start, key);
+            r.add(span, k(key), format!("unknown field `{key}`"));
+        }
         if self.event_field.is_empty() {
             r.add(
                 Some(self.name.span()),
@@ -350,7 +440,7 @@ impl TenantConfig {
     }
 
     fn check_socketio(&self, k: &dyn Fn(&str) -> String, r: &mut Report<'_>) {
-        if self.ping_interval_ms == 0 || self.ping_timeout_ms == 0 {
+        if self.timers.ping_interval_ms == 0 || self.timers.ping_timeout_ms == 0 {
             r.add(
                 Some(self.name.span()),
                 k("ping_interval_ms"),

@@ -20,6 +20,11 @@ impl<'a> Report<'a> {
         }
     }
 
+    /// The configuration's text (for finding keys serde gives no span for).
+    pub fn text(&self) -> &str {
+        &self.config.source.text
+    }
+
     /// Record an error at `span` (a byte range of the file, when known) of `key`.
     pub fn add(&mut self, span: Option<Range<usize>>, key: String, message: impl Into<String>) {
         self.errors

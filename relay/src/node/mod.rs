@@ -77,7 +77,7 @@ impl Node {
         exclude: Option<ConnId>,
     ) -> Result<Published, BrokerError> {
         Metrics::inc(&self.metrics.publications);
-        let history = match (&target, tenant.config.history_max) {
+        let history = match (&target, tenant.config.history.max) {
             (Target::Rooms(_), max) if max > 0 => Some(HistoryOptions { max }),
             _ => None,
         };
@@ -154,8 +154,8 @@ impl Node {
             url,
             headers,
             bytes::Bytes::from(body),
-            Duration::from_millis(tenant.config.webhook_timeout_ms),
-            tenant.config.webhook_retries,
+            Duration::from_millis(tenant.config.webhook.timeout_ms),
+            tenant.config.webhook.retries,
         );
         match call {
             Ok(c) => {

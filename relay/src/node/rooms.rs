@@ -42,7 +42,7 @@ impl Node {
         h: &Arc<ConnHandle>,
         room: &str,
     ) -> Result<(), JoinError> {
-        let presented = match tenant.config.history_max {
+        let presented = match tenant.config.history.max {
             0 => None,
             _ => h.state.lock().ok().and_then(|s| s.recover.clone()),
         };
@@ -80,7 +80,7 @@ impl Node {
             tenant: &tenant.name,
             room,
             since: &since,
-            ttl: Duration::from_millis(tenant.config.history_ttl_ms),
+            ttl: Duration::from_millis(tenant.config.history.ttl_ms),
         };
         let sink = Joining {
             tenant,
@@ -110,7 +110,7 @@ impl Node {
         if !tenant.offline_used.load(Relaxed) {
             return;
         }
-        let ttl = Duration::from_millis(tenant.config.offline_ttl_ms);
+        let ttl = Duration::from_millis(tenant.config.offline.ttl_ms);
         let (msgs, expired) = match self.offline.pending(&tenant.name, &mailbox, ttl).await {
             Ok(x) => x,
             Err(e) => {
@@ -188,17 +188,17 @@ impl Node {
             return;
         }
         let size = serde_json::to_vec(&message).map_or(usize::MAX, |v| v.len());
-        if size > tenant.config.offline_max_bytes {
+        if size > tenant.config.offline.max_bytes {
             Metrics::inc(&self.metrics.offline_refused);
             out.store_error = Some(format!(
                 "offline message of {size} bytes is over offline_max_bytes ({})",
-                tenant.config.offline_max_bytes
+                tenant.config.offline.max_bytes
             ));
             return;
         }
         let pushed = self
             .offline
-            .push(&tenant.name, &mailbox, &message, tenant.config.offline_max)
+            .push(&tenant.name, &mailbox, &message, tenant.config.offline.max)
             .await;
         match pushed {
             Ok(p) => {

@@ -71,7 +71,7 @@ fn raise_fd_limit() {
 /// reported. (It does not open the store, which a running relay holds locked.)
 pub fn check(config: &Config) -> Result<(), Error> {
     let memory = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
-        Ok(Arc::new(store::TenantKv::in_memory(t.kv_max_bytes)))
+        Ok(Arc::new(store::TenantKv::in_memory(t.wasm.kv_max_bytes)))
     };
     let tls = build::tls_acceptors(config);
     let tenants = build::tenants(config, &Arc::new(metrics::Metrics::default()), &memory);
@@ -137,7 +137,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let db = store::sled::SledStore::open(&config.data_dir().join("store"))?;
     let kv_log = store::kv::KvLog::start(db.db())?;
     let logged_kv = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
-        Ok(kv_log.open(t.name.get_ref(), t.kv_max_bytes)?)
+        Ok(kv_log.open(t.name.get_ref(), t.wasm.kv_max_bytes)?)
     };
     let tls = build::tls_acceptors(&config)?;
     let tenants = build::tenants(&config, &metrics, &logged_kv)?;
@@ -184,8 +184,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .tracker
         .spawn(close_connections_at_shutdown(node.clone()));
     for tenant in node.tenants.values() {
-        if tenant.config.plugin_watch_ms > 0 && tenant.config.policy.get_ref() == "wasm" {
-            let every = Duration::from_millis(tenant.config.plugin_watch_ms);
+        if tenant.config.wasm.watch_ms > 0 && tenant.config.policy.get_ref() == "wasm" {
+            let every = Duration::from_millis(tenant.config.wasm.watch_ms);
             shutdown
                 .tracker
                 .spawn(watch_plugin(tenant.clone(), every, shutdown.token.clone()));

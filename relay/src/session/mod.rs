@@ -34,7 +34,7 @@ fn disconnect_info(end: End) -> DisconnectInfo {
 /// parameter. None when the tenant keeps no room history (nothing to recover, and the
 /// query is not searched on every handshake).
 pub(crate) fn presented_offset(tenant: &Tenant, req: &HandshakeRequest) -> Option<String> {
-    if tenant.config.history_max == 0 {
+    if tenant.config.history.max == 0 {
         return None;
     }
     req.auth

@@ -122,14 +122,14 @@ where
     let (r, w) = tokio::io::split(io);
     // fastwebsockets reads (only while the client is sending: an idle connection holds no
     // read buffer); our writer writes pre-encoded frames.
-    let mut rd = LazyReader::new(r, tenant.config.max_message_bytes);
+    let mut rd = LazyReader::new(r, tenant.config.limits.max_message_bytes);
 
     let (h, rx) = ConnHandle::new(
         id,
         remote,
         tenant.codec.clone(),
-        tenant.config.outbound_queue,
-        tenant.config.outbound_queue_bytes,
+        tenant.config.limits.outbound_queue,
+        tenant.config.limits.outbound_queue_bytes,
         metrics.clone(),
     );
     tenant.hub.register(h.clone());
@@ -153,13 +153,13 @@ where
     tracing::debug!(tenant = %tenant.name, conn = %h.id, %remote, "connected");
 
     let opts = ReadOpts {
-        idle: (cfg_ms(tenant.config.idle_timeout_ms)),
-        ping: (cfg_ms(tenant.config.ping_interval_ms)),
+        idle: (cfg_ms(tenant.config.timers.idle_timeout_ms)),
+        ping: (cfg_ms(tenant.config.timers.ping_interval_ms)),
         auth: Some((
-            Instant::now() + Duration::from_millis(tenant.config.auth_timeout_ms),
+            Instant::now() + Duration::from_millis(tenant.config.timers.auth_timeout_ms),
             h.clone(),
         )),
-        max_message: tenant.config.max_message_bytes,
+        max_message: tenant.config.limits.max_message_bytes,
         auth_notice: tenant
             .auth_timeout_notice
             .as_ref()

@@ -49,11 +49,11 @@ pub async fn handle(
     let c = &tenant.config;
     let env = Arc::new(Env {
         settings: Settings {
-            ping_interval: Duration::from_millis(c.ping_interval_ms),
-            ping_timeout: Duration::from_millis(c.ping_timeout_ms),
-            max_message: c.max_message_bytes,
-            queue: c.outbound_queue,
-            queue_bytes: c.outbound_queue_bytes,
+            ping_interval: Duration::from_millis(c.timers.ping_interval_ms),
+            ping_timeout: Duration::from_millis(c.timers.ping_timeout_ms),
+            max_message: c.limits.max_message_bytes,
+            queue: c.limits.outbound_queue,
+            queue_bytes: c.limits.outbound_queue_bytes,
             max_body,
         },
         metrics: node.metrics.clone(),
@@ -89,7 +89,7 @@ async fn drive(
         sockets: HashMap::new(),
         pending: None,
     };
-    let auth_at = Instant::now() + Duration::from_millis(tenant.config.auth_timeout_ms);
+    let auth_at = Instant::now() + Duration::from_millis(tenant.config.timers.auth_timeout_ms);
     let mut auth_checked = false;
     let shutdown = node.shutdown.token.clone();
     let link = s.link().clone();

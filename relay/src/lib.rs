@@ -6,46 +6,49 @@
 //! shared by every recipient.
 //!
 //! # Layout
+//! Modules the binary, the tests and benchmarks use are public; the rest are
+//! `pub(crate)` (named in `code` style below).
+//!
 //! - [`config`]: TOML configuration, validated with key and line in errors.
 //! - [`error`]: error types and whose fault they are.
 //! - [`shutdown`]: cancellation token and task tracker.
 //! - [`node`]: owns tenants, broker and metrics; runs policy actions.
-//! - [`tenant`]: a tenant's hub, policy and codec.
+//! - `tenant`: a tenant's hub, policy and codec.
 //! - [`transport`]: listener limits, TLS, WebSocket and Engine.IO transports.
-//! - [`web`]: HTTP response helpers (a leaf every layer may use).
-//! - [`session`]: what a client's connection means: ws-json, and Socket.IO over Engine.IO.
+//! - `web`: HTTP response helpers (a leaf every layer may use).
+//! - `session`: what a client's connection means: ws-json, and Socket.IO over Engine.IO.
 //! - [`protocol`]: wire profiles (codecs) and WebSocket frame encoding.
 //! - [`hub`]: sharded rooms, users and connections; fan-out; presence.
 //! - [`policy`]: the policy seam (four hooks, actions) and the built-in `open` policy.
 //! - [`plugin`]: the WASM plugin host (wasmtime components), the production policy.
 //! - [`store`]: storage seams (the tenant key-value store plugins use).
-//! - [`ingress`]: HTTP push and UDP datagrams.
-//! - [`broker`]: the broker seam (publications, room history) and its one-node broker.
+//! - `ingress`: HTTP push and UDP datagrams.
+//! - `broker`: the broker seam (publications, room history) and its one-node broker.
 //! - [`fault`]: whose fault an error is.
 //! - [`metrics`]: counters, rendered for `/metrics`.
 //! - `server`: the composition root: builds each part once from the config, binds the
 //!   listeners and routes their requests, starts the background tasks ([`start`], [`check`], [`Running`]).
 
-pub mod broker;
+pub(crate) mod broker;
 pub mod config;
 pub mod error;
 pub mod fault;
 pub mod hub;
-pub mod ingress;
+pub(crate) mod ingress;
 pub mod metrics;
-pub mod msglog;
+pub(crate) mod msglog;
 pub mod node;
 pub mod plugin;
 pub mod policy;
 pub mod protocol;
 mod server;
-pub mod session;
+pub(crate) mod session;
 pub mod shutdown;
 pub mod store;
-pub mod tenant;
+pub(crate) mod tenant;
 pub mod transport;
-pub mod web;
-pub mod webhook;
+pub(crate) mod web;
+pub(crate) mod webhook;
 
 pub use config::Config;
 pub use error::Error;

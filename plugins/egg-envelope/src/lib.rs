@@ -1,5 +1,5 @@
 //! Seed 002 (egg-socket.io with signed envelopes) as a relay plugin, on the Socket.IO
-//! profile. See `docs/migrating.md` and `../shared/seeds/PROTOCOLS.md`.
+//! profile. See `docs/migrating.md`.
 //!
 //! - **Connect**: anyone; relay gives the socket a `userId` and sends `responseMessage`
 //!   `saveId {socketId, userId}`.

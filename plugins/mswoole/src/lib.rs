@@ -1,5 +1,5 @@
 //! Seed 004 (MSwoole) as a relay plugin: raw JSON WebSocket with 3DES auth and
-//! `a.c.m` method routing. See `docs/migrating.md` and `../shared/seeds/PROTOCOLS.md`.
+//! `a.c.m` method routing. See `docs/migrating.md`.
 //!
 //! - **Handshake**: query `auth` = base64 (alphabet `*`→`+`, `:`→`/`, `_`→`=`) of
 //!   3DES-EDE3-ECB(JSON `{id, type, code, nickname, ctime}`) with the passphrase padded

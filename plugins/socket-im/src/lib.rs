@@ -1,5 +1,5 @@
 //! Seed 003 (node-socket-im) as a relay plugin, on the Socket.IO profile.
-//! See `docs/migrating.md` and `../shared/seeds/PROTOCOLS.md`.
+//! See `docs/migrating.md`.
 //!
 //! - **Handshake** (query): `source`, `room_ids` (comma list), `sign` =
 //!   `md5(source + room_ids + key)`, optional `userid`, `username`, `watch_quit`.

@@ -1,5 +1,5 @@
 //! Seed 001 (swoole WebSocket push with UDP ingress) as a relay plugin, on ws-json.
-//! See `docs/migrating.md` and `../shared/seeds/PROTOCOLS.md`.
+//! See `docs/migrating.md`.
 //!
 //! - **Tokens**: the backend registers a user's login token per source with
 //!   `POST /token` (form or JSON `uid`, `source`, `token`, `sk`), kept in the tenant's

@@ -1,5 +1,5 @@
 //! Seed 000 (xiaoniu socket.io server, workerman/phpsocket.io) as a relay plugin, on the
-//! Socket.IO profile. See `docs/migrating.md` and `../shared/seeds/PROTOCOLS.md`.
+//! Socket.IO profile. See `docs/migrating.md`.
 //!
 //! - **Signs**: every field but `sign` whose value is not PHP-falsy, keys sorted,
 //!   `k=v` joined with `&&`, then `&&api_key=<key>`, md5. `time_stamp` must be a JSON

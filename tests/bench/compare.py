@@ -67,7 +67,8 @@ def summarize(rows, binaries):
         hs = {}
         for r in mine:
             if r["label"].startswith("handshakes|") and not r.get("failed"):
-                _, _, policy, rnd, sub = r["label"].split("|")
+                # handshakes|<binary>|<round>|<policy>|<storm round>
+                _, _, rnd, policy, sub = r["label"].split("|")
                 hs.setdefault((rnd, sub), {})[policy] = r["per_s"]
         ratios = [v["wasm md5-sign"] / v["open"] for v in hs.values()
                   if v.get("open") and v.get("wasm md5-sign")]
@@ -90,12 +91,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--idle-clients", type=int, default=10_000)
     ap.add_argument("--handshakes", type=int, default=2000, help="handshakes per storm round")
+    ap.add_argument("--summary", action="store_true", help="only summarize the last run")
     a = ap.parse_args()
     run.OUT.mkdir(parents=True, exist_ok=True)
     run.RESULTS = OUT
-    OUT.unlink(missing_ok=True)
+    if not a.summary:
+        OUT.unlink(missing_ok=True)
     bins = {"old": Path(a.old).resolve(), "new": Path(a.new).resolve()}
-    for rnd in range(a.rounds):
+    for rnd in range(0 if a.summary else a.rounds):
         order = ["old", "new"] if rnd % 2 == 0 else ["new", "old"]
         for b in order:
             run.RELAY = bins[b]

@@ -120,9 +120,8 @@ impl Broker for MemoryBroker {
                 delivered,
             });
         };
-        let rooms = rooms.clone();
-        let _order = self.lock_rooms(&p.tenant, &rooms);
-        match self.append(&p, &rooms, h.max) {
+        let _order = self.lock_rooms(&p.tenant, rooms);
+        match self.append(&p, rooms, h.max) {
             Ok(pos) => p.message.position = Some(pos),
             // As before the seam: the message still goes out, without a position.
             Err(e) => {

@@ -44,7 +44,12 @@ pub struct Member {
     pub user: Option<String>,
 }
 
-/// Presence queries a policy can make.
+/// Presence queries a policy (and the node, for offline messages) can make.
+///
+/// Answered without waiting, from this node's view: on one node the [`Hub`] itself.
+/// Hooks are synchronous calls into wasm, so a query cannot wait for a network round
+/// trip; a presence shared by several nodes is a local copy of the cluster's presence
+/// that its backend keeps current, and answers may lag it by the backend's refresh.
 pub trait Presence: Send + Sync {
     /// Connections in a room.
     fn room_count(&self, room: &str) -> usize;

@@ -52,7 +52,8 @@ impl Node {
                 } => {
                     let exclude = origin.filter(|_| exclude_sender).map(|h| h.id);
                     if let Err(e) = self.publish(tenant, target, message, exclude).await {
-                        tracing::error!(tenant = %tenant.name, error = %e, "publishing failed");
+                        let (fault, retryable) = (e.fault(), e.retryable());
+                        tracing::error!(tenant = %tenant.name, error = %e, ?fault, retryable, "publishing failed");
                     }
                 }
                 Action::Join { rooms, conn } => match resolve(&conn) {

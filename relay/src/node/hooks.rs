@@ -46,13 +46,12 @@ impl Node {
     fn hook_failed(&self, tenant: &Tenant, conn: Option<&ConnHandle>, e: &PolicyError) {
         Metrics::inc(&self.metrics.policy_errors);
         let conn = conn.map(|h| h.id.to_string()).unwrap_or_default();
-        match e.fault() {
-            Fault::Plugin | Fault::Client => {
-                tracing::warn!(tenant = %tenant.name, conn, hook = e.hook, failure = ?e.failure, "{e}")
-            }
-            _ => {
-                tracing::error!(tenant = %tenant.name, conn, hook = e.hook, failure = ?e.failure, "{e}")
-            }
+        // The level follows whose fault it was: a plugin's is the tenant's to fix (warn),
+        // relay's or a store's is ours (error).
+        if e.fault().level() == tracing::Level::ERROR {
+            tracing::error!(tenant = %tenant.name, conn, hook = e.hook, failure = ?e.failure, retryable = e.retryable(), "{e}")
+        } else {
+            tracing::warn!(tenant = %tenant.name, conn, hook = e.hook, failure = ?e.failure, retryable = e.retryable(), "{e}")
         }
     }
 

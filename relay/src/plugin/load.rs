@@ -86,6 +86,12 @@ impl LoadError {
             _ => Fault::Operator,
         }
     }
+
+    /// Whether loading again may help without a new file: only an unreadable file (it may
+    /// be mid-copy); the same bytes compile, link and initialise the same way again.
+    pub fn retryable(&self) -> bool {
+        matches!(self, LoadError::Read { .. })
+    }
 }
 
 /// Why a new instance could not be made.

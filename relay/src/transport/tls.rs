@@ -50,6 +50,12 @@ impl TlsError {
             _ => Fault::Operator,
         }
     }
+
+    /// Whether trying again may help: only a failed write of dev certificates (the disk
+    /// may have room later); bad files stay bad until the operator fixes them.
+    pub fn retryable(&self) -> bool {
+        matches!(self, TlsError::Io(_))
+    }
 }
 
 /// Load a PEM certificate chain and private key into a rustls server config.

@@ -249,3 +249,83 @@ async fn allowed_origins_are_enforced_for_browsers() -> Result<()> {
     assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_malformed_sec_websocket_key_is_refused_with_400() -> Result<()> {
+    let relay = TestRelay::demo().await?;
+    // Not base64; base64 of 5 bytes; base64 of 32 bytes (RFC 6455 §4.2.1 wants 16).
+    for key in [
+        "not-base64!",
+        "c2hvcnQ=",
+        "dGhlIHNhbXBsZSBub25jZSB0aGF0IGlzIHRvbyBsb25n",
+    ] {
+        let resp = upgrade_with_key(relay.addr("ws"), key).await?;
+        assert!(resp.starts_with("HTTP/1.1 400"), "key {key:?}: {resp}");
+        assert!(resp.contains("Sec-WebSocket-Key"), "{resp}");
+    }
+    let ok = upgrade_with_key(relay.addr("ws"), "dGhlIHNhbXBsZSBub25jZQ==").await?;
+    assert!(ok.starts_with("HTTP/1.1 101"), "{ok}");
+    Ok(())
+}
+
+/// Send an upgrade request with this `Sec-WebSocket-Key`; the response head (and body).
+async fn upgrade_with_key(addr: std::net::SocketAddr, key: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET /?user=k HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test]
+async fn an_unmasked_client_frame_closes_the_connection_with_1002() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = TestRelay::demo().await?;
+    let mut s = tokio::net::TcpStream::connect(relay.addr("ws")).await?;
+    let req =
+        "GET /?user=u&rooms=r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    s.write_all(req.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(WAIT, s.read_exact(&mut byte)).await??;
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // A text frame without the mask bit: {"event":"whoami"}.
+    let payload = br#"{"event":"whoami"}"#;
+    let mut frame = vec![0x81, payload.len() as u8];
+    frame.extend_from_slice(payload);
+    s.write_all(&frame).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let close = tokio::time::timeout(WAIT, async {
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                anyhow::bail!("closed without a close frame: {got:?}");
+            }
+            got.extend_from_slice(&buf[..n]);
+            while let Some((op, body, used)) = server_frame(&got) {
+                if op == 8 {
+                    return Ok(u16::from_be_bytes([body[0], body[1]]));
+                }
+                assert_ne!(op, 1, "an unmasked frame must not be answered");
+                got.drain(..used);
+            }
+        }
+    })
+    .await??;
+    assert_eq!(close, 1002);
+    Ok(())
+}

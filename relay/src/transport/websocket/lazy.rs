@@ -32,6 +32,9 @@ struct Boundaries {
     payload_left: u64,
     /// Complete frames seen.
     frames: u64,
+    /// A frame header without the mask bit arrived: RFC 6455 §5.1 has the server close
+    /// the connection (1002) on an unmasked client frame.
+    unmasked: bool,
 }
 
 impl Boundaries {
@@ -61,6 +64,7 @@ impl Boundaries {
             if self.head_len < 2 + ext + mask {
                 continue;
             }
+            self.unmasked |= mask == 0;
             let len = match ext {
                 0 => u64::from(self.head[1] & 0x7f),
                 2 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
@@ -194,10 +198,17 @@ impl<R: AsyncRead + Unpin + Send + 'static> LazyReader<R> {
                 self.reader = Some(rd);
                 if res.is_ok() {
                     self.returned += 1;
-                    let drained = match self.shared.lock() {
-                        Ok(inner) => inner.seen.at_boundary() && inner.seen.frames == self.returned,
-                        Err(_) => false,
+                    let (drained, unmasked) = match self.shared.lock() {
+                        Ok(inner) => (
+                            inner.seen.at_boundary() && inner.seen.frames == self.returned,
+                            inner.seen.unmasked,
+                        ),
+                        Err(_) => (false, false),
                     };
+                    if unmasked {
+                        // A protocol error (close 1002), like any other invalid frame.
+                        return Poll::Ready(Err(WebSocketError::InvalidValue));
+                    }
                     if drained {
                         // Everything read has been returned: the reader's buffer is empty.
                         self.reader = None;
@@ -348,5 +359,21 @@ mod tests {
             Err(WebSocketError::FrameTooLarge)
         ));
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn an_unmasked_frame_is_a_protocol_error() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut rd = LazyReader::new(server, 1 << 20);
+        client.write_all(&masked(1, b"fine")).await.unwrap();
+        assert_eq!(rd.read_frame().await.unwrap().payload, b"fine");
+        client
+            .write_all(&[0x81, 4, b'b', b'a', b'r', b'e'])
+            .await
+            .unwrap();
+        assert!(matches!(
+            rd.read_frame().await,
+            Err(WebSocketError::InvalidValue)
+        ));
     }
 }

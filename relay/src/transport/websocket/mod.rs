@@ -48,6 +48,14 @@ impl Origins {
 pub fn accept(
     req: &mut Request<Incoming>,
 ) -> Result<(HttpResponse, UpgradeFut), Box<HttpResponse>> {
+    if !key_well_formed(req.headers()) {
+        // fastwebsockets checks only that the key is there; RFC 6455 §4.2.1 wants 16
+        // random bytes, base64-encoded.
+        return Err(Box::new(text_response(
+            400,
+            "bad websocket handshake: Sec-WebSocket-Key must be 16 bytes in base64\n",
+        )));
+    }
     match fastwebsockets::upgrade::upgrade(req) {
         Ok((resp, fut)) => Ok((switching_protocols(resp), fut)),
         Err(e) => Err(Box::new(text_response(
@@ -55,4 +63,18 @@ pub fn accept(
             &format!("bad websocket handshake: {e}\n"),
         ))),
     }
+}
+
+/// Whether `Sec-WebSocket-Key` is present and is the base64 of exactly 16 bytes.
+fn key_well_formed(headers: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    headers
+        .get(hyper::header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k.trim())
+                .ok()
+        })
+        .is_some_and(|bytes| bytes.len() == 16)
 }

@@ -249,8 +249,11 @@ async fn handle(
                 tenant,
                 node,
                 sessions,
-                origins,
-                ctx.max_body,
+                crate::session::socketio::ListenerRules {
+                    origins,
+                    max_body: ctx.max_body,
+                    body_timeout: ctx.handshake_timeout,
+                },
                 peer,
             )
             .await;

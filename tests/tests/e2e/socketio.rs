@@ -650,3 +650,57 @@ async fn an_upgraded_session_keeps_its_rooms_and_identity() -> Result<()> {
     assert_eq!(s, 400);
     Ok(())
 }
+
+#[tokio::test]
+async fn polling_posts_are_bounded_in_time_and_by_the_message_limit() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = config("max_message_bytes = 1000").replace(
+        "name = \"sio\"\nkind = \"ws\"",
+        "name = \"sio\"\nkind = \"ws\"\nhandshake_timeout_ms = 300",
+    );
+    let relay = TestRelay::start(&cfg).await?;
+    let addr = relay.addr("sio");
+    let open_session = || async {
+        let (status, body) = get(addr, "/socket.io/?EIO=4&transport=polling").await?;
+        assert_eq!(status, 200, "{body}");
+        let open: Value = serde_json::from_str(body.strip_prefix('0').unwrap_or(&body))?;
+        anyhow::Ok(format!(
+            "/socket.io/?EIO=4&transport=polling&sid={}",
+            open["sid"].as_str().unwrap_or_default()
+        ))
+    };
+
+    // A POST announcing 100 bytes and sending 10 is cut with 408 after the timeout,
+    // and the connection (with its slot) is let go.
+    let q = open_session().await?;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST {q} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n40\x1e42[\"ech"
+    );
+    s.write_all(head.as_bytes()).await?;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await??;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A packet over max_message_bytes is refused (as WebSocket closes with 1009) and
+    // ends the session; one within it goes through.
+    let q = open_session().await?;
+    let (s, b) = http(addr, "POST", &q, Some("text/plain"), b"40").await?;
+    assert_eq!((s, b.as_str()), (200, "ok"));
+    let big = format!("42[\"echo\",{{\"data\":\"{}\"}}]", "x".repeat(1200));
+    let (s, _) = http(addr, "POST", &q, Some("text/plain"), big.as_bytes()).await?;
+    assert_eq!(s, 413);
+    let (s, b) = get(addr, &q).await?;
+    assert!(
+        s == 400 || b.ends_with('1'),
+        "the session ended after the oversized packet: {s} {b}"
+    );
+    Ok(())
+}

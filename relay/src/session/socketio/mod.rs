@@ -36,16 +36,30 @@ use crate::web::HttpResponse;
 /// Most binary attachments one packet may announce.
 const MAX_ATTACHMENTS: usize = 64;
 
+/// What the listener a request came in on allows.
+pub struct ListenerRules<'a> {
+    /// Browser origins allowed.
+    pub origins: &'a Origins,
+    /// Largest polling POST body.
+    pub max_body: usize,
+    /// How long a polling POST's body may take.
+    pub body_timeout: Duration,
+}
+
 /// Answer an Engine.IO request of a Socket.IO tenant; a new session gets its driver.
 pub async fn handle(
     req: Request<Incoming>,
     tenant: Arc<Tenant>,
     node: Arc<Node>,
     sessions: Arc<Sessions>,
-    origins: &Origins,
-    max_body: usize,
+    rules: ListenerRules<'_>,
     peer: Peer,
 ) -> HttpResponse {
+    let ListenerRules {
+        origins,
+        max_body,
+        body_timeout,
+    } = rules;
     let c = &tenant.config;
     let env = Arc::new(Env {
         settings: Settings {
@@ -55,6 +69,7 @@ pub async fn handle(
             queue: c.limits.outbound_queue,
             queue_bytes: c.limits.outbound_queue_bytes,
             max_body,
+            body_timeout,
         },
         metrics: node.metrics.clone(),
         tracker: node.shutdown.tracker.clone(),

@@ -59,6 +59,9 @@ pub struct Settings {
     pub queue_bytes: usize,
     /// Largest polling POST body.
     pub max_body: usize,
+    /// How long a polling POST's body may take to arrive (the listener's
+    /// `handshake_timeout_ms`, as for HTTP ingress).
+    pub body_timeout: Duration,
 }
 
 /// The transports' surroundings: settings, counters, and the tracker of the tasks shutdown
@@ -343,7 +346,7 @@ async fn route(
     } else {
         match *req.method() {
             Method::GET => polling::poll(session).await,
-            Method::POST => polling::post(req, session, env.settings.max_body).await,
+            Method::POST => polling::post(req, session, &env.settings).await,
             _ => eio_error(2, "Bad handshake method"),
         }
     };

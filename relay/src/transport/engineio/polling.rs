@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::{eio_error, poll_response, EioSession, Event, Transport};
-use crate::protocol::engineio::{decode_poll, text_record};
+use super::{eio_error, poll_response, EioSession, Event, Settings, Transport};
+use crate::protocol::engineio::{decode_poll, text_record, EioIn};
 use crate::transport::drain::{Drain, Piece, BATCH};
 use crate::transport::End;
 use crate::web::{set_header, text_response, HttpResponse};
@@ -73,8 +73,10 @@ pub async fn poll(s: Arc<EioSession>) -> HttpResponse {
     r
 }
 
-/// A polling POST: packets from the client.
-pub async fn post(req: Request<Incoming>, s: Arc<EioSession>, max_body: usize) -> HttpResponse {
+/// A polling POST: packets from the client. The body must arrive within the body
+/// timeout (408 otherwise, like HTTP ingress) and each packet fit the largest message
+/// (`maxPayload`, as on WebSocket; 413 and the session ends otherwise).
+pub async fn post(req: Request<Incoming>, s: Arc<EioSession>, settings: &Settings) -> HttpResponse {
     if s.transport() == Transport::WebSocket {
         return eio_error(3, "Bad request");
     }
@@ -83,9 +85,11 @@ pub async fn post(req: Request<Incoming>, s: Arc<EioSession>, max_body: usize) -
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/octet-stream"));
-    let body = match Limited::new(req.into_body(), max_body).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let collect = Limited::new(req.into_body(), settings.max_body).collect();
+    let body = match tokio::time::timeout(settings.body_timeout, collect).await {
+        Err(_) => return text_response(408, "request body not received in time\n"),
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
@@ -103,6 +107,14 @@ pub async fn post(req: Request<Incoming>, s: Arc<EioSession>, max_body: usize) -
             return eio_error(3, "Bad request");
         }
     };
+    let size = |p: &EioIn| match p {
+        EioIn::Text(t) => t.len(),
+        EioIn::Binary(b) => b.len(),
+    };
+    if packets.iter().any(|p| size(p) > settings.max_message) {
+        s.transport_closed("message too big").await;
+        return text_response(413, "payload too large\n");
+    }
     for p in packets {
         if s.inbound.send(Event::Packet(p)).await.is_err() {
             return eio_error(1, "Session ID unknown");

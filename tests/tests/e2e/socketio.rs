@@ -704,3 +704,37 @@ async fn polling_posts_are_bounded_in_time_and_by_the_message_limit() -> Result<
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_binary_event_and_its_attachments_must_fit_the_message_limit_together() -> Result<()> {
+    let relay =
+        TestRelay::start(&config("max_message_bytes = 1000\nping_interval_ms = 300")).await?;
+    let addr = relay.addr("sio");
+    let (_, body) = get(addr, "/socket.io/?EIO=4&transport=polling").await?;
+    let open: Value = serde_json::from_str(body.strip_prefix('0').unwrap_or(&body))?;
+    let q = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap_or_default()
+    );
+    // No CONNECT: a binary event announcing three attachments of 600 bytes each. Each
+    // fits the limit; together they do not, so the session ends at the second.
+    let att = format!("b{}", base64_of(&[7u8; 600]));
+    let mut payload = String::from("453-[\"e\",{\"_placeholder\":true,\"num\":0}]");
+    for _ in 0..3 {
+        payload.push('\x1e');
+        payload.push_str(&att);
+    }
+    let (s, b) = http(addr, "POST", &q, Some("text/plain"), payload.as_bytes()).await?;
+    assert_eq!((s, b.as_str()), (200, "ok"));
+    let (s, b) = get(addr, &q).await?;
+    assert!(
+        s == 400 || b.ends_with('1'),
+        "the session ended (close packet or unknown sid), not pinged: {s} {b}"
+    );
+    Ok(())
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -155,7 +155,23 @@ struct Driver {
     /// Connected namespaces.
     sockets: HashMap<String, Arc<ConnHandle>>,
     /// A binary packet waiting for its attachments.
-    pending: Option<(SioPacket, Vec<Vec<u8>>)>,
+    pending: Option<Pending>,
+}
+
+/// A binary packet and the attachments received so far. The packet and all its
+/// attachments together must fit `max_message_bytes`; a packet for a namespace the
+/// session has not connected is counted through and dropped (as the reference server
+/// ignores events of namespaces a client is not in), so a session that has connected
+/// no namespace holds no attachment at all.
+struct Pending {
+    packet: SioPacket,
+    atts: Vec<Vec<u8>>,
+    /// Attachments received (kept or not).
+    received: usize,
+    /// Bytes of the packet and its attachments so far.
+    bytes: usize,
+    /// Whether the packet's namespace is connected (else its attachments are dropped).
+    keep: bool,
 }
 
 impl Driver {
@@ -179,14 +195,28 @@ impl Driver {
 
     /// A binary message: the next attachment of the pending binary packet.
     async fn attachment(&mut self, data: Vec<u8>) -> Option<End> {
-        let Some((_, atts)) = self.pending.as_mut() else {
+        let max = self.tenant.config.limits.max_message_bytes;
+        let Some(pending) = self.pending.as_mut() else {
             return self.protocol_error("binary packet without a binary event");
         };
-        atts.push(data);
-        if let Some((p, atts)) = self.pending.take_if(|(p, a)| a.len() >= p.attachments) {
-            return self.socketio(p, atts).await;
+        pending.received += 1;
+        pending.bytes = pending.bytes.saturating_add(data.len());
+        if pending.bytes > max {
+            self.pending = None;
+            Metrics::inc(&self.node.metrics.protocol_errors);
+            self.s.link().close_as(close::TOO_BIG);
+            return Some(End::closed(close::TOO_BIG));
         }
-        None
+        if pending.keep {
+            pending.atts.push(data);
+        }
+        let done = self
+            .pending
+            .take_if(|p| p.received >= p.packet.attachments)?;
+        match done.keep {
+            true => self.socketio(done.packet, done.atts).await,
+            false => None,
+        }
     }
 
     /// A text message: one Socket.IO packet.
@@ -197,7 +227,14 @@ impl Driver {
         match SioPacket::decode(text) {
             Ok(p) if p.attachments > MAX_ATTACHMENTS => self.protocol_error("too many attachments"),
             Ok(p) if p.attachments > 0 => {
-                self.pending = Some((p, Vec::new()));
+                let keep = self.sockets.contains_key(&p.nsp);
+                self.pending = Some(Pending {
+                    packet: p,
+                    atts: Vec::new(),
+                    received: 0,
+                    bytes: text.len(),
+                    keep,
+                });
                 None
             }
             Ok(p) => self.socketio(p, Vec::new()).await,

@@ -738,3 +738,55 @@ fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[tokio::test]
+async fn a_client_close_packet_ends_the_session_and_frees_its_transport() -> Result<()> {
+    let (relay, _) = start("").await?;
+    let addr = relay.addr("sio");
+
+    // WebSocket: after the client's `1`, relay closes the socket itself.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/socket.io/?EIO=4&transport=websocket"
+    ))
+    .await?;
+    let first = ws.next().await;
+    assert!(
+        matches!(&first, Some(Ok(WsMessage::Text(t))) if t.starts_with("0{")),
+        "{first:?}"
+    );
+    ws.send(WsMessage::Text("1".into())).await?;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            if matches!(m, Ok(WsMessage::Close(_)) | Err(_)) {
+                return true;
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(ended.ok(), Some(true), "the WebSocket was left open");
+    relay
+        .eventually("no session left", |r| r.metric("connections_open") == 0)
+        .await?;
+
+    // Polling: a poll waiting when the client sends `1` is answered with a noop; the
+    // session is gone for what follows.
+    let (_, body) = get(addr, "/socket.io/?EIO=4&transport=polling").await?;
+    let open: Value = serde_json::from_str(body.strip_prefix('0').unwrap_or(&body))?;
+    let q = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap_or_default()
+    );
+    let waiting = tokio::spawn({
+        let q = q.clone();
+        async move { get(addr, &q).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, b) = http(addr, "POST", &q, Some("text/plain"), b"1").await?;
+    assert_eq!((s, b.as_str()), (200, "ok"));
+    let (s, b) = waiting.await??;
+    assert_eq!((s, b.as_str()), (200, "6"));
+    let (s, _) = get(addr, &q).await?;
+    assert_eq!(s, 400);
+    Ok(())
+}

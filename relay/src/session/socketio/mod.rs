@@ -188,7 +188,10 @@ impl Driver {
             Received::Message(text) => self.message(&text).await,
             Received::Binary(data) => self.attachment(data).await,
             Received::Handled => None,
-            Received::Closed(end) => Some(end),
+            Received::Closed(end) => {
+                self.s.closed_by_client();
+                Some(end)
+            }
             Received::Malformed(why) => self.protocol_error(why),
         }
     }

@@ -122,6 +122,8 @@ pub struct EioSession {
     upgrade: Notify,
     /// Cancelled when the driver has ended the session.
     ended: CancellationToken,
+    /// The client ended the session itself (sent a close packet).
+    client_closed: std::sync::atomic::AtomicBool,
     /// The first request.
     opening: Opening,
     /// A polling session counts against its listener's connection limits.
@@ -157,11 +159,26 @@ impl EioSession {
         &self.opening
     }
 
-    /// The driver has ended the session: a waiting poll answers with a close packet, and a
-    /// polling session's link closes (a WebSocket closes with its own frame).
+    /// The client sent a close packet: the session ends at its request.
+    pub fn closed_by_client(&self) {
+        self.client_closed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the client ended the session itself.
+    fn client_closed(&self) -> bool {
+        self.client_closed
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The driver has ended the session. Its link closes: a WebSocket with a close frame
+    /// (also when the client asked, so that its socket and slot are not held open), a
+    /// waiting poll with a close packet — or, when the client itself closed, with a noop
+    /// (as the reference server answers), the session being gone for what follows.
     pub fn end(&self) {
         self.ended.cancel();
-        if self.transport() != Transport::WebSocket && !self.link.is_closing() {
+        let noop_answers = self.transport() != Transport::WebSocket && self.client_closed();
+        if !self.link.is_closing() && !noop_answers {
             self.link.close(close::NORMAL, "");
         }
     }
@@ -399,6 +416,7 @@ fn open(
         }),
         upgrade: Notify::new(),
         ended: CancellationToken::new(),
+        client_closed: Default::default(),
         opening: Opening {
             path: req.uri().path().to_owned(),
             query: req.uri().query().unwrap_or("").to_owned(),

@@ -58,7 +58,10 @@ pub async fn poll(s: Arc<EioSession>) -> HttpResponse {
     let closed = drain.closed();
     let written = drain.take_written();
     drop(drain);
-    if closed || (items.is_empty() && s.ended.is_cancelled()) {
+    if !closed && items.is_empty() && s.ended.is_cancelled() && s.client_closed() {
+        // The client closed the session itself: its pending poll gets a noop.
+        items.push(text_record("6"));
+    } else if closed || (items.is_empty() && s.ended.is_cancelled()) {
         items.push(text_record("1"));
         // The client learns of the close now: end the session if the driver has not yet.
         let _ = s

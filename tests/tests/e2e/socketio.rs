@@ -790,3 +790,31 @@ async fn a_client_close_packet_ends_the_session_and_frees_its_transport() -> Res
     assert_eq!(s, 400);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_concurrent_poll_is_refused_and_ends_the_session() -> Result<()> {
+    let (relay, _) = start("").await?;
+    let addr = relay.addr("sio");
+    let (_, body) = get(addr, "/socket.io/?EIO=4&transport=polling").await?;
+    let open: Value = serde_json::from_str(body.strip_prefix('0').unwrap_or(&body))?;
+    let q = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap_or_default()
+    );
+    let first = tokio::spawn({
+        let q = q.clone();
+        async move { get(addr, &q).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, _) = get(addr, &q).await?;
+    assert_eq!(s, 400, "the second poll");
+    let (s, b) = tokio::time::timeout(Duration::from_secs(5), first).await???;
+    assert_eq!(
+        (s, b.as_str()),
+        (200, "1"),
+        "the first poll learns of the close"
+    );
+    let (s, _) = get(addr, &q).await?;
+    assert_eq!(s, 400, "the session is gone");
+    Ok(())
+}

@@ -27,7 +27,12 @@ pub async fn poll(s: Arc<EioSession>) -> HttpResponse {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let Some(mut rx) = s.take_rx() else {
-        // Engine.IO allows one pending poll per session.
+        // Engine.IO allows one pending poll per session: a second one is refused and,
+        // as the reference server does, ends the session (the first poll answers `1`).
+        if s.transport() == Transport::Polling {
+            s.transport_closed("a second poll while one was pending")
+                .await;
+        }
         return eio_error(3, "Bad request");
     };
     let upgrade = s.upgrade.notified();

@@ -32,7 +32,10 @@ impl ConnLimits {
 
     /// A place for a connection from `remote`, or why there is none.
     pub fn take(self: &Arc<Self>, remote: IpAddr) -> Result<ConnSlot, &'static str> {
-        let ip = limit_key(remote);
+        self.take_key(limit_key(remote))
+    }
+
+    fn take_key(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, &'static str> {
         let permit = self
             .permits
             .clone()
@@ -58,6 +61,15 @@ pub struct ConnSlot {
     limits: Arc<ConnLimits>,
     ip: IpAddr,
     _permit: OwnedSemaphorePermit,
+}
+
+impl ConnSlot {
+    /// Another place for the same address in the same listener: a long-polling session
+    /// holds one of its own from its open packet to its end, like a WebSocket connection,
+    /// whatever HTTP connections carry its requests.
+    pub fn another(&self) -> Result<ConnSlot, &'static str> {
+        self.limits.take_key(self.ip)
+    }
 }
 
 impl Drop for ConnSlot {

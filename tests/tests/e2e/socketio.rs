@@ -818,3 +818,48 @@ async fn a_second_concurrent_poll_is_refused_and_ends_the_session() -> Result<()
     assert_eq!(s, 400, "the session is gone");
     Ok(())
 }
+
+#[tokio::test]
+async fn polling_sessions_count_against_the_listeners_connection_limits() -> Result<()> {
+    let cfg = config("").replace(
+        "name = \"sio\"\nkind = \"ws\"",
+        "name = \"sio\"\nkind = \"ws\"\nmax_connections_per_ip = 4",
+    );
+    let relay = TestRelay::start(&cfg).await?;
+    let addr = relay.addr("sio");
+    // Each request on a connection of its own that closes after it: a session holds a
+    // place of its own, besides the connection that carries a request (4 = 3 sessions
+    // and the connection asking for a fourth). A closed connection gives its place back
+    // a moment after the client sees its response, hence the retries.
+    let open_one = || async {
+        for _ in 0..50 {
+            let (s, body) = get(addr, "/socket.io/?EIO=4&transport=polling").await?;
+            if s == 200 {
+                return anyhow::Ok(body);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("no session could be opened")
+    };
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let body = open_one().await?;
+        let open: Value = serde_json::from_str(body.strip_prefix('0').unwrap_or(&body))?;
+        sessions.push(format!(
+            "/socket.io/?EIO=4&transport=polling&sid={}",
+            open["sid"].as_str().unwrap_or_default()
+        ));
+    }
+    let (s, body) = get(addr, "/socket.io/?EIO=4&transport=polling").await?;
+    assert_eq!(s, 503, "a fourth session from the same address: {body}");
+    assert!(body.contains("max_connections_per_ip"), "{body}");
+    // A session that ends gives its place back.
+    let (s, _) = http(addr, "POST", &sessions[0], Some("text/plain"), b"1").await?;
+    assert_eq!(s, 200);
+    let reopened = open_one().await?;
+    assert!(
+        reopened.starts_with("0{"),
+        "the ended session's place was given back"
+    );
+    Ok(())
+}

@@ -393,6 +393,18 @@ fn open(
     p: &Params,
     peer: Peer,
 ) -> Result<(HttpResponse, Opened), Box<HttpResponse>> {
+    // A polling session counts against the listener's limits itself (its requests'
+    // connections come and go); a WebSocket session holds its connection's place.
+    let slot = match p.websocket {
+        true => peer.slot,
+        false => match peer.slot.another() {
+            Ok(slot) => Arc::new(slot),
+            Err(why) => {
+                Metrics::inc(&env.metrics.connections_refused);
+                return Err(Box::new(text_response(503, &format!("{why}\n"))));
+            }
+        },
+    };
     let sid = ConnId::random();
     let settings = &env.settings;
     let (link, rx) = Link::new(
@@ -424,7 +436,7 @@ fn open(
             remote: peer.remote,
             tls: peer.tls,
         },
-        _slot: peer.slot,
+        _slot: slot,
     });
     let open = open_packet(settings, sid, p.v3, !p.websocket);
     let ws = if p.websocket {

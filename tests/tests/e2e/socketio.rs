@@ -863,3 +863,37 @@ async fn polling_sessions_count_against_the_listeners_connection_limits() -> Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn invalid_engine_io_handshakes_get_the_reference_errors_and_other_paths_stay_ingress(
+) -> Result<()> {
+    let (relay, _) = start("").await?;
+    let addr = relay.addr("sio");
+    for (path, code) in [
+        ("/socket.io/?transport=polling", 5),
+        ("/socket.io/?EIO=abc&transport=polling", 5),
+        ("/socket.io/", 0),
+        ("/socket.io/?EIO=4", 0),
+        ("/socket.io/?EIO=4&transport=abc", 0),
+        ("/socket.io/?EIO=abc&transport=abc", 0),
+    ] {
+        let (s, b) = get(addr, path).await?;
+        assert_eq!(s, 400, "{path}: {b}");
+        let v: Value = serde_json::from_str(&b)?;
+        assert_eq!(v["code"], code, "{path}: {b}");
+    }
+    let (s, b) = http(
+        addr,
+        "POST",
+        "/socket.io/?EIO=4&transport=polling",
+        Some("text/plain"),
+        b"",
+    )
+    .await?;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(serde_json::from_str::<Value>(&b)?["code"], 2);
+    // Not the Engine.IO path: HTTP ingress as before (the open policy's push).
+    let (s, b) = get(addr, "/push?room=r&data=x").await?;
+    assert_eq!(s, 200, "{b}");
+    Ok(())
+}

@@ -239,17 +239,18 @@ impl Params {
             form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
                 .into_owned()
                 .collect();
+        // The reference server checks the transport first, then the version.
+        let websocket = match q.get("transport").map(String::as_str) {
+            Some("polling") => false,
+            Some("websocket") => true,
+            _ => return Err((0, "Transport unknown")),
+        };
         let v3 = match q.get("EIO").map(String::as_str) {
             Some("4") => false,
             Some("3") => true,
             _ => return Err((5, "Unsupported protocol version")),
         };
         let is_upgrade = fastwebsockets::upgrade::is_upgrade_request(req);
-        let websocket = match q.get("transport").map(String::as_str) {
-            Some("polling") => false,
-            Some("websocket") => true,
-            _ => return Err((0, "Transport unknown")),
-        };
         if websocket != is_upgrade {
             return Err((3, "Bad request"));
         }
@@ -280,10 +281,14 @@ fn poll_response<'a>(
     r
 }
 
-/// Whether a request on a socket.io tenant's route is an Engine.IO request (an `EIO`
-/// parameter, or a WebSocket upgrade); other requests go to HTTP ingress.
+/// Whether a request on a socket.io tenant's route is an Engine.IO request: on the
+/// Engine.IO path (`…/socket.io/`, valid or not: a bad one gets the reference's 400), with
+/// an `EIO` parameter, or a WebSocket upgrade. Other requests go to HTTP ingress.
 pub fn is_engine_request(req: &Request<Incoming>) -> bool {
+    let path = req.uri().path();
     fastwebsockets::upgrade::is_upgrade_request(req)
+        || path.ends_with("/socket.io/")
+        || path.ends_with("/socket.io")
         || req
             .uri()
             .query()

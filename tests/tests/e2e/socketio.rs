@@ -897,3 +897,52 @@ async fn invalid_engine_io_handshakes_get_the_reference_errors_and_other_paths_s
     assert_eq!(s, 200, "{b}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_websocket_for_a_session_is_accepted_and_closed() -> Result<()> {
+    let (relay, _) = start("").await?;
+    let addr = relay.addr("sio");
+    let (_, body) = get(addr, "/socket.io/?EIO=4&transport=polling").await?;
+    let open: Value = serde_json::from_str(body.strip_prefix('0').unwrap_or(&body))?;
+    let sid = open["sid"].as_str().unwrap_or_default().to_owned();
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    let closed_soon = |mut ws: tokio_tungstenite::WebSocketStream<_>| async move {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(m) = ws.next().await {
+                if matches!(m, Ok(WsMessage::Close(_)) | Err(_)) {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    };
+    // The first WebSocket has not probed yet; a second one racing it is closed.
+    let (mut first, _) = tokio_tungstenite::connect_async(&url).await?;
+    let (second, _) = tokio_tungstenite::connect_async(&url).await?;
+    assert!(
+        closed_soon(second).await,
+        "the second WebSocket was left open"
+    );
+    // The first one upgrades as usual.
+    first.send(WsMessage::Text("2probe".into())).await?;
+    let probe = first.next().await;
+    assert!(
+        matches!(&probe, Some(Ok(WsMessage::Text(t))) if t.as_str() == "3probe"),
+        "{probe:?}"
+    );
+    first.send(WsMessage::Text("5".into())).await?;
+    first.send(WsMessage::Text("40".into())).await?;
+    let connected = first.next().await;
+    assert!(
+        matches!(&connected, Some(Ok(WsMessage::Text(t))) if t.starts_with("40")),
+        "{connected:?}"
+    );
+    // Once upgraded, another WebSocket is still accepted (no HTTP 400) and closed.
+    let (third, _) = tokio_tungstenite::connect_async(&url).await?;
+    assert!(
+        closed_soon(third).await,
+        "the WebSocket after the upgrade was left open"
+    );
+    Ok(())
+}

@@ -124,6 +124,8 @@ pub struct EioSession {
     ended: CancellationToken,
     /// The client ended the session itself (sent a close packet).
     client_closed: std::sync::atomic::AtomicBool,
+    /// A WebSocket is upgrading (or has upgraded) this session: a second one is closed.
+    upgrade_claimed: std::sync::atomic::AtomicBool,
     /// The first request.
     opening: Opening,
     /// A polling session counts against its listener's connection limits.
@@ -434,6 +436,7 @@ fn open(
         upgrade: Notify::new(),
         ended: CancellationToken::new(),
         client_closed: Default::default(),
+        upgrade_claimed: Default::default(),
         opening: Opening {
             path: req.uri().path().to_owned(),
             query: req.uri().query().unwrap_or("").to_owned(),

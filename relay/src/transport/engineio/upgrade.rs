@@ -11,9 +11,13 @@ use hyper::Request;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{eio_error, websocket, EioSession, Env, Transport};
+use std::sync::atomic::Ordering;
+
+use super::{websocket, EioSession, Env, Transport};
 use crate::hub::{queue, Outbound};
+use crate::protocol::close;
 use crate::transport::websocket::lazy::LazyReader;
+use crate::transport::websocket::CLOSE_WAIT;
 use crate::transport::ConnSlot;
 use crate::web::HttpResponse;
 
@@ -27,9 +31,10 @@ pub fn upgrade(
     s: Arc<EioSession>,
     slot: Arc<ConnSlot>,
 ) -> HttpResponse {
-    if s.transport() != Transport::Polling {
-        return eio_error(3, "Bad request");
-    }
+    // One upgrade at a time, and none once upgraded: a second WebSocket is accepted and
+    // closed at once, as the reference server does (never two racing for one queue).
+    let first =
+        s.transport() == Transport::Polling && !s.upgrade_claimed.swap(true, Ordering::AcqRel);
     let (resp, fut) = match crate::transport::websocket::accept(&mut req) {
         Ok(x) => x,
         Err(resp) => return *resp,
@@ -37,10 +42,29 @@ pub fn upgrade(
     let tracker = env.tracker.clone();
     tracker.spawn(async move {
         let _slot = slot;
-        match fut.await {
-            Ok(ws) => websocket::run(ws.into_inner(), s, env, true).await,
-            Err(e) => tracing::debug!(error = %e, "engine.io upgrade failed"),
+        let ws = match fut.await {
+            Ok(ws) => ws.into_inner(),
+            Err(e) => {
+                tracing::debug!(error = %e, "engine.io upgrade failed");
+                if first {
+                    s.upgrade_claimed.store(false, Ordering::Release);
+                }
+                return;
+            }
+        };
+        if !first {
+            let mut ws = ws;
+            let bye = crate::protocol::frame::close(close::NORMAL, "");
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                ws.write_all(&bye).await?;
+                ws.shutdown().await
+            })
+            .await;
+            return;
         }
+        websocket::run(ws, s.clone(), env, true).await;
+        // An abandoned probe leaves the session on polling, free to upgrade again.
+        s.upgrade_claimed.store(false, Ordering::Release);
     });
     resp
 }

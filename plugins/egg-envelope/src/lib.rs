@@ -47,20 +47,27 @@ fn response(action: &str, payload: Value) -> Message {
     )
 }
 
-/// A random UUID (the original used v1; clients treat it as opaque).
+/// A time-based UUID (version 1), as the original generated for `userId`: the time in
+/// 100 ns intervals since 1582-10-15, a random clock sequence and a random node id
+/// (multicast bit set, as RFC 4122 §4.5 asks of a node id that is not a MAC address).
 fn uuid() -> String {
-    let mut b = host::random_bytes(16);
-    b.resize(16, 0);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = sign::hex(&b);
+    /// 100 ns intervals from 1582-10-15 to 1970-01-01.
+    const GREGORIAN_TO_UNIX: u64 = 0x01B2_1DD2_1381_4000;
+    let mut r = host::random_bytes(10);
+    r.resize(10, 0);
+    // Sub-millisecond part random: ids minted in the same millisecond still differ.
+    let sub = u64::from(u16::from_be_bytes([r[8], r[9]])) % 10_000;
+    let t = host::now_ms() * 10_000 + sub + GREGORIAN_TO_UNIX;
+    let time_low = (t & 0xffff_ffff) as u32;
+    let time_mid = ((t >> 32) & 0xffff) as u16;
+    let time_hi = (((t >> 48) & 0x0fff) as u16) | 0x1000;
+    let clock_seq = (u16::from_be_bytes([r[0], r[1]]) & 0x3fff) | 0x8000;
+    let mut node = [0u8; 6];
+    node.copy_from_slice(&r[2..8]);
+    node[0] |= 0x01;
     format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
+        "{time_low:08x}-{time_mid:04x}-{time_hi:04x}-{clock_seq:04x}-{}",
+        sign::hex(&node)
     )
 }
 

@@ -41,6 +41,27 @@ async fn connect(d: &mut SioDriver, name: &str, url: &str) -> Result<Value> {
         "the socket id clients see"
     );
     assert!(save["args"][0]["meta"]["timestamp"].is_u64());
+    // userId is a time-based UUID (version 1, RFC 4122 variant), as the original's.
+    let uid = p["payload"]["userId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let b = uid.as_bytes();
+    assert_eq!(uid.len(), 36, "{uid}");
+    assert_eq!(
+        (b[8], b[13], b[14], b[18], b[23]),
+        (b'-', b'-', b'1', b'-', b'-'),
+        "{uid}"
+    );
+    assert!(matches!(b[19], b'8' | b'9' | b'a' | b'b'), "{uid}");
+    // Its time is now (within a minute).
+    let hex: String = [&uid[15..18], &uid[9..13], &uid[..8]].concat();
+    let t100ns = u64::from_str_radix(&hex, 16)?;
+    let ms = (t100ns - 0x01B2_1DD2_1381_4000) / 10_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    assert!(now.abs_diff(ms) < 60_000, "{uid}: {ms} vs {now}");
     Ok(p["payload"].clone())
 }
 
@@ -49,6 +70,12 @@ async fn the_protocols_scenario_and_its_error_paths() -> Result<()> {
     let relay = start().await?;
     let addr = relay.addr("egg");
     let url = format!("http://{addr}");
+    // The open packet announces the original's heartbeat (socket.io 2.1.1 defaults).
+    let (_, open) = relay_tests::get(addr, "/socket.io/?EIO=3&transport=polling").await?;
+    assert!(
+        open.contains(r#""pingInterval":25000,"pingTimeout":5000"#),
+        "{open}"
+    );
     let mut d = SioDriver::start().await?;
     let a = connect(&mut d, "a", &url).await?;
     let b = connect(&mut d, "b", &url).await?;

@@ -186,7 +186,9 @@ impl Plugin for SocketIm {
         if room_id.is_empty() {
             return Ok(vec![sys_error("room_id can not be null!")]);
         }
-        let published = json!({"source": source, "data": data, "room_id": room_id});
+        // The log records the message as the original published it: every room at once.
+        let published =
+            json!({"source": source, "data": data, "room_id": room_id, "from_sys": true});
         let mut out: Vec<Action> = items(&room_id)
             .map(|r| {
                 new_msg(
@@ -317,8 +319,9 @@ fn notify(cfg: &Settings, http: &HttpRequest, body: &[u8]) -> IngressOutcome {
             )
         }));
     }
-    let published =
-        json!({"source": source, "data": data, "room_id": room_id, "filename": filename});
+    // The log records the message as the original published it (all its rooms, no sign).
+    let published = json!({"source": source, "data": data, "room_id": room_id, "filename": filename,
+                           "from_sys": true, "ip": cfg.server_ip});
     actions.push(append_log(&file, &log_line(&published)));
     answer(1, "message notify successed!", actions)
 }

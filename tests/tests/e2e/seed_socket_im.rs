@@ -7,7 +7,7 @@ use anyhow::Result;
 use md5::{Digest, Md5};
 use relay_tests::sio::SioDriver;
 use relay_tests::{get, http, TestRelay};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const KEY: &str = "try4dfs%#fs!#$2334ds(%B)";
 
@@ -123,6 +123,17 @@ async fn the_protocols_scenario_and_its_error_paths() -> Result<()> {
     assert!(
         !line.contains("sign"),
         "published JSON without the sign: {line}"
+    );
+    // The published JSON as the original logged it: all rooms, from_sys and the ip.
+    let json_part = line.split_once("message:").map_or("", |(_, j)| j);
+    let published: Value = serde_json::from_str(json_part)?;
+    assert_eq!(published["from_sys"], true, "{line}");
+    assert_eq!(published["ip"], "127.0.0.1", "{line}");
+    assert!(
+        published["room_id"]
+            .as_str()
+            .is_some_and(|r| r.contains(',')),
+        "{line}"
     );
 
     // Error paths of /api/notify.

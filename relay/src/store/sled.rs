@@ -491,7 +491,16 @@ mod tests {
                 .unwrap();
             s.db.flush().unwrap();
         }
-        let e = SledStore::open(dir.path()).unwrap_err().to_string();
+        // sled's background flusher may hold the file lock for a moment after
+        // the first handle is dropped; wait for it rather than fail on the lock.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let e = loop {
+            let e = SledStore::open(dir.path()).unwrap_err().to_string();
+            if !e.contains("could not acquire lock") || std::time::Instant::now() > deadline {
+                break e;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(e.contains("newer than this relay"), "{e}");
     }
 }

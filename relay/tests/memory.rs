@@ -1,0 +1,242 @@
+//! Memory bounds of the Engine.IO transport under the attacks found by probing, measured
+//! on a real `relay serve` child process (its resident set from /proc), so that nothing
+//! else in the test process counts:
+//!
+//! - many long-polling sessions opened over one keep-alive connection: each holds a few
+//!   KiB (before the fix: 343 KiB each, and no connection limit applied);
+//! - sessions that never connect a namespace announcing 64 binary attachments and
+//!   uploading them: nothing is kept (before: every attachment, up to 1.29 GiB for 30
+//!   sessions).
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A relay child process serving one socket.io tenant (open policy) on an ephemeral port.
+struct Relay {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Relay {
+    fn start(max_message_bytes: usize) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = format!(
+            r#"
+[server]
+data_dir = {data:?}
+
+[[tenant]]
+name = "chat"
+policy = "open"
+profile = "socket.io"
+max_message_bytes = {max_message_bytes}
+
+[[listener]]
+name = "sio"
+kind = "ws"
+bind = "127.0.0.1:0"
+max_connections = 100000
+max_connections_per_ip = 100000
+routes = [{{ path = "/", tenant = "chat" }}]
+"#,
+            data = dir.path().join("data").display().to_string()
+        );
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn relay");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut addr = String::new();
+        while addr.is_empty() && Instant::now() < deadline {
+            if let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
+                if line.contains("listening") {
+                    addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|a| a.split_whitespace().next())
+                        .unwrap_or_default()
+                        .to_owned();
+                }
+            }
+        }
+        assert!(!addr.is_empty(), "relay did not start");
+        Relay {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Resident set size, MiB.
+    fn rss_mib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kib / 1024.0
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection: one request at a time.
+struct Http {
+    s: BufReader<TcpStream>,
+}
+
+impl Http {
+    fn connect(addr: &str) -> Http {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Http {
+            s: BufReader::new(s),
+        }
+    }
+
+    /// Status and body.
+    fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        self.s.get_mut().write_all(&req).expect("write request");
+        let mut status = 0;
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            self.s.read_line(&mut line).expect("read head");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("HTTP/1.1 ") {
+                status = rest[..3].parse().expect("status");
+            } else if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().expect("length");
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        self.s.read_exact(&mut body).expect("read body");
+        (status, body)
+    }
+
+    /// Open a v4 polling session; its path.
+    fn open_session(&mut self) -> String {
+        let (status, body) = self.request("GET", "/socket.io/?EIO=4&transport=polling", b"");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let text = String::from_utf8_lossy(&body);
+        let sid = text
+            .split("\"sid\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("sid")
+            .to_owned();
+        format!("/socket.io/?EIO=4&transport=polling&sid={sid}")
+    }
+}
+
+#[test]
+fn a_thousand_polling_sessions_over_one_connection_hold_a_few_kib_each() {
+    let relay = Relay::start(65536);
+    let mut http = Http::connect(&relay.addr);
+    // Warm up the allocator and the route with one session.
+    http.open_session();
+    let before = relay.rss_mib();
+    for _ in 0..1000 {
+        http.open_session();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = relay.rss_mib() - before;
+    // Measured: ~11 MiB in a debug build (343 MiB before the fix).
+    assert!(
+        grown < 40.0,
+        "1000 polling sessions grew the resident set by {grown:.1} MiB"
+    );
+}
+
+#[test]
+fn attachments_before_connect_are_not_kept() {
+    // A limit large enough that every event of the attack fits it: what bounds memory is
+    // that a session with no namespace connected keeps no attachment at all.
+    let relay = Relay::start(1 << 20);
+    let mut http = Http::connect(&relay.addr);
+    http.open_session();
+    let before = relay.rss_mib();
+    let placeholders: Vec<String> = (0..64)
+        .map(|i| format!("{{\"_placeholder\":true,\"num\":{i}}}"))
+        .collect();
+    let announce = format!("4564-[\"x\",{}]", placeholders.join(","));
+    // One 15 KB attachment, as a polling binary packet (`b` + base64).
+    let mut attachment = b"b".to_vec();
+    let raw: Vec<u8> = (0..15_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    attachment.extend_from_slice(base64(&raw).as_bytes());
+    let sessions = 50;
+    for _ in 0..sessions {
+        let q = http.open_session();
+        let (s, _) = http.request("POST", &q, announce.as_bytes());
+        assert_eq!(s, 200);
+        for _ in 0..63 {
+            let (s, b) = http.request("POST", &q, &attachment);
+            assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = relay.rss_mib() - before;
+    // Kept, these would be 50 x 63 x 15 KB = 47 MB; measured ~3 MiB (debug build).
+    assert!(
+        grown < 16.0,
+        "{sessions} sessions uploading attachments before CONNECT grew the resident set by {grown:.1} MiB"
+    );
+}
+
+/// Standard base64 (the test has no base64 crate).
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= c.len() {
+                out.push(A[(n >> shift) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

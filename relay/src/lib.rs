@@ -36,7 +36,7 @@ pub mod fault;
 pub mod hub;
 pub(crate) mod ingress;
 pub mod metrics;
-pub(crate) mod msglog;
+pub mod msglog;
 pub mod node;
 pub mod plugin;
 pub mod policy;

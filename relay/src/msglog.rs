@@ -74,6 +74,29 @@ pub fn check_name(name: &str) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Most bytes [`read`] returns (the end of a larger file).
+pub const MAX_READ: u64 = 4 << 20;
+
+/// Today's file `file` of a tenant's log (its last [`MAX_READ`] bytes when larger);
+/// `None` when it does not exist.
+pub fn read(target: &LogTarget, file: &str) -> Result<Option<Vec<u8>>, LogError> {
+    use std::io::{Read, Seek, SeekFrom};
+    check_name(file)?;
+    let path = target.dir.join(today()).join(file);
+    let Ok(mut f) = File::open(&path) else {
+        return Ok(None);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX_READ && f.seek(SeekFrom::Start(len - MAX_READ)).is_err() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(len.min(MAX_READ) as usize);
+    match f.take(MAX_READ).read_to_end(&mut out) {
+        Ok(_) => Ok(Some(out)),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Today's directory name (UTC), `YYYY-MM-DD`.
 fn today() -> String {
     let d = time::OffsetDateTime::now_utc().date();

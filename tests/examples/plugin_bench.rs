@@ -177,6 +177,11 @@ fn main() -> anyhow::Result<()> {
         kv: Arc::new(relay::store::TenantKv::in_memory(256 << 20)),
         hub: Arc::new(relay::hub::Hub::default()),
         metrics: Arc::new(relay::metrics::Metrics::default()),
+        log: Arc::new(relay::msglog::LogTarget {
+            dir: dir.path().join("log"),
+            max_bytes: 1 << 20,
+            keep: 1,
+        }),
         headers: Default::default(),
     })
     .map_err(|e| anyhow::anyhow!(e))?;

@@ -31,6 +31,8 @@ pub struct HostState {
     pub(crate) kv: Arc<dyn KvStore>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The tenant's message log (`log-read`).
+    pub(crate) log: Arc<crate::msglog::LogTarget>,
     pub(crate) stdout: LogPipe,
     pub(crate) stderr: LogPipe,
     /// How much of stdout/stderr has already gone to the log.
@@ -176,6 +178,7 @@ impl HostState {
         kv: Arc<dyn KvStore>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
+        log: Arc<crate::msglog::LogTarget>,
         limits: StoreLimits,
     ) -> Self {
         let stdout = LogPipe::new(STDIO_CAPACITY);
@@ -192,6 +195,7 @@ impl HostState {
             kv,
             hub,
             metrics,
+            log,
             stdout,
             stderr,
             logged: (0, 0),
@@ -353,6 +357,16 @@ impl host::Host for HostState {
     fn kv_delete(&mut self, key: String) -> bool {
         let kv = &self.kv;
         self.call_clock.host(|| kv.delete(&key))
+    }
+
+    fn log_read(&mut self, file: String) -> Option<Vec<u8>> {
+        match crate::msglog::read(&self.log, &file) {
+            Ok(content) => content,
+            Err(e) => {
+                tracing::debug!(tenant = %self.tenant, "plugin: log-read refused: {e}");
+                None
+            }
+        }
     }
 
     fn room_count(&mut self, room: String) -> u32 {

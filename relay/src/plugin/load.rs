@@ -198,6 +198,7 @@ impl Spec {
             self.kv.clone(),
             self.hub.clone(),
             self.metrics.clone(),
+            self.log.clone(),
             limits,
         );
         let mut store = Store::new(&rt.engine, state);

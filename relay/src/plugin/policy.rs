@@ -81,6 +81,7 @@ pub(super) struct Spec {
     pub(super) kv: Arc<dyn KvStore>,
     pub(super) hub: Arc<Hub>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) log: Arc<crate::msglog::LogTarget>,
     pub(super) headers: convert::HeaderFilter,
 }
 
@@ -137,6 +138,8 @@ pub struct PluginEnv {
     pub hub: Arc<Hub>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The tenant's message log (`log-read`).
+    pub log: Arc<crate::msglog::LogTarget>,
     /// Which request headers hooks see.
     pub headers: convert::HeaderFilter,
 }
@@ -156,6 +159,7 @@ impl WasmPolicy {
             kv: env.kv,
             hub: env.hub,
             metrics: env.metrics,
+            log: env.log,
             headers: env.headers,
         };
         let loaded = spec.prepare(rt)?;

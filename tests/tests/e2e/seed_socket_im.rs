@@ -136,6 +136,30 @@ async fn the_protocols_scenario_and_its_error_paths() -> Result<()> {
         "{line}"
     );
 
+    // GET /readmsg answers with that file ([proposed]; the original never answered).
+    let (s, b) = get(addr, "/readmsg?source=demo&filename=test.log").await?;
+    assert_eq!((s, b.as_str()), (200, line.as_str()));
+    let (s, b) = get(addr, "/readmsg?source=demo&filename=none.log").await?;
+    assert_eq!((s, b.as_str()), (200, ""), "no such file: empty");
+    for (q, msg) in [
+        (
+            format!("source=demo&filename={}", enc("../../relay.toml")),
+            "filename can not contain '/', '\\' or '..'!",
+        ),
+        ("filename=test.log".to_owned(), "source can not be null!"),
+        (
+            "source=nope&filename=test.log".to_owned(),
+            "this source can not be configured!",
+        ),
+    ] {
+        let (s, b) = get(addr, &format!("/readmsg?{q}")).await?;
+        assert_eq!(
+            (s, b),
+            (200, json!({"code": 0, "msg": msg, "data": ""}).to_string()),
+            "{q}"
+        );
+    }
+
     // Error paths of /api/notify.
     for (body, msg) in [
         (

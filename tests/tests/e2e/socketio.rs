@@ -834,9 +834,19 @@ async fn polling_sessions_count_against_the_listeners_connection_limits() -> Res
     let (s, body) = get(addr, "/socket.io/?EIO=4&transport=polling").await?;
     assert_eq!(s, 503, "a fourth session from the same address: {body}");
     assert!(body.contains("max_connections_per_ip"), "{body}");
-    // A session that ends gives its place back.
+    // A session that ends gives its place back (a client's close over polling: once its
+    // last poll has been answered).
     let (s, _) = http(addr, "POST", &sessions[0], Some("text/plain"), b"1").await?;
     assert_eq!(s, 200);
+    let mut last = (0, String::new());
+    for _ in 0..50 {
+        last = get(addr, &sessions[0]).await?;
+        if last.0 != 503 {
+            break; // 503: the POST's connection has not given its place back yet
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((last.0, last.1.as_str()), (200, "6"));
     let reopened = open_one().await?;
     assert!(
         reopened.contains("sid="),

@@ -12,6 +12,7 @@
 
 mod heartbeat;
 pub mod polling;
+pub use polling::forget;
 pub mod upgrade;
 pub mod websocket;
 
@@ -124,6 +125,10 @@ pub struct EioSession {
     ended: CancellationToken,
     /// The client ended the session itself (sent a close packet).
     client_closed: std::sync::atomic::AtomicBool,
+    /// Polling, after the client's close: its last poll has been answered (`6`).
+    final_poll: std::sync::atomic::AtomicBool,
+    /// Wakes [`forget`] when that last poll is answered.
+    final_polled: Notify,
     /// A WebSocket is upgrading (or has upgraded) this session: a second one is closed.
     upgrade_claimed: std::sync::atomic::AtomicBool,
     /// The first request.
@@ -183,6 +188,11 @@ impl EioSession {
         if !self.link.is_closing() && !noop_answers {
             self.link.close(close::NORMAL, "");
         }
+    }
+
+    /// Whether the session's transport is a WebSocket (upgraded or from the start).
+    pub fn on_websocket(&self) -> bool {
+        self.transport() == Transport::WebSocket
     }
 
     fn transport(&self) -> Transport {
@@ -283,14 +293,16 @@ fn poll_response<'a>(
     r
 }
 
-/// Whether a request on a socket.io tenant's route is an Engine.IO request: on the
-/// Engine.IO path (`…/socket.io/`, valid or not: a bad one gets the reference's 400), with
+/// Whether a request on a socket.io or engine.io tenant's route is an Engine.IO request: on the
+/// Engine.IO path (`…/socket.io/` or `…/engine.io/`, valid or not: a bad one gets the reference's 400), with
 /// an `EIO` parameter, or a WebSocket upgrade. Other requests go to HTTP ingress.
 pub fn is_engine_request(req: &Request<Incoming>) -> bool {
     let path = req.uri().path();
     fastwebsockets::upgrade::is_upgrade_request(req)
         || path.ends_with("/socket.io/")
         || path.ends_with("/socket.io")
+        || path.ends_with("/engine.io/")
+        || path.ends_with("/engine.io")
         || req
             .uri()
             .query()
@@ -436,6 +448,8 @@ fn open(
         upgrade: Notify::new(),
         ended: CancellationToken::new(),
         client_closed: Default::default(),
+        final_poll: Default::default(),
+        final_polled: Notify::new(),
         upgrade_claimed: Default::default(),
         opening: Opening {
             path: req.uri().path().to_owned(),

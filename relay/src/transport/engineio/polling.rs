@@ -9,7 +9,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::Request;
 
-use super::{eio_error, poll_response, EioSession, Event, Settings, Transport};
+use tokio_util::task::TaskTracker;
+
+use super::{eio_error, poll_response, EioSession, Event, Sessions, Settings, Transport};
 use crate::protocol::engineio::{decode_poll, text_record, EioIn};
 use crate::transport::drain::{Drain, Piece, BATCH};
 use crate::transport::End;
@@ -21,10 +23,21 @@ pub async fn poll(s: Arc<EioSession>) -> HttpResponse {
     if s.transport() == Transport::WebSocket {
         return eio_error(3, "Bad request");
     }
+    if s.final_poll.load(std::sync::atomic::Ordering::Acquire) {
+        // The client closed the session and its last poll was answered: it is gone.
+        return eio_error(1, "Session ID unknown");
+    }
     if s.transport() == Transport::Upgrading {
         // The client has not seen the probe's answer yet and polls on: answer soon (with a
-        // noop when nothing is queued) so it can pause polling.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // noop when nothing is queued) so it can pause polling; but if the upgrade completes
+        // meanwhile, this poll came after it and is refused as any poll after an upgrade.
+        let until = tokio::time::Instant::now() + Duration::from_millis(50);
+        while s.transport() == Transport::Upgrading && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if s.transport() == Transport::WebSocket {
+            return eio_error(3, "Bad request");
+        }
     }
     let Some(mut rx) = s.take_rx() else {
         // Engine.IO allows one pending poll per session: a second one is refused and,
@@ -66,6 +79,9 @@ pub async fn poll(s: Arc<EioSession>) -> HttpResponse {
     if !closed && items.is_empty() && s.ended.is_cancelled() && s.client_closed() {
         // The client closed the session itself: its pending poll gets a noop.
         items.push(text_record("6"));
+        s.final_poll
+            .store(true, std::sync::atomic::Ordering::Release);
+        s.final_polled.notify_one();
     } else if closed || (items.is_empty() && s.ended.is_cancelled()) {
         items.push(text_record("1"));
         // The client learns of the close now: end the session if the driver has not yet.
@@ -131,4 +147,33 @@ pub async fn post(req: Request<Incoming>, s: Arc<EioSession>, settings: &Setting
     let mut r = text_response(200, "ok");
     set_header(&mut r, "content-type", "text/html");
     r
+}
+
+/// How long a polling session the client closed stays known for its last poll.
+const FINAL_POLL_WAIT: Duration = Duration::from_secs(2);
+
+/// The driver ended session `s`: forget it, at once or, when the client closed a polling
+/// session with no poll pending, once its next poll has been answered (at most
+/// [`FINAL_POLL_WAIT`] later: the session holds its connection place until then).
+pub fn forget(sessions: &Arc<Sessions>, s: &Arc<EioSession>, tracker: &TaskTracker) {
+    if !awaits_final_poll(s) {
+        sessions.remove(&s.sid);
+        return;
+    }
+    let (sessions, s) = (sessions.clone(), s.clone());
+    tracker.spawn(async move {
+        let answered = s.final_polled.notified();
+        if !s.final_poll.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = tokio::time::timeout(FINAL_POLL_WAIT, answered).await;
+        }
+        sessions.remove(&s.sid);
+    });
+}
+
+/// Polling, the client closed the session and has no poll pending: like the reference
+/// server, the session stays known until its next poll is answered (with a noop).
+fn awaits_final_poll(s: &EioSession) -> bool {
+    s.client_closed()
+        && s.transport() == Transport::Polling
+        && s.rx.lock().is_ok_and(|g| g.is_some())
 }

@@ -11,7 +11,9 @@ use crate::metrics::Metrics;
 use crate::plugin::policy::PluginEnv;
 use crate::plugin::{PluginLimits, WasmPolicy};
 use crate::policy::{open::OpenPolicy, Policy};
-use crate::protocol::{json::WsJson, socketio::SioCodec, Codec, Message, OutFormat};
+use crate::protocol::{
+    engineio::EioCodec, json::WsJson, socketio::SioCodec, Codec, Message, OutFormat,
+};
 use crate::store::KvStore;
 
 /// One tenant. Nothing in one tenant can reach another's hub: every route,
@@ -33,13 +35,54 @@ pub struct Tenant {
     pub policy: Arc<dyn Policy>,
     /// Its WebSocket wire profile (socket.io: the first namespace's codec).
     pub codec: Arc<dyn Codec>,
-    /// socket.io: each namespace and its codec.
+    /// socket.io: each namespace named in the config and its codec.
     pub namespaces: Vec<(String, Arc<dyn Codec>)>,
+    /// socket.io: the config's namespace patterns (entries with `*`).
+    pub namespace_patterns: Vec<String>,
     /// Set once the tenant may have offline messages; until then identifications and
     /// joins skip the store lookup.
     pub offline_used: std::sync::atomic::AtomicBool,
     /// Sent just before the authentication deadline closes a connection.
     pub auth_timeout_notice: Option<Message>,
+}
+
+impl Tenant {
+    /// socket.io: the codec of namespace `nsp` if the tenant accepts it (by name, or by
+    /// pattern: then a codec of its own, whose messages are encoded per recipient).
+    pub fn namespace_codec(&self, nsp: &str) -> Option<Arc<dyn Codec>> {
+        if let Some((_, c)) = self.namespaces.iter().find(|(n, _)| n == nsp) {
+            return Some(c.clone());
+        }
+        let ok = nsp.len() <= crate::config::MAX_NAMESPACE_BYTES
+            && !nsp.contains([',', '?', '#'])
+            && self.namespace_patterns.iter().any(|p| glob_match(p, nsp));
+        ok.then(|| {
+            Arc::new(SioCodec {
+                nsp: nsp.to_owned(),
+                format: OutFormat::UNCACHED,
+            }) as Arc<dyn Codec>
+        })
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty(); // no `*` at all
+    };
+    for m in middle {
+        match rest.find(m) {
+            Some(i) => rest = &rest[i + m.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 impl std::fmt::Debug for Tenant {
@@ -95,6 +138,11 @@ impl Tenant {
         let name: Arc<str> = Arc::from(config.name.get_ref().as_str());
         let hub = Arc::new(Hub::new(config.limits.max_rooms_per_connection));
         let kv = deps.kv.clone();
+        let log = Arc::new(crate::msglog::LogTarget {
+            dir: deps.log_dir.clone(),
+            max_bytes: config.log.max_bytes,
+            keep: config.log.keep,
+        });
         let policy: Arc<dyn Policy> = match config.policy.get_ref().as_str() {
             "open" => Arc::new(
                 OpenPolicy::from_settings(&config.settings()).map_err(TenantError::Settings)?,
@@ -116,6 +164,7 @@ impl Tenant {
                         kv: kv.clone(),
                         hub: hub.clone(),
                         metrics: deps.metrics,
+                        log: log.clone(),
                         headers: crate::plugin::HeaderFilter::new(
                             config
                                 .plugin_headers
@@ -128,11 +177,12 @@ impl Tenant {
             }
             other => return Err(TenantError::Settings(format!("unknown policy {other:?}"))),
         };
+        let (patterns, names): (Vec<&String>, Vec<&String>) =
+            config.namespaces.iter().partition(|n| n.contains('*'));
         let namespaces: Vec<(String, Arc<dyn Codec>)> = match config.profile {
-            WireProfile::WsJson => Vec::new(),
-            WireProfile::SocketIo => config
-                .namespaces
-                .iter()
+            WireProfile::WsJson | WireProfile::EngineIo => Vec::new(),
+            WireProfile::SocketIo => names
+                .into_iter()
                 .enumerate()
                 .map(|(i, n)| {
                     let c: Arc<dyn Codec> = Arc::new(SioCodec {
@@ -143,18 +193,20 @@ impl Tenant {
                 })
                 .collect(),
         };
-        let codec: Arc<dyn Codec> = match namespaces.first() {
-            Some((_, c)) => c.clone(),
-            None => Arc::new(WsJson {
-                event_field: config.event_field.clone(),
-                offset_field: config.history.field.clone(),
-            }),
+        let namespace_patterns = match config.profile {
+            WireProfile::SocketIo => patterns.into_iter().cloned().collect(),
+            _ => Vec::new(),
         };
-        let log = Arc::new(crate::msglog::LogTarget {
-            dir: deps.log_dir.clone(),
-            max_bytes: config.log.max_bytes,
-            keep: config.log.keep,
-        });
+        let codec: Arc<dyn Codec> = match config.profile {
+            WireProfile::EngineIo => Arc::new(EioCodec),
+            _ => match namespaces.first() {
+                Some((_, c)) => c.clone(),
+                None => Arc::new(WsJson {
+                    event_field: config.event_field.clone(),
+                    offset_field: config.history.field.clone(),
+                }),
+            },
+        };
         let notice = notice_message(config.auth_timeout_notice.as_ref().map(|n| n.get_ref()))?;
         Ok(Tenant {
             presence: hub.clone(),
@@ -166,8 +218,34 @@ impl Tenant {
             policy,
             codec,
             namespaces,
+            namespace_patterns,
             offline_used: Default::default(),
             auth_timeout_notice: notice,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn namespace_patterns_match_any_run_of_characters() {
+        for (p, t, want) in [
+            ("/room-*", "/room-1", true),
+            ("/room-*", "/room-", true),
+            ("/room-*", "/room", false),
+            ("/room-*", "/rooms-1", false),
+            ("/*", "/", true),
+            ("/*", "/anything/at/all", true),
+            ("/a*b*c", "/axxbyyc", true),
+            ("/a*b*c", "/axxbyy", false),
+            ("/a*bc", "/abc", true),
+            ("/ab*bc", "/abc", false),
+            ("/chat", "/chat", true),
+            ("/chat", "/chats", false),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p} vs {t}");
+        }
     }
 }

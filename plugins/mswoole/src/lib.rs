@@ -276,6 +276,7 @@ impl Plugin for Mswoole {
                 event: None,
                 data: "\"3\"".into(),
                 ack: None,
+                spread: false,
             })]);
         }
         let Some(Value::Object(mut data)) = ev

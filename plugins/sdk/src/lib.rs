@@ -97,7 +97,7 @@ impl<'a> HandshakeRequest<'a> {
         self.req.tls()
     }
 
-    /// Socket.IO: the namespace the client connects to; none for ws-json.
+    /// Socket.IO: the namespace the client connects to; none for ws-json and engine.io.
     pub fn namespace(&self) -> Option<String> {
         self.req.namespace()
     }
@@ -482,6 +482,7 @@ pub fn message(value: &serde_json::Value) -> Message {
             .map(str::to_owned),
         data: value.to_string(),
         ack: None,
+        spread: false,
     }
 }
 
@@ -491,6 +492,57 @@ pub fn event(name: &str, data: &serde_json::Value) -> Message {
         event: Some(name.to_owned()),
         data: data.to_string(),
         ack: None,
+        spread: false,
+    }
+}
+
+/// A Socket.IO event `name` with any number of arguments, sent as they are (`null`
+/// among them): `event_with_args("message-back", &[json!(1), json!("2")])` goes out as
+/// `42["message-back",1,"2"]`. Objects `{"$binary": "<base64>"}` among them travel as
+/// binary attachments.
+pub fn event_with_args(name: &str, args: &[serde_json::Value]) -> Message {
+    Message {
+        event: Some(name.to_owned()),
+        data: serde_json::Value::Array(args.to_vec()).to_string(),
+        ack: None,
+        spread: true,
+    }
+}
+
+/// The answer to a client's acknowledgement request with any number of arguments:
+/// returned as a `reply` from `on_event`, `ack_with_args(&[json!(null)])` goes out as
+/// `43<id>[null]` and `ack_with_args(&[])` as `43<id>[]`.
+pub fn ack_with_args(args: &[serde_json::Value]) -> Action {
+    Action::Reply(Message {
+        event: None,
+        data: serde_json::Value::Array(args.to_vec()).to_string(),
+        ack: None,
+        spread: true,
+    })
+}
+
+/// engine.io profile: a text message (sent as it is) for `reply`/`emit` actions.
+pub fn text_message(text: &str) -> Message {
+    Message {
+        event: None,
+        data: serde_json::Value::String(text.to_owned()).to_string(),
+        ack: None,
+        spread: false,
+    }
+}
+
+/// engine.io profile: a binary message (`{"$binary": "<base64>"}`); the other profiles
+/// send the same object as JSON (ws-json) or as a binary attachment (Socket.IO).
+pub fn binary_message(bytes: &[u8]) -> Message {
+    Message {
+        event: None,
+        data: {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            serde_json::json!({ "$binary": b64 }).to_string()
+        },
+        ack: None,
+        spread: false,
     }
 }
 

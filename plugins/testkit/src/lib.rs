@@ -111,7 +111,9 @@ impl Plugin for Testkit {
         let data: Value = parse_json(ev.data.as_deref());
         let s = |k: &str| data[k].as_str().unwrap_or_default().to_owned();
         Ok(match ev.name.as_deref().unwrap_or_default() {
-            "echo" => vec![reply(&json!({"event": "echo", "text": ev.text}))],
+            "echo" => vec![reply(
+                &json!({"event": "echo", "text": ev.text, "namespace": ev.namespace}),
+            )],
             "whoami" => vec![reply(
                 &json!({"event": "whoami", "conn": conn.id, "user": conn.user, "authenticated": conn.authenticated}),
             )],
@@ -201,6 +203,7 @@ impl Plugin for Testkit {
                 event: None,
                 data: "{not json".into(),
                 ack: None,
+                spread: false,
             })],
             other => vec![reply(
                 &json!({"event": "error", "error": format!("unknown event {other:?}")}),

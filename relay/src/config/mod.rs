@@ -25,7 +25,9 @@ use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{ListenerConfig, ListenerKind, RouteConfig};
-pub use tenant::{TenantConfig, WireProfile, BUILTIN_POLICIES, MAX_NAMESPACES};
+pub use tenant::{
+    TenantConfig, WireProfile, BUILTIN_POLICIES, MAX_NAMESPACES, MAX_NAMESPACE_BYTES,
+};
 
 /// The configuration used when `relay serve` is given no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");

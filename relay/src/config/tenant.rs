@@ -12,8 +12,12 @@ use super::validate::Report;
 /// Policies: `open` (built in, development only) and `wasm` (a plugin per tenant).
 pub const BUILTIN_POLICIES: &[&str] = &["open", "wasm"];
 
-/// Most Socket.IO namespaces a tenant may serve (each has its own encoding slot).
+/// Most entries of a Socket.IO tenant's `namespaces` (each name has its own encoding
+/// slot; a pattern with `*` accepts any number of namespaces, which have none).
 pub const MAX_NAMESPACES: usize = 8;
+
+/// Longest namespace name (a client's or a configured one).
+pub const MAX_NAMESPACE_BYTES: usize = 128;
 
 /// The wire profile of a tenant's WebSocket connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -25,6 +29,11 @@ pub enum WireProfile {
     /// 1.x–4.x) over HTTP long-polling and WebSocket.
     #[serde(rename = "socket.io")]
     SocketIo,
+    /// Bare Engine.IO (v4, and v3 for engine.io-client 3.x) over HTTP long-polling and
+    /// WebSocket: every Engine.IO message is a client event, every message one
+    /// Engine.IO message.
+    #[serde(rename = "engine.io")]
+    EngineIo,
 }
 
 /// `[[tenant]]`: an isolated application. The TOML keys are flat (`max_message_bytes`,
@@ -42,7 +51,9 @@ pub struct TenantConfig {
     /// ws-json: the JSON field naming a client message's event. Default `event` (seed 004: `method`).
     #[serde(default = "defaults::event_field")]
     pub event_field: String,
-    /// socket.io: the namespaces clients may connect to (at most 8). Default `["/"]`.
+    /// socket.io: the namespaces clients may connect to (at most 8 entries). An entry with
+    /// `*` is a pattern (`/room-*` accepts `/room-1` and `/room-lobby`; `*` matches any
+    /// run of characters). Default `["/"]`.
     #[serde(default = "defaults::namespaces")]
     pub namespaces: Vec<String>,
     /// Source networks allowed to send UDP datagrams. Default loopback only.
@@ -434,19 +445,21 @@ impl TenantConfig {
                 "must not be empty",
             );
         }
+        if self.profile != WireProfile::WsJson
+            && (self.timers.ping_interval_ms == 0 || self.timers.ping_timeout_ms == 0)
+        {
+            r.add(
+                Some(self.name.span()),
+                k("ping_interval_ms"),
+                "socket.io and engine.io need ping_interval_ms and ping_timeout_ms greater than 0",
+            );
+        }
         if self.profile == WireProfile::SocketIo {
             self.check_socketio(&k, r);
         }
     }
 
     fn check_socketio(&self, k: &dyn Fn(&str) -> String, r: &mut Report<'_>) {
-        if self.timers.ping_interval_ms == 0 || self.timers.ping_timeout_ms == 0 {
-            r.add(
-                Some(self.name.span()),
-                k("ping_interval_ms"),
-                "socket.io needs ping_interval_ms and ping_timeout_ms greater than 0",
-            );
-        }
         if self.namespaces.is_empty() || self.namespaces.len() > MAX_NAMESPACES {
             r.add(
                 Some(self.name.span()),
@@ -456,11 +469,15 @@ impl TenantConfig {
         }
         let mut seen = HashSet::new();
         for n in &self.namespaces {
-            if !n.starts_with('/') || n.contains([',', '?', '#']) || !seen.insert(n) {
+            if !n.starts_with('/')
+                || n.contains([',', '?', '#'])
+                || n.len() > MAX_NAMESPACE_BYTES
+                || !seen.insert(n)
+            {
                 r.add(
                     Some(self.name.span()),
                     k("namespaces"),
-                    format!("{n:?}: a namespace starts with '/', has no ',', '?' or '#', and appears once"),
+                    format!("{n:?}: a namespace starts with '/', has no ',', '?' or '#', is at most {MAX_NAMESPACE_BYTES} bytes, and appears once"),
                 );
             }
         }

@@ -218,6 +218,7 @@ impl<'r> EventArgs<'r> {
             data: self.data.as_deref(),
             text: &self.event.text,
             ack: self.event.ack,
+            namespace: self.event.namespace.as_deref(),
         }
     }
 }
@@ -280,10 +281,15 @@ impl<'r> IngressArgs<'r> {
 }
 
 fn message(m: w::Message) -> Result<Message, String> {
+    let data = parse_json("message data", &m.data)?;
+    if m.spread && !data.is_array() {
+        return Err("a message with `spread` needs data that is a JSON array".into());
+    }
     Ok(Message {
         event: m.event,
-        data: parse_json("message data", &m.data)?,
+        data,
         ack: m.ack,
+        spread: m.spread,
         position: None,
     })
 }
@@ -404,6 +410,23 @@ pub fn outcome(o: w::IngressOutcome) -> Result<IngressOutcome, String> {
 #[cfg(test)]
 mod tests {
     use super::HeaderFilter;
+
+    #[test]
+    fn a_spread_message_needs_an_array_of_arguments() {
+        let m = |data: &str, spread: bool| {
+            super::message(super::w::Message {
+                event: Some("e".into()),
+                data: data.into(),
+                ack: None,
+                spread,
+            })
+        };
+        assert!(m("[1,null]", true).is_ok_and(|m| m.spread));
+        assert!(m("[]", true).is_ok());
+        assert!(m("{\"a\":1}", true).is_err());
+        assert!(m("null", true).is_err());
+        assert!(m("null", false).is_ok_and(|m| !m.spread));
+    }
 
     #[test]
     fn a_plugin_narrows_the_headers_to_those_it_reads() {

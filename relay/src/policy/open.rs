@@ -66,6 +66,7 @@ fn reply(data: Value) -> Action {
             event,
             data,
             ack: None,
+            spread: false,
             position: None,
         },
     }
@@ -171,6 +172,7 @@ impl OpenPolicy {
                         event: Some("question".into()),
                         data: o.get("data").cloned().unwrap_or(Value::Null),
                         ack: Some(id),
+                        spread: false,
                         position: None,
                     },
                 }],
@@ -229,6 +231,7 @@ impl OpenPolicy {
                 event: Some(event.clone()),
                 data: json!({"event": event, "data": data, "offline": true}),
                 ack: None,
+                spread: false,
                 position: None,
             };
             return IngressOutcome::json(
@@ -245,6 +248,7 @@ impl OpenPolicy {
             event: Some(event.clone()),
             data: json!({"event": event, "data": data}),
             ack: None,
+            spread: false,
             position: None,
         };
         IngressOutcome::json(
@@ -418,6 +422,7 @@ fn emit(conn: &ConnInfo, o: &Map<String, Value>) -> Vec<Action> {
     let message = Message {
         event: Some("message".into()),
         ack: None,
+        spread: false,
         position: None,
         data: json!({
             "event": "message",

@@ -9,6 +9,7 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::Bytes;
+use serde_json::Value;
 use thiserror::Error;
 
 /// A malformed packet or payload.
@@ -359,6 +360,46 @@ fn decode_binary_payload_v3(mut body: &[u8]) -> Result<Vec<EioIn>, CodecError> {
     Ok(out)
 }
 
+/// The bare Engine.IO profile's codec: a message is one Engine.IO message. A JSON string
+/// goes out as its text, `{"$binary": "<base64>"}` as a binary message, anything else
+/// as its JSON text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EioCodec;
+
+impl EioCodec {
+    /// The bytes of `{"$binary": "<base64>"}` (that object and nothing else).
+    fn binary(data: &Value) -> Option<Vec<u8>> {
+        let o = data.as_object().filter(|o| o.len() == 1)?;
+        B64.decode(o.get("$binary")?.as_str()?).ok()
+    }
+}
+
+impl crate::protocol::Codec for EioCodec {
+    fn format(&self) -> crate::protocol::OutFormat {
+        crate::protocol::OutFormat::ENGINE_IO
+    }
+
+    fn decode_text(&self, text: String) -> crate::protocol::ClientEvent {
+        crate::protocol::ClientEvent {
+            name: None,
+            data: Some(Value::String(text.clone())),
+            text,
+            ack: None,
+            namespace: None,
+        }
+    }
+
+    fn encode(&self, msg: &crate::protocol::Message) -> Bytes {
+        let mut r = RecordsBuf::default();
+        match (&msg.data, Self::binary(&msg.data)) {
+            (_, Some(bytes)) => r.binary(&bytes),
+            (Value::String(s), _) => r.text(format!("4{s}").as_bytes()),
+            (other, _) => r.text(format!("4{other}").as_bytes()),
+        };
+        r.freeze()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +512,34 @@ mod tests {
         assert_eq!(decode_poll(&v3bin, true, true).unwrap(), want);
         assert!(decode_poll(&[0, 9, 255, b'4'], true, true).is_err());
         assert!(decode_poll(b"", false, false).is_err());
+    }
+
+    #[test]
+    fn the_bare_profile_sends_one_message_per_message() {
+        use crate::protocol::{Codec, Message};
+        use serde_json::json;
+        let c = EioCodec;
+        assert_eq!(
+            c.encode(&Message::data(json!("hello"))),
+            records(&[(false, b"4hello")])
+        );
+        assert_eq!(
+            c.encode(&Message::data(json!({"a": 1}))),
+            records(&[(false, br#"4{"a":1}"#)])
+        );
+        assert_eq!(
+            c.encode(&Message::data(json!({"$binary": "AQID"}))),
+            records(&[(true, &[1, 2, 3])])
+        );
+        // Not base64, or not alone in its object: JSON text.
+        assert_eq!(
+            c.encode(&Message::data(json!({"$binary": "!!"}))),
+            records(&[(false, br#"4{"$binary":"!!"}"#)])
+        );
+        let ev = c.decode_text("hi".into());
+        assert_eq!(
+            (ev.name, ev.data, ev.text),
+            (None, Some(json!("hi")), "hi".into())
+        );
     }
 }

@@ -31,6 +31,7 @@ impl Codec for WsJson {
             data,
             text,
             ack: None,
+            namespace: None,
         }
     }
 

@@ -19,14 +19,20 @@ pub struct Message {
     /// Event name (used by profiles that carry one, e.g. Socket.IO; ws-json ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
-    /// The payload. ws-json sends a JSON string's contents as they are and anything else as JSON.
-    /// Socket.IO sends it as the event's one argument (none when `null`); objects
-    /// `{"$binary": "<base64>"}` inside it travel as binary attachments.
+    /// The payload. ws-json sends a JSON string's contents as they are and anything else as
+    /// JSON; engine.io the same, but `{"$binary": "<base64>"}` as a binary message.
+    /// Socket.IO sends it as the event's one argument (none when `null`), or its arguments
+    /// with `spread`; objects `{"$binary": "<base64>"}` inside it travel as binary attachments.
     pub data: Value,
     /// Socket.IO: ask the client to acknowledge with this id; its answer reaches the event
     /// hook as an event without a name carrying this `ack` id. Ignored by ws-json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<u64>,
+    /// Socket.IO: `data` is the array of the event's arguments (any number, `null`
+    /// included) rather than its one argument. Checked to be an array where a plugin
+    /// sets it. Ignored by the other profiles.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spread: bool,
     /// Set by the broker on messages to rooms with history: where the message stands in
     /// the tenant's stream. Clients see it as `<epoch>:<offset>` and present it to recover
     /// what they missed: Socket.IO as an extra last argument (as socket.io's
@@ -44,6 +50,7 @@ impl Message {
             event: None,
             data,
             ack: None,
+            spread: false,
             position: None,
         }
     }
@@ -54,6 +61,7 @@ impl Message {
             event: Some(event.to_owned()),
             data,
             ack: None,
+            spread: false,
             position: None,
         }
     }
@@ -107,22 +115,30 @@ pub struct ClientEvent {
     /// hook's first reply is sent as the acknowledgement); without one, this is the client's
     /// acknowledgement of a message the relay sent with this id.
     pub ack: Option<u64>,
+    /// Socket.IO: the namespace the event came from.
+    pub namespace: Option<String>,
 }
 
 /// Every byte format a message can be encoded into; each encoding is made at most once per
-/// message. `0` is ws-json; `1 + i` is the Socket.IO packet for a tenant's namespace `i`.
+/// message. `0` is ws-json, `1` bare Engine.IO; `2 + i` is the Socket.IO packet for a
+/// tenant's listed namespace `i`. A namespace accepted by a pattern has no slot
+/// ([`OutFormat::UNCACHED`]): its packets are encoded for each recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OutFormat(u8);
 
 impl OutFormat {
     /// A complete WebSocket text frame of the ws-json profile.
     pub const WS_JSON: OutFormat = OutFormat(0);
-    /// Number of formats (size of the per-message cache).
-    pub const COUNT: usize = 1 + MAX_NAMESPACES;
+    /// Engine.IO packet records of the bare Engine.IO profile.
+    pub const ENGINE_IO: OutFormat = OutFormat(1);
+    /// Encoded anew for every recipient (not kept with the message).
+    pub const UNCACHED: OutFormat = OutFormat(u8::MAX);
+    /// Number of cached formats (size of the per-message cache).
+    pub const COUNT: usize = 2 + MAX_NAMESPACES;
 
     /// Socket.IO packet records for namespace number `i` of the tenant (`i < MAX_NAMESPACES`).
     pub fn socketio(i: usize) -> OutFormat {
-        OutFormat(1 + i.min(MAX_NAMESPACES - 1) as u8)
+        OutFormat(2 + i.min(MAX_NAMESPACES - 1) as u8)
     }
 }
 
@@ -165,9 +181,10 @@ impl OutMessage {
     /// The bytes for `codec`, encoded on first use; later calls clone a reference.
     #[inline]
     pub fn encoded(&self, codec: &dyn Codec) -> Bytes {
-        self.cache[codec.format().0 as usize]
-            .get_or_init(|| codec.encode(&self.message))
-            .clone()
+        match self.cache.get(codec.format().0 as usize) {
+            Some(slot) => slot.get_or_init(|| codec.encode(&self.message)).clone(),
+            None => codec.encode(&self.message),
+        }
     }
 }
 

@@ -212,17 +212,27 @@ pub fn packet_records(p: &SioPacket, attachments: &[Vec<u8>]) -> Bytes {
     r.freeze()
 }
 
-/// The Socket.IO packet for a message: `event(data)` (no argument when `data` is null),
-/// a binary event when the data holds `{"$binary": …}` objects.
+/// A message's arguments: its data as the one argument (none when null), or with
+/// `spread` the data's elements; `{"$binary": …}` objects become attachments.
+pub fn message_args(msg: &Message, attachments: &mut Vec<Vec<u8>>) -> Vec<Value> {
+    let mut args = match (&msg.data, msg.spread) {
+        (Value::Array(a), true) => a.clone(),
+        (Value::Null, _) => Vec::new(),
+        (d, _) => vec![d.clone()],
+    };
+    for a in args.iter_mut() {
+        extract_binary(a, attachments);
+    }
+    args
+}
+
+/// The Socket.IO packet for a message: `event(data)` (no argument when `data` is null;
+/// with `spread`, the data's elements as the arguments), a binary event when the data
+/// holds `{"$binary": …}` objects.
 pub fn message_packet(nsp: &str, msg: &Message) -> (SioPacket, Vec<Vec<u8>>) {
     let name = msg.event.as_deref().unwrap_or("message");
-    let mut args = Vec::new();
     let mut attachments = Vec::new();
-    if !msg.data.is_null() {
-        let mut d = msg.data.clone();
-        extract_binary(&mut d, &mut attachments);
-        args.push(d);
-    }
+    let mut args = message_args(msg, &mut attachments);
     if let Some(off) = &msg.position {
         // As socket.io's connection-state recovery: the offset is the last argument.
         args.push(Value::String(off.to_string()));
@@ -266,6 +276,7 @@ impl Codec for SioCodec {
             data,
             text,
             ack: None,
+            namespace: Some(self.nsp.clone()),
         }
     }
 

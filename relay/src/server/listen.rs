@@ -41,7 +41,7 @@ pub struct Route {
 pub fn engine_tables(node: &Node) -> HashMap<String, Arc<Sessions>> {
     node.tenants
         .iter()
-        .filter(|(_, t)| t.config.profile == WireProfile::SocketIo)
+        .filter(|(_, t)| t.config.profile != WireProfile::WsJson)
         .map(|(name, _)| (name.clone(), Arc::default()))
         .collect()
 }

@@ -1,8 +1,10 @@
 //! Sessions: what a client's connection means in its wire profile. [`wsjson`] runs a
-//! ws-json WebSocket; [`socketio`] drives Socket.IO over the Engine.IO transports. Both
+//! ws-json WebSocket; [`socketio`] drives Socket.IO over the Engine.IO transports, and
+//! `engineio` bare Engine.IO sessions (its requests arrive through [`socketio::handle`]). All
 //! only translate between their wire and the node's hooks (`Node::handshake`, `event`,
 //! `disconnected`).
 
+mod engineio;
 pub mod socketio;
 pub mod wsjson;
 

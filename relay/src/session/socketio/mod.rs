@@ -36,6 +36,10 @@ use crate::web::HttpResponse;
 /// Most binary attachments one packet may announce.
 const MAX_ATTACHMENTS: usize = 64;
 
+/// Most namespaces one session may have connected at once (a tenant's patterns may
+/// accept any number of them; each is a connection with its own hooks).
+const MAX_SESSION_NAMESPACES: usize = 16;
+
 /// What the listener a request came in on allows.
 pub struct ListenerRules<'a> {
     /// Browser origins allowed.
@@ -46,7 +50,8 @@ pub struct ListenerRules<'a> {
     pub body_timeout: Duration,
 }
 
-/// Answer an Engine.IO request of a Socket.IO tenant; a new session gets its driver.
+/// Answer an Engine.IO request of a socket.io (or bare engine.io) tenant; a new session
+/// gets its driver.
 pub async fn handle(
     req: Request<Incoming>,
     tenant: Arc<Tenant>,
@@ -82,7 +87,13 @@ pub async fn handle(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let hb = Heartbeat::new(session.v3(), &env.settings);
         let tracker = node.shutdown.tracker.clone();
-        tracker.spawn(drive(session, tenant, node, sessions, events, hb));
+        if tenant.config.profile == crate::config::WireProfile::EngineIo {
+            tracker.spawn(super::engineio::drive(
+                session, tenant, node, sessions, events, hb,
+            ));
+        } else {
+            tracker.spawn(drive(session, tenant, node, sessions, events, hb));
+        }
     }
     resp
 }
@@ -108,7 +119,7 @@ async fn drive(
     let mut auth_checked = false;
     let shutdown = node.shutdown.token.clone();
     let link = s.link().clone();
-    if s.v3() && tenant.namespaces.iter().any(|(n, _)| n == "/") {
+    if s.v3() && tenant.namespace_codec("/").is_some() {
         // Socket.IO v2 connects every client to `/` without a CONNECT packet.
         d.connect("/", None, None).await;
     }
@@ -313,6 +324,7 @@ impl Driver {
             data: Some(Value::Array(args)),
             text,
             ack: p.id,
+            namespace: Some(p.nsp.clone()),
         };
         self.event(&h, &ev, is_event.then_some(p.id).flatten())
             .await;
@@ -327,24 +339,27 @@ impl Driver {
         }
     }
 
-    /// Answer a client's acknowledgement with a message's data as the one argument.
+    /// Answer a client's acknowledgement with a message's data as the one argument (with
+    /// `spread`, its elements as the arguments).
     fn ack(&self, h: &ConnHandle, id: u64, m: &Message) {
         let nsp = self
             .sockets
             .iter()
             .find(|(_, s)| s.id == h.id)
             .map_or("/", |(n, _)| n.as_str());
-        let (mut p, atts) = socketio::message_packet(nsp, m);
-        // An ack carries the arguments only (no event name).
-        if let Some(Value::Array(a)) = p.data.as_mut() {
-            a.remove(0);
-        }
-        p.kind = if atts.is_empty() {
-            SioType::Ack
-        } else {
-            SioType::BinaryAck
+        let mut atts = Vec::new();
+        let args = socketio::message_args(m, &mut atts);
+        let p = SioPacket {
+            kind: if atts.is_empty() {
+                SioType::Ack
+            } else {
+                SioType::BinaryAck
+            },
+            nsp: nsp.to_owned(),
+            id: Some(id),
+            attachments: atts.len(),
+            data: Some(Value::Array(args)),
         };
-        p.id = Some(id);
         self.send(&p, &atts);
     }
 
@@ -358,7 +373,7 @@ impl Driver {
     /// forgotten, and a waiting poll answers with a close packet.
     async fn finish(mut self, end: End) {
         let s = self.s.clone();
-        self.sessions.remove(&s.sid());
+        engineio::forget(&self.sessions, &s, &self.node.shutdown.tracker);
         for (_, h) in std::mem::take(&mut self.sockets) {
             self.disconnected(&h, end.clone()).await;
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::Driver;
+use super::{Driver, MAX_SESSION_NAMESPACES};
 use crate::hub::{ConnHandle, ConnId};
 use crate::metrics::Metrics;
 use crate::policy::{Action, HandshakeDecision, HandshakeRequest};
@@ -14,6 +14,10 @@ use crate::protocol::socketio::{SioPacket, SioType};
 use crate::protocol::Codec;
 use crate::session::{apply_decision, disconnect_info, presented_offset};
 use crate::transport::End;
+
+/// How long a namespace CONNECT may take to be written to a WebSocket before the
+/// decision's actions are carried out anyway.
+const CONNECT_WRITE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Driver {
     /// Refuse a namespace: CONNECT_ERROR `{"message", "data"?}` (v4) or, for v2 clients,
@@ -39,15 +43,14 @@ impl Driver {
     /// A namespace CONNECT: the handshake hook decides.
     pub(super) async fn connect(&mut self, nsp: &str, query: Option<String>, auth: Option<Value>) {
         let (tenant, node, s) = (self.tenant.clone(), self.node.clone(), self.s.clone());
-        let Some(codec) = tenant
-            .namespaces
-            .iter()
-            .find(|(n, _)| n == nsp)
-            .map(|(_, c)| c.clone())
-        else {
+        let Some(codec) = tenant.namespace_codec(nsp) else {
             self.connect_error(nsp, "Invalid namespace", None);
             return;
         };
+        if self.sockets.len() >= MAX_SESSION_NAMESPACES {
+            self.connect_error(nsp, "Too many namespaces", None);
+            return;
+        }
         // The v2 root socket has the session's id; other sockets get their own.
         let id = if s.v3() && nsp == "/" {
             s.sid()
@@ -95,6 +98,18 @@ impl Driver {
             },
             &[],
         );
+        // As the reference server, the CONNECT goes out in a write of its own before what
+        // the decision sends (a client that handles one read's frames at once, as the
+        // official suite's does, would otherwise miss the first of them).
+        // (Over polling, where one response carries both, there is nothing to wait for.)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if s.on_websocket()
+            && s.link().when_written(Box::new(move || {
+                let _ = tx.send(());
+            }))
+        {
+            let _ = tokio::time::timeout(CONNECT_WRITE_WAIT, rx).await;
+        }
         Box::pin(apply_decision(&tenant, &node, &h, decision, recover)).await;
         tracing::debug!(tenant = %tenant.name, sid = %s.sid(), conn = %id, nsp, "socket.io connected");
     }

@@ -72,7 +72,11 @@ impl Heartbeat {
             return Some(End::new(None, close::PING_TIMEOUT.reason));
         }
         link.send(text_record("2"));
-        self.pong_due = Some(Instant::now() + self.timeout);
+        // Counted from when the ping was due, so that a timer firing late does not add
+        // to the time a silent client is given (the reference's interval + timeout); a
+        // ping sent very late still leaves the client half its timeout.
+        let due = (self.next_ping + self.timeout).max(Instant::now() + self.timeout / 2);
+        self.pong_due = Some(due);
         None
     }
 

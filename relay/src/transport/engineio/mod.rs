@@ -342,7 +342,14 @@ pub async fn handle(
 /// CORS preflight of a browser's polling POST.
 fn preflight(req: &Request<Incoming>) -> HttpResponse {
     let mut r = text_response(204, "");
-    set_header(&mut r, "access-control-allow-methods", "GET, POST, OPTIONS");
+    // The methods a browser may try (those the reference server's CORS allows), so that
+    // one relay refuses is answered by relay (400, `Bad handshake method`) rather than
+    // failing the browser's CORS check.
+    set_header(
+        &mut r,
+        "access-control-allow-methods",
+        "GET, HEAD, PUT, PATCH, POST, DELETE, OPTIONS",
+    );
     let asked = req
         .headers()
         .get("access-control-request-headers")

@@ -17,6 +17,9 @@ use crate::transport::drain::{Drain, Piece, BATCH};
 use crate::transport::End;
 use crate::web::{set_header, text_response, HttpResponse};
 
+/// How long a poll during an upgrade waits for its outcome.
+const UPGRADE_WAIT: Duration = Duration::from_millis(50);
+
 /// A long-poll: answer with everything queued, waiting for at least one packet (or an
 /// upgrade, which answers with a noop, or the end of the session, which answers `1`).
 pub async fn poll(s: Arc<EioSession>) -> HttpResponse {
@@ -27,12 +30,17 @@ pub async fn poll(s: Arc<EioSession>) -> HttpResponse {
         // The client closed the session and its last poll was answered: it is gone.
         return eio_error(1, "Session ID unknown");
     }
-    if s.transport() == Transport::Upgrading {
-        // The client has not seen the probe's answer yet and polls on: answer soon (with a
-        // noop when nothing is queued) so it can pause polling; but if the upgrade completes
-        // meanwhile, this poll came after it and is refused as any poll after an upgrade.
-        let until = tokio::time::Instant::now() + Duration::from_millis(50);
-        while s.transport() == Transport::Upgrading && tokio::time::Instant::now() < until {
+    let upgrading = s.transport() == Transport::Upgrading
+        || s.upgrade_claimed.load(std::sync::atomic::Ordering::Acquire);
+    if upgrading {
+        // A WebSocket is upgrading the session (or open for it, its probe not yet read)
+        // and the client polls on: a poll after the upgrade completes is refused, as every
+        // poll after an upgrade; so wait a moment for the outcome (a long-poll waits
+        // anyway), then carry on as usual: a poll the client sent before it saw the
+        // probe's answer is answered soon (a noop when nothing is queued) so that it can
+        // pause polling.
+        let until = tokio::time::Instant::now() + UPGRADE_WAIT;
+        while s.transport() != Transport::WebSocket && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if s.transport() == Transport::WebSocket {

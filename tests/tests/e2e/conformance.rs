@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use futures_util::{SinkExt, StreamExt};
 use relay_tests::sio::SioDriver;
-use relay_tests::{get, http, TestRelay};
+use relay_tests::{get, http, http_with, TestRelay};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -428,6 +428,50 @@ routes = [{ path = "/", tenant = "rooms" }]
     assert_eq!(
         next_text(&mut ws).await?,
         r#"44/room-x,{"message":"Too many namespaces"}"#
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_browser_may_try_any_method_and_gets_relays_own_answer() -> Result<()> {
+    let (_relay, addr) = start().await?;
+    let origin = [("origin", "http://localhost:8000")];
+    // The preflight of a PUT allows it (as the reference's CORS does), so the browser
+    // sends it and gets relay's 400 rather than a CORS failure.
+    let (s, h, _) = http_with(
+        addr,
+        "OPTIONS",
+        "/socket.io/?EIO=4&transport=polling",
+        &[
+            ("origin", "http://localhost:8000"),
+            ("access-control-request-method", "PUT"),
+        ],
+        b"",
+    )
+    .await?;
+    assert_eq!(s, 204);
+    let allowed = h
+        .get("access-control-allow-methods")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(allowed.contains("PUT"), "{allowed}");
+    let (s, h, b) = http_with(
+        addr,
+        "PUT",
+        "/socket.io/?EIO=4&transport=polling",
+        &origin,
+        b"",
+    )
+    .await?;
+    assert_eq!(s, 400);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b)?,
+        json!({"code": 2, "message": "Bad handshake method"})
+    );
+    assert_eq!(
+        h.get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("http://localhost:8000")
     );
     Ok(())
 }

@@ -7,9 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn relay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_relay"))
-}
+mod common;
+use common::{relay, serve_in};
 
 fn check(dir: &Path, name: &str, text: &str) -> (bool, String) {
     let path = dir.join(name);
@@ -280,46 +279,6 @@ fn sighup_reloads_plugins() {
         relay.wait_for("SIGHUP: plugins reloaded").is_some(),
         "no reload logged after SIGHUP"
     );
-}
-
-/// `relay serve --config <dir>/relay.toml` with its log lines on a channel; the
-/// addresses of its listeners, from the "listening" lines.
-fn serve_in(dir: &Path, listeners: &[&str]) -> (std::process::Child, Vec<String>) {
-    let mut child = relay()
-        .args(["serve", "--config"])
-        .arg(dir.join("relay.toml"))
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn relay");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut addrs = vec![String::new(); listeners.len()];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while addrs.iter().any(String::is_empty) && Instant::now() < deadline {
-        let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) else {
-            continue;
-        };
-        for (i, l) in listeners.iter().enumerate() {
-            if line.contains("listening") && line.contains(&format!("listener={l} ")) {
-                addrs[i] = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|a| a.split_whitespace().next())
-                    .unwrap_or_default()
-                    .to_owned();
-            }
-        }
-    }
-    assert!(addrs.iter().all(|a| !a.is_empty()), "relay did not start");
-    (child, addrs)
 }
 
 /// One blocking HTTP GET (`connection: close`); the status line's code.

@@ -9,10 +9,12 @@
 //!   sessions).
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 /// A relay child process serving one socket.io tenant (open policy) on an ephemeral port.
 struct Relay {
@@ -45,39 +47,9 @@ routes = [{{ path = "/", tenant = "chat" }}]
 "#,
             data = dir.path().join("data").display().to_string()
         );
-        let path = dir.path().join("relay.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn relay");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut addr = String::new();
-        while addr.is_empty() && Instant::now() < deadline {
-            if let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
-                if line.contains("listening") {
-                    addr = line
-                        .split("addr=")
-                        .nth(1)
-                        .and_then(|a| a.split_whitespace().next())
-                        .unwrap_or_default()
-                        .to_owned();
-                }
-            }
-        }
-        assert!(!addr.is_empty(), "relay did not start");
+        std::fs::write(dir.path().join("relay.toml"), config).expect("write config");
+        let (child, addrs) = common::serve_in(dir.path(), &["sio"]);
+        let addr = addrs.into_iter().next().unwrap_or_default();
         Relay {
             child,
             addr,

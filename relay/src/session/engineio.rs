@@ -21,7 +21,9 @@ use crate::node::Node;
 use crate::policy::{ClientEvent, HandshakeDecision, HandshakeRequest};
 use crate::protocol::close;
 use crate::tenant::Tenant;
-use crate::transport::engineio::{EioSession, Event, Heartbeat, Received, Sessions};
+use crate::transport::engineio::{
+    next_step, EioSession, Event, Heartbeat, Received, Sessions, Step,
+};
 use crate::transport::End;
 
 /// Drive one bare Engine.IO session until it ends.
@@ -58,43 +60,30 @@ pub(super) async fn drive(
     let shutdown = node.shutdown.token.clone();
     let end: End = loop {
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(Event::Packet(p)) => {
-                    let data = match hb.receive(&link, p) {
-                        Received::Message(text) => Value::String(text),
-                        Received::Binary(b) => json!({"$binary": B64.encode(b)}),
-                        Received::Handled => continue,
-                        Received::Closed(end) => {
-                            s.closed_by_client();
-                            break end;
-                        }
-                        Received::Malformed(why) => {
-                            Metrics::inc(&node.metrics.protocol_errors);
-                            link.close(close::PROTOCOL_ERROR, why);
-                            break End::new(Some(close::PROTOCOL_ERROR), why);
-                        }
-                    };
-                    Metrics::inc(&node.metrics.messages_in);
-                    let text = match &data {
-                        Value::String(t) => t.clone(),
-                        _ => String::new(),
-                    };
-                    let ev = ClientEvent { name: None, data: Some(data), text, ack: None, namespace: None };
-                    Box::pin(node.event(&tenant, &h, &ev, false)).await;
-                }
-                Some(Event::TransportClosed(end)) => break end,
-                None => break End::new(None, "session ended"),
+            step = next_step(&mut rx, &link, &mut hb, &shutdown) => {
+                let data = match step {
+                    Step::End(end) => break end,
+                    Step::Received(Received::Message(text)) => Value::String(text),
+                    Step::Received(Received::Binary(b)) => json!({"$binary": B64.encode(b)}),
+                    Step::Received(Received::Handled) => continue,
+                    Step::Received(Received::Closed(end)) => {
+                        s.closed_by_client();
+                        break end;
+                    }
+                    Step::Received(Received::Malformed(why)) => {
+                        Metrics::inc(&node.metrics.protocol_errors);
+                        link.close(close::PROTOCOL_ERROR, why);
+                        break End::new(Some(close::PROTOCOL_ERROR), why);
+                    }
+                };
+                Metrics::inc(&node.metrics.messages_in);
+                let text = match &data {
+                    Value::String(t) => t.clone(),
+                    _ => String::new(),
+                };
+                let ev = ClientEvent { name: None, data: Some(data), text, ack: None, namespace: None };
+                Box::pin(node.event(&tenant, &h, &ev, false)).await;
             },
-            _ = link.killed() => break End::new(Some(link.close_code()), "aborted"),
-            _ = shutdown.cancelled() => {
-                link.close_as(close::SHUTDOWN);
-                break End::closed(close::SHUTDOWN);
-            }
-            _ = sleep_until(hb.deadline()) => {
-                if let Some(end) = hb.fire(&link) {
-                    break end;
-                }
-            }
             _ = sleep_until(auth_at), if !auth_checked => {
                 auth_checked = true;
                 if !h.is_authenticated() {
@@ -107,7 +96,6 @@ pub(super) async fn drive(
                 }
             }
         }
-        hb.settle();
     };
     finish(&s, &tenant, &node, &sessions, Some(h), end).await;
 }

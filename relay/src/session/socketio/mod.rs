@@ -27,7 +27,7 @@ use crate::protocol::socketio::{self, insert_binary, packet_records, SioPacket, 
 use crate::protocol::Message;
 use crate::tenant::Tenant;
 use crate::transport::engineio::{
-    self, EioSession, Env, Event, Heartbeat, Opened, Received, Sessions, Settings,
+    self, next_step, EioSession, Env, Event, Heartbeat, Opened, Received, Sessions, Settings, Step,
 };
 use crate::transport::websocket::Origins;
 use crate::transport::{End, Peer};
@@ -125,25 +125,14 @@ async fn drive(
     }
     let end: End = loop {
         tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(Event::Packet(p)) => {
-                    if let Some(end) = d.received(hb.receive(&link, p)).await {
+            step = next_step(&mut rx, &link, &mut hb, &shutdown) => match step {
+                Step::Received(r) => {
+                    if let Some(end) = d.received(r).await {
                         break end;
                     }
                 }
-                Some(Event::TransportClosed(end)) => break end,
-                None => break End::new(None, "session ended"),
+                Step::End(end) => break end,
             },
-            _ = link.killed() => break End::new(Some(link.close_code()), "aborted"),
-            _ = shutdown.cancelled() => {
-                link.close_as(close::SHUTDOWN);
-                break End::closed(close::SHUTDOWN);
-            }
-            _ = sleep_until(hb.deadline()) => {
-                if let Some(end) = hb.fire(&link) {
-                    break end;
-                }
-            }
             _ = sleep_until(auth_at), if !auth_checked => {
                 auth_checked = true;
                 if let Some(end) = d.auth_deadline() {
@@ -151,7 +140,6 @@ async fn drive(
                 }
             }
         }
-        hb.settle();
     };
     d.finish(end).await;
 }

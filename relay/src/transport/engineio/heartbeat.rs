@@ -2,9 +2,11 @@
 //! wants a pong within the timeout; v3, the client pings and the next ping is due within
 //! interval + timeout.
 
-use tokio::time::Instant;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
 
-use super::Settings;
+use super::{Event, Settings};
 use crate::hub::Link;
 use crate::protocol::close;
 use crate::protocol::engineio::{text_record, EioIn, EioPacket, EioType};
@@ -117,5 +119,49 @@ impl Heartbeat {
             EioType::Upgrade | EioType::Noop => Received::Handled,
             EioType::Open => Received::Malformed("unknown engine.io packet"),
         }
+    }
+}
+
+/// What a session's driver handles next.
+#[derive(Debug)]
+pub enum Step {
+    /// A packet from the client, once Engine.IO has answered its own.
+    Received(Received),
+    /// The session ends: its transport or link ended, the client stopped answering pings,
+    /// or the server shuts down.
+    End(End),
+}
+
+/// Wait for a session's next step: a packet from the client, the end of its transport or
+/// link, shutdown (the link is closed with 1001), or the heartbeat's deadline (a ping is
+/// sent and the wait goes on, or the session ends). Cancel-safe.
+pub async fn next_step(
+    rx: &mut mpsc::Receiver<Event>,
+    link: &Link,
+    hb: &mut Heartbeat,
+    shutdown: &CancellationToken,
+) -> Step {
+    loop {
+        let step = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(Event::Packet(p)) => Step::Received(hb.receive(link, p)),
+                Some(Event::TransportClosed(end)) => Step::End(end),
+                None => Step::End(End::new(None, "session ended")),
+            },
+            _ = link.killed() => Step::End(End::new(Some(link.close_code()), "aborted")),
+            _ = shutdown.cancelled() => {
+                link.close_as(close::SHUTDOWN);
+                Step::End(End::closed(close::SHUTDOWN))
+            }
+            _ = sleep_until(hb.deadline()) => match hb.fire(link) {
+                Some(end) => Step::End(end),
+                None => {
+                    hb.settle();
+                    continue;
+                }
+            },
+        };
+        hb.settle();
+        return step;
     }
 }

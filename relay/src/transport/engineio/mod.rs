@@ -16,7 +16,7 @@ pub use polling::forget;
 pub mod upgrade;
 pub mod websocket;
 
-pub use heartbeat::{Heartbeat, Received};
+pub use heartbeat::{next_step, Heartbeat, Received, Step};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

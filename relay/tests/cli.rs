@@ -1,10 +1,10 @@
 //! The `relay` binary: `check` with broken configs, `certs dev`, and `serve`
 //! shutting down gracefully on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -178,22 +178,7 @@ impl Served {
             ),
         )
         .expect("write config");
-        let mut child = relay()
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn relay");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let (child, lines) = common::serve(&cfg);
         Served {
             child,
             lines,

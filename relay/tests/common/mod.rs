@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 /// The `relay` binary under test.
@@ -11,12 +12,11 @@ pub fn relay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_relay"))
 }
 
-/// `relay serve --config <dir>/relay.toml` with its log lines on a channel; the
-/// addresses of its listeners, from the "listening" lines.
-pub fn serve_in(dir: &Path, listeners: &[&str]) -> (std::process::Child, Vec<String>) {
+/// `relay serve --config <config>` (log level info) and its log lines, on a channel.
+pub fn serve(config: &Path) -> (std::process::Child, Receiver<String>) {
     let mut child = relay()
         .args(["serve", "--config"])
-        .arg(dir.join("relay.toml"))
+        .arg(config)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -30,6 +30,13 @@ pub fn serve_in(dir: &Path, listeners: &[&str]) -> (std::process::Child, Vec<Str
             }
         }
     });
+    (child, lines)
+}
+
+/// `relay serve --config <dir>/relay.toml` with its log lines on a channel; the
+/// addresses of its listeners, from the "listening" lines.
+pub fn serve_in(dir: &Path, listeners: &[&str]) -> (std::process::Child, Vec<String>) {
+    let (child, lines) = serve(&dir.join("relay.toml"));
     let mut addrs = vec![String::new(); listeners.len()];
     let deadline = Instant::now() + Duration::from_secs(60);
     while addrs.iter().any(String::is_empty) && Instant::now() < deadline {

@@ -25,6 +25,10 @@ struct Relay {
 
 impl Relay {
     fn start(max_message_bytes: usize) -> Relay {
+        Relay::with_policy(max_message_bytes, "policy = \"open\"")
+    }
+
+    fn with_policy(max_message_bytes: usize, policy: &str) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
             r#"
@@ -33,7 +37,7 @@ data_dir = {data:?}
 
 [[tenant]]
 name = "chat"
-policy = "open"
+{policy}
 profile = "socket.io"
 max_message_bytes = {max_message_bytes}
 
@@ -96,8 +100,19 @@ impl Http {
 
     /// Status and body.
     fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        self.request_with(method, path, "", body)
+    }
+
+    /// Status and body, with `extra` header lines (each ending in CRLF).
+    fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        extra: &str,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\n{extra}content-length: {}\r\n\r\n",
             body.len()
         );
         let mut req = head.into_bytes();
@@ -156,6 +171,30 @@ fn a_thousand_polling_sessions_over_one_connection_hold_a_few_kib_each() {
     assert!(
         grown < 40.0,
         "1000 polling sessions grew the resident set by {grown:.1} MiB"
+    );
+}
+
+#[test]
+fn a_session_keeps_only_the_headers_its_hooks_may_see() {
+    // sio-reference reads no header: nothing of a 32 KB header is worth keeping.
+    let relay = Relay::with_policy(
+        65536,
+        "policy = \"wasm\"\nplugin = \"bundled:sio-reference\"",
+    );
+    let mut http = Http::connect(&relay.addr);
+    http.open_session();
+    let before = relay.rss_mib();
+    let junk = format!("x-junk: {}\r\n", "j".repeat(32 << 10));
+    for _ in 0..500 {
+        let (s, _) = http.request_with("GET", "/socket.io/?EIO=4&transport=polling", &junk, b"");
+        assert_eq!(s, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = relay.rss_mib() - before;
+    // Kept, the headers alone would be 500 x 32 KiB = 16 MiB.
+    assert!(
+        grown < 12.0,
+        "500 sessions with a 32 KiB header nobody reads grew the resident set by {grown:.1} MiB"
     );
 }
 

@@ -136,7 +136,8 @@ impl HeaderFilter {
         HeaderFilter { only }
     }
 
-    fn passes(&self, name: &str, handshake: bool) -> bool {
+    /// Whether header `name` (lowercase) is shown, on a handshake or a push.
+    pub fn passes(&self, name: &str, handshake: bool) -> bool {
         match &self.only {
             Some(names) => names.iter().any(|n| n == name),
             None => !(handshake && UPGRADE_HEADERS.contains(&name)),

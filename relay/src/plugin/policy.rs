@@ -248,6 +248,10 @@ impl Inner {
 }
 
 impl Policy for WasmPolicy {
+    fn shows_header(&self, name: &str) -> bool {
+        self.inner.current().headers.passes(name, true)
+    }
+
     fn on_handshake<'a>(
         &'a self,
         req: &'a Arc<HandshakeRequest>,

@@ -316,6 +316,13 @@ pub trait Policy: Send + Sync + 'static {
         })
     }
 
+    /// Whether a handshake hook may be shown request header `name` (lowercase). An
+    /// Engine.IO session keeps, of its first request's headers, only those (its
+    /// namespace handshakes are decided later with them).
+    fn shows_header(&self, _name: &str) -> bool {
+        true
+    }
+
     /// Reload the policy's code (WASM plugins); `None` if this policy cannot reload.
     /// Blocking: call it off the async runtime. `Ok` carries a description of what is loaded now.
     fn reload(&self) -> Option<Result<String, String>> {

@@ -272,31 +272,38 @@ async fn join_and_push_need_no_prior_login() -> Result<()> {
     let relay = start(&hooks, 30_000).await?;
     let url = format!("http://{}", relay.addr("socket"));
     let mut d = SioDriver::start().await?;
-    let c = d.connect("anon", 2, &url, json!({})).await?;
-    let sid = c["id"].as_str().unwrap_or_default().to_owned();
-    d.emit(
-        "anon",
-        "join",
-        json!([signed(json!({"room": "r9"}), "j1")]),
-        false,
-    )
-    .await?;
-    assert_eq!(
-        d.next("anon", "event", Some("server_return")).await?["args"][0],
-        json!({"type": "join", "errcode": 0, "errmsg": "恭喜加入房间成功！"})
-    );
-    d.emit(
-        "anon",
-        "push",
-        json!([signed(
-            json!({"room": "r9", "datas": "hey", "event": "chat"}),
-            "p1"
-        )]),
-        false,
-    )
-    .await?;
-    let m = d.next("anon", "event", Some("chat")).await?;
-    assert_eq!(m["args"][0]["sid"], sid);
-    assert_eq!(m["args"][0]["room"], "r9");
+    // Over socket.io-client 2.x's default transports (polling, then the upgrade) and
+    // over WebSocket alone.
+    for (name, opts) in [
+        ("anon", json!({})),
+        ("anonws", json!({"transports": ["websocket"]})),
+    ] {
+        let c = d.connect(name, 2, &url, opts).await?;
+        let sid = c["id"].as_str().unwrap_or_default().to_owned();
+        d.emit(
+            name,
+            "join",
+            json!([signed(json!({"room": "r9"}), &format!("j-{name}"))]),
+            false,
+        )
+        .await?;
+        assert_eq!(
+            d.next(name, "event", Some("server_return")).await?["args"][0],
+            json!({"type": "join", "errcode": 0, "errmsg": "恭喜加入房间成功！"})
+        );
+        d.emit(
+            name,
+            "push",
+            json!([signed(
+                json!({"room": "r9", "datas": "hey", "event": "chat"}),
+                &format!("p-{name}")
+            )]),
+            false,
+        )
+        .await?;
+        let m = d.next(name, "event", Some("chat")).await?;
+        assert_eq!(m["args"][0]["sid"], sid);
+        assert_eq!(m["args"][0]["room"], "r9");
+    }
     d.exit().await
 }

@@ -78,6 +78,10 @@ pub async fn handle(
         },
         metrics: node.metrics.clone(),
         tracker: node.shutdown.tracker.clone(),
+        keeps_header: {
+            let policy = tenant.policy.clone();
+            Arc::new(move |name| policy.shows_header(name))
+        },
     });
     let (resp, opened) = engineio::handle(req, &sessions, env.clone(), origins, peer).await;
     if let Some(Opened { session, events }) = opened {

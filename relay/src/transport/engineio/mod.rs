@@ -74,6 +74,9 @@ pub struct Env {
     pub metrics: Arc<Metrics>,
     /// Where transport tasks are spawned.
     pub tracker: TaskTracker,
+    /// Which of its first request's headers (lowercase names) a session keeps: those
+    /// its hooks may still be shown.
+    pub keeps_header: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 /// The transport a session uses now.
@@ -328,7 +331,7 @@ pub async fn handle(
         return (eio_error(4, "Forbidden"), None);
     }
     let (mut resp, opened) = if req.method() == Method::OPTIONS {
-        (preflight(&req), None)
+        (polling::preflight(&req), None)
     } else {
         route(req, sessions, env, peer).await
     };
@@ -337,28 +340,6 @@ pub async fn handle(
         set_header(&mut resp, "access-control-allow-credentials", "true");
     }
     (resp, opened)
-}
-
-/// CORS preflight of a browser's polling POST.
-fn preflight(req: &Request<Incoming>) -> HttpResponse {
-    let mut r = text_response(204, "");
-    // The methods a browser may try (those the reference server's CORS allows), so that
-    // one relay refuses is answered by relay (400, `Bad handshake method`) rather than
-    // failing the browser's CORS check.
-    set_header(
-        &mut r,
-        "access-control-allow-methods",
-        "GET, HEAD, PUT, PATCH, POST, DELETE, OPTIONS",
-    );
-    let asked = req
-        .headers()
-        .get("access-control-request-headers")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("content-type")
-        .to_owned();
-    set_header(&mut r, "access-control-allow-headers", &asked);
-    set_header(&mut r, "access-control-max-age", "86400");
-    r
 }
 
 async fn route(
@@ -461,7 +442,12 @@ fn open(
         opening: Opening {
             path: req.uri().path().to_owned(),
             query: req.uri().query().unwrap_or("").to_owned(),
-            headers: req.headers().clone(),
+            headers: req
+                .headers()
+                .iter()
+                .filter(|(name, _)| (env.keeps_header)(name.as_str()))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
             remote: peer.remote,
             tls: peer.tls,
         },

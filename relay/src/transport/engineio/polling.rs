@@ -185,3 +185,25 @@ fn awaits_final_poll(s: &EioSession) -> bool {
         && s.transport() == Transport::Polling
         && s.rx.lock().is_ok_and(|g| g.is_some())
 }
+
+/// CORS preflight of a browser's polling POST.
+pub(super) fn preflight(req: &Request<Incoming>) -> HttpResponse {
+    let mut r = text_response(204, "");
+    // The methods a browser may try (those the reference server's CORS allows), so that
+    // one relay refuses is answered by relay (400, `Bad handshake method`) rather than
+    // failing the browser's CORS check.
+    set_header(
+        &mut r,
+        "access-control-allow-methods",
+        "GET, HEAD, PUT, PATCH, POST, DELETE, OPTIONS",
+    );
+    let asked = req
+        .headers()
+        .get("access-control-request-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("content-type")
+        .to_owned();
+    set_header(&mut r, "access-control-allow-headers", &asked);
+    set_header(&mut r, "access-control-max-age", "86400");
+    r
+}

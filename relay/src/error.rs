@@ -35,6 +35,9 @@ pub enum Error {
     /// The embedded store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The cluster link could not be set up (`[cluster]`).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),

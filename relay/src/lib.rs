@@ -23,13 +23,15 @@
 //! - [`plugin`]: the WASM plugin host (wasmtime components), the production policy.
 //! - [`store`]: storage seams (the tenant key-value store plugins use).
 //! - `ingress`: HTTP push and UDP datagrams.
-//! - `broker`: the broker seam (publications, room history) and its one-node broker.
+//! - `broker`: the broker seam (publications, room history): one-node and Redis brokers.
+//! - [`cluster`]: several nodes through Redis: heartbeat, presence, subscriptions.
 //! - [`fault`]: whose fault an error is.
 //! - [`metrics`]: counters, rendered for `/metrics`.
 //! - `server`: the composition root: builds each part once from the config, binds the
 //!   listeners and routes their requests, starts the background tasks ([`start`], [`check`], [`Running`]).
 
 pub(crate) mod broker;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fault;

@@ -129,6 +129,8 @@ pub struct TenantDeps {
     pub log_dir: PathBuf,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// In a cluster, what keeps the hub in Redis (then presence is cluster-wide).
+    pub cluster: Option<Arc<crate::cluster::sync::ClusterSync>>,
 }
 
 impl Tenant {
@@ -137,6 +139,17 @@ impl Tenant {
     pub fn new(config: TenantConfig, deps: TenantDeps) -> Result<Self, TenantError> {
         let name: Arc<str> = Arc::from(config.name.get_ref().as_str());
         let hub = Arc::new(Hub::new(config.limits.max_rooms_per_connection));
+        let presence: Arc<dyn Presence> = match &deps.cluster {
+            Some(sync) => {
+                sync.attach(name.clone(), hub.clone());
+                Arc::new(crate::cluster::presence::ClusterPresence::new(
+                    name.clone(),
+                    hub.clone(),
+                    sync.clone(),
+                ))
+            }
+            None => hub.clone(),
+        };
         let kv = deps.kv.clone();
         let log = Arc::new(crate::msglog::LogTarget {
             dir: deps.log_dir.clone(),
@@ -162,7 +175,7 @@ impl Tenant {
                             max_idle: config.wasm.instances,
                         },
                         kv: kv.clone(),
-                        hub: hub.clone(),
+                        presence: presence.clone(),
                         metrics: deps.metrics,
                         log: log.clone(),
                         headers: crate::plugin::HeaderFilter::new(
@@ -209,7 +222,7 @@ impl Tenant {
         };
         let notice = notice_message(config.auth_timeout_notice.as_ref().map(|n| n.get_ref()))?;
         Ok(Tenant {
-            presence: hub.clone(),
+            presence,
             log,
             name,
             config,

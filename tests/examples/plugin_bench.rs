@@ -175,7 +175,7 @@ fn main() -> anyhow::Result<()> {
             ..PluginLimits::default()
         },
         kv: Arc::new(relay::store::TenantKv::in_memory(256 << 20)),
-        hub: Arc::new(relay::hub::Hub::default()),
+        presence: Arc::new(relay::hub::Hub::default()),
         metrics: Arc::new(relay::metrics::Metrics::default()),
         log: Arc::new(relay::msglog::LogTarget {
             dir: dir.path().join("log"),

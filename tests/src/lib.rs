@@ -20,6 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 
 pub use relay::{Config, Running};
 
+pub mod redis;
 pub mod sio;
 
 /// How long a test waits for something that should happen promptly.
@@ -101,7 +102,10 @@ impl TestRelay {
 
     /// A counter from the metrics.
     pub fn metric(&self, name: &str) -> i64 {
-        let text = self.running.node.metrics.render();
+        let mut text = self.running.node.metrics.render();
+        if let Some(c) = &self.running.node.cluster {
+            text.push_str(&c.cluster().render_metrics());
+        }
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("relay_{name} ")))
             .and_then(|v| v.trim().parse().ok())

@@ -194,6 +194,10 @@ mod tests {
             v.push(p);
             v.len()
         }
+
+        fn handle_part(&self, p: Publication, _part: usize) -> usize {
+            self.handle_publication(p)
+        }
     }
 
     #[derive(Default)]

@@ -6,10 +6,11 @@
 //! gives a publication its [`StreamPosition`] and appends it, atomically per room, so
 //! that the order of offsets and the order of delivery agree; joining a room with a
 //! presented position ([`Broker::recover`]) replays what was missed with nothing lost or
-//! repeated. [`memory::MemoryBroker`] is the one-node broker on the embedded store; a
-//! Redis broker (many nodes) implements the same trait.
+//! repeated. [`memory::MemoryBroker`] is the one-node broker on the embedded store;
+//! [`redis::RedisBroker`] carries publications between the nodes of a cluster.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,11 @@ impl Publication {
 pub trait PublicationHandler: Send + Sync + 'static {
     /// Deliver `p` to local recipients; returns how many connections got it.
     fn handle_publication(&self, p: Publication) -> usize;
+
+    /// Deliver the copy of a publication to several rooms that came through the channel
+    /// of `rooms[part]`: to that room's members not in an earlier room of the list (who
+    /// get that room's copy), so each connection gets it once.
+    fn handle_part(&self, p: Publication, part: usize) -> usize;
 }
 
 /// How a publication is kept in room history.
@@ -171,6 +177,9 @@ pub enum BrokerError {
     /// The broker has no handler yet (a start-up ordering bug).
     #[error("the broker has no publication handler registered")]
     NoHandler,
+    /// The cluster's Redis did not take the publication (it reached this node only).
+    #[error("publication not sent to the cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl BrokerError {
@@ -178,7 +187,7 @@ impl BrokerError {
     pub fn fault(&self) -> Fault {
         match self {
             BrokerError::Store(_) => Fault::Store,
-            BrokerError::Codec(_) => Fault::Broker,
+            BrokerError::Codec(_) | BrokerError::Cluster(_) => Fault::Broker,
             BrokerError::NoHandler => Fault::Internal,
         }
     }
@@ -187,6 +196,7 @@ impl BrokerError {
     pub fn retryable(&self) -> bool {
         match self {
             BrokerError::Store(e) => e.retryable(),
+            BrokerError::Cluster(_) => true,
             BrokerError::Codec(_) | BrokerError::NoHandler => false,
         }
     }

@@ -10,7 +10,9 @@
 //!
 //! - `mod.rs`: [`Config`], `[server]`, loading and paths.
 //! - [`listener`]: `[[listener]]`. [`tenant`]: `[[tenant]]` and the defaults.
+//! - [`cluster`]: `[cluster]` (Redis, for several nodes).
 
+pub mod cluster;
 mod error;
 pub mod listener;
 pub mod tenant;
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use cluster::ClusterConfig;
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{ListenerConfig, ListenerKind, RouteConfig};
 pub use tenant::{
@@ -45,6 +48,10 @@ pub struct Config {
     /// Tenants: isolated applications with their own policy and limits (`[[tenant]]`).
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<TenantConfig>,
+    /// Several nodes sharing rooms, users and presence through Redis (`[cluster]`);
+    /// absent, relay is one node.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// The file this was loaded from, for error messages and relative paths.
     #[serde(skip)]
     pub source: ConfigSource,
@@ -181,9 +188,19 @@ impl Config {
                 "must be 0 to 5 (milliseconds a flush waits for company)",
             );
         }
+        if let Some(c) = &self.cluster {
+            c.check(&mut r);
+        }
         let mut tenants = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             t.check(i, &mut tenants, &mut r);
+            if self.cluster.is_some() && t.history.max > 0 {
+                r.add(
+                    Some(t.name.span()),
+                    format!("tenant[{i}].history_max"),
+                    "room history is not kept in cluster mode yet; set history_max = 0 or remove [cluster]",
+                );
+            }
         }
         let mut seen = listener::Seen::default();
         for (i, l) in self.listeners.iter().enumerate() {

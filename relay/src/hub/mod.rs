@@ -46,10 +46,9 @@ pub struct Member {
 
 /// Presence queries a policy (and the node, for offline messages) can make.
 ///
-/// Answered without waiting, from this node's view: on one node the [`Hub`] itself.
-/// Hooks are synchronous calls into wasm, so a query cannot wait for a network round
-/// trip; a presence shared by several nodes is a local copy of the cluster's presence
-/// that its backend keeps current, and answers may lag it by the backend's refresh.
+/// Synchronous: hooks are synchronous calls into wasm. On one node the [`Hub`] answers
+/// from memory; in a cluster (`cluster::presence`) an answer is a Redis round trip made
+/// with the worker thread handed over to the runtime's other tasks meanwhile.
 pub trait Presence: Send + Sync {
     /// Connections in a room.
     fn room_count(&self, room: &str) -> usize;
@@ -61,6 +60,25 @@ pub trait Presence: Send + Sync {
     fn connection_count(&self) -> usize;
     /// Whether a connection id is open.
     fn connection_exists(&self, conn: &str) -> bool;
+}
+
+/// Which of a hub's sets changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// A room's members (joined or left).
+    Room(&'a str),
+    /// A user's connections.
+    User(&'a str),
+    /// A connection registered or unregistered.
+    Connection(ConnId),
+}
+
+/// Told of every change of a hub's rooms, users and connections, after it is made; it
+/// reads the hub's current state when it needs it (so changes may be coalesced).
+/// Called under no lock of the hub's, and must not block.
+pub trait HubObserver: Send + Sync + 'static {
+    /// Something changed.
+    fn changed(&self, change: Change<'_>);
 }
 
 /// Longest room or user name accepted, in bytes.
@@ -84,6 +102,14 @@ pub struct Hub {
     rooms: DashMap<Arc<str>, Members>,
     users: DashMap<Arc<str>, Members>,
     max_rooms: usize,
+    /// In a cluster, who keeps subscriptions and presence in step with this hub.
+    observer: std::sync::OnceLock<Arc<dyn HubObserver>>,
+}
+
+impl std::fmt::Debug for dyn HubObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HubObserver")
+    }
 }
 
 impl Default for Hub {
@@ -100,12 +126,26 @@ impl Hub {
             rooms: DashMap::new(),
             users: DashMap::new(),
             max_rooms,
+            observer: Default::default(),
+        }
+    }
+
+    /// Have `o` told of every change from now on (once; a second call is ignored).
+    pub fn observe(&self, o: Arc<dyn HubObserver>) {
+        let _ = self.observer.set(o);
+    }
+
+    fn changed(&self, c: Change<'_>) {
+        if let Some(o) = self.observer.get() {
+            o.changed(c);
         }
     }
 
     /// Add a connection.
     pub fn register(&self, h: Arc<ConnHandle>) {
-        self.conns.insert(h.id, h);
+        let id = h.id;
+        self.conns.insert(id, h);
+        self.changed(Change::Connection(id));
     }
 
     /// Remove a connection from every room and its user; returns the rooms it was in.
@@ -120,11 +160,14 @@ impl Hub {
         };
         if let Some(u) = user {
             remove_member(&self.users, &u, h.id);
+            self.changed(Change::User(&u));
         }
         let rooms: Vec<Arc<str>> = rooms.into_iter().collect();
         for r in &rooms {
             remove_member(&self.rooms, r, h.id);
+            self.changed(Change::Room(r));
         }
+        self.changed(Change::Connection(h.id));
         rooms
     }
 
@@ -152,7 +195,12 @@ impl Hub {
         }
         let room: Arc<str> = Arc::from(room);
         s.rooms.insert(room.clone());
-        self.rooms.entry(room).or_default().insert(h.id, h.clone());
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .insert(h.id, h.clone());
+        drop(s);
+        self.changed(Change::Room(&room));
         Ok(())
     }
 
@@ -161,6 +209,8 @@ impl Hub {
         let Ok(mut s) = h.state.lock() else { return };
         if s.rooms.remove(room) {
             remove_member(&self.rooms, room, h.id);
+            drop(s);
+            self.changed(Change::Room(room));
         }
     }
 
@@ -170,13 +220,21 @@ impl Hub {
         if s.closed || s.user.as_deref() == user || user.is_some_and(|u| u.len() > MAX_NAME) {
             return;
         }
-        if let Some(old) = s.user.take() {
-            remove_member(&self.users, &old, h.id);
+        let old = s.user.take();
+        if let Some(old) = &old {
+            remove_member(&self.users, old, h.id);
         }
         if let Some(u) = user {
             let u: Arc<str> = Arc::from(u);
             s.user = Some(u.clone());
             self.users.entry(u).or_default().insert(h.id, h.clone());
+        }
+        drop(s);
+        if let Some(old) = &old {
+            self.changed(Change::User(old));
+        }
+        if let Some(u) = user {
+            self.changed(Change::User(u));
         }
     }
 
@@ -216,6 +274,58 @@ impl Hub {
             }
             Target::Tenant => self.conns.iter().map(|e| send(e.value())).sum(),
         }
+    }
+
+    /// Deliver a copy of a publication to `rooms` that came for `rooms[part]` only (in a
+    /// cluster each room's channel carries its own copy): its members, except those also
+    /// in an earlier room of the list, who get the copy of that room. Each connection
+    /// gets the message once, as [`Hub::deliver`] gives it.
+    pub fn deliver_part(
+        &self,
+        rooms: &[String],
+        part: usize,
+        msg: &OutMessage,
+        exclude: Option<ConnId>,
+    ) -> usize {
+        let Some(room) = rooms.get(part) else {
+            return 0;
+        };
+        let Some(m) = self.rooms.get(room.as_str()) else {
+            return 0;
+        };
+        let handles: Vec<Arc<ConnHandle>> = m.values().cloned().collect();
+        drop(m);
+        let earlier = &rooms[..part];
+        let mut n = 0;
+        for h in handles {
+            if Some(h.id) == exclude {
+                continue;
+            }
+            let in_earlier = earlier.iter().any(|r| {
+                self.rooms
+                    .get(r.as_str())
+                    .is_some_and(|m| m.contains_key(&h.id))
+            });
+            if !in_earlier {
+                n += h.send(msg.encoded(&*h.codec)) as usize;
+            }
+        }
+        n
+    }
+
+    /// The names of every room with members here.
+    pub fn room_names(&self) -> Vec<Arc<str>> {
+        self.rooms.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// The names of every user with connections here.
+    pub fn user_names(&self) -> Vec<Arc<str>> {
+        self.users.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Every connection id here.
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        self.conns.iter().map(|e| *e.key()).collect()
     }
 
     /// Every connection (used by shutdown).

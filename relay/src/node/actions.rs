@@ -16,6 +16,8 @@ pub struct Executed {
     pub stored: usize,
     /// Why keeping an offline message failed, if one did.
     pub store_error: Option<String>,
+    /// Why publishing a message failed, if one did.
+    pub publish_error: Option<String>,
 }
 
 impl Node {
@@ -54,6 +56,7 @@ impl Node {
                     if let Err(e) = self.publish(tenant, target, message, exclude).await {
                         let (fault, retryable) = (e.fault(), e.retryable());
                         tracing::error!(tenant = %tenant.name, error = %e, ?fault, retryable, "publishing failed");
+                        out.publish_error = Some(e.to_string());
                     }
                 }
                 Action::Join { rooms, conn } => match resolve(&conn) {
@@ -125,6 +128,7 @@ impl Node {
     ) {
         if let Some(u) = user.as_deref() {
             tenant.hub.set_user(h, Some(u));
+            self.settle().await;
         }
         if let (Some(d), Ok(mut s)) = (data, h.state.lock()) {
             s.data = d;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::broker::{Publication, PublicationHandler};
-use crate::hub::Hub;
+use crate::hub::{Hub, Target};
 use crate::protocol::OutMessage;
 
 /// Delivers publications to this node's connections; registered with the broker once.
@@ -29,5 +29,12 @@ impl PublicationHandler for HubDelivery {
             return 0;
         };
         hub.deliver(&p.target, &OutMessage::new(p.message), p.exclude)
+    }
+
+    fn handle_part(&self, p: Publication, part: usize) -> usize {
+        let (Some(hub), Target::Rooms(rooms)) = (self.hubs.get(&p.tenant), &p.target) else {
+            return self.handle_publication(p);
+        };
+        hub.deliver_part(rooms, part, &OutMessage::new(p.message.clone()), p.exclude)
     }
 }

@@ -29,6 +29,10 @@ pub enum IngressError {
     /// Stored, but the flush that makes it durable failed (HTTP 503).
     #[error("message not stored durably: {0}")]
     NotDurable(#[from] CommitError),
+    /// A message could not be handed to the broker: in a cluster, Redis did not take it,
+    /// so only this node's connections got it (HTTP 503).
+    #[error("message not published: {0}")]
+    NotPublished(String),
 }
 
 impl IngressError {
@@ -37,6 +41,7 @@ impl IngressError {
         match self {
             IngressError::Policy(e) => e.fault(),
             IngressError::NotStored(_) | IngressError::NotDurable(_) => Fault::Store,
+            IngressError::NotPublished(_) => Fault::Broker,
         }
     }
 }
@@ -127,6 +132,9 @@ impl Node {
             .await;
         if let Some(e) = done.store_error {
             return Err(IngressError::NotStored(e));
+        }
+        if let Some(e) = done.publish_error {
+            return Err(IngressError::NotPublished(e));
         }
         if done.stored > 0 {
             if let Err(e) = self.committer.durable().await {

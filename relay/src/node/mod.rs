@@ -56,6 +56,8 @@ pub struct Node {
     pub webhooks: Webhooks,
     /// Tenants' message logs.
     pub msglog: crate::msglog::MessageLog,
+    /// In a cluster: what keeps this node's hubs in Redis.
+    pub cluster: Option<Arc<crate::cluster::sync::ClusterSync>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -88,6 +90,17 @@ impl Node {
             exclude,
         };
         self.broker.publish(p, history).await
+    }
+
+    /// In a cluster, wait until this node's membership changes so far are in Redis
+    /// (subscriptions made, presence written), so that what a client was told it joined
+    /// gets every publication from then on, sent from any node. At once on one node.
+    pub async fn settle(&self) {
+        if let Some(c) = &self.cluster {
+            if !c.settle().await {
+                tracing::debug!("cluster changes not confirmed in time");
+            }
+        }
     }
 
     /// Reload the plugins of every tenant (or of `only`); blocking (compiles).

@@ -50,6 +50,7 @@ impl Node {
             None => tenant.hub.join(h, room)?,
             Some(text) => self.recover(tenant, h, room, &text).await?,
         }
+        self.settle().await;
         self.deliver_offline(tenant, h, Mailbox::Room(room.to_owned()))
             .await;
         Ok(())

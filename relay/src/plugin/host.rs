@@ -11,7 +11,7 @@ use super::bindings::relay::plugin::host::{self, Level};
 use super::bindings::relay::plugin::types;
 use super::convert::{AddrText, HeaderFilter};
 use super::stdio::LogPipe;
-use crate::hub::{Hub, Presence};
+use crate::hub::Presence;
 use crate::metrics::Metrics;
 use crate::policy::HandshakeRequest;
 use crate::store::{KvError, KvStore};
@@ -29,7 +29,7 @@ pub struct HostState {
     pub(crate) limits: StoreLimits,
     pub(crate) tenant: Arc<str>,
     pub(crate) kv: Arc<dyn KvStore>,
-    pub(crate) hub: Arc<Hub>,
+    pub(crate) presence: Arc<dyn Presence>,
     pub(crate) metrics: Arc<Metrics>,
     /// The tenant's message log (`log-read`).
     pub(crate) log: Arc<crate::msglog::LogTarget>,
@@ -176,7 +176,7 @@ impl HostState {
     pub fn new(
         tenant: Arc<str>,
         kv: Arc<dyn KvStore>,
-        hub: Arc<Hub>,
+        presence: Arc<dyn Presence>,
         metrics: Arc<Metrics>,
         log: Arc<crate::msglog::LogTarget>,
         limits: StoreLimits,
@@ -193,7 +193,7 @@ impl HostState {
             limits,
             tenant,
             kv,
-            hub,
+            presence,
             metrics,
             log,
             stdout,
@@ -370,15 +370,15 @@ impl host::Host for HostState {
     }
 
     fn room_count(&mut self, room: String) -> u32 {
-        self.hub.room_count(&room) as u32
+        self.presence.room_count(&room) as u32
     }
 
     fn user_connections(&mut self, user: String) -> Vec<String> {
-        self.hub.user_connections(&user)
+        self.presence.user_connections(&user)
     }
 
     fn connection_exists(&mut self, conn: String) -> bool {
-        self.hub.connection_exists(&conn)
+        self.presence.connection_exists(&conn)
     }
 }
 

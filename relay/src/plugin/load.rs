@@ -196,7 +196,7 @@ impl Spec {
         let state = HostState::new(
             self.tenant.clone(),
             self.kv.clone(),
-            self.hub.clone(),
+            self.presence.clone(),
             self.metrics.clone(),
             self.log.clone(),
             limits,

@@ -21,7 +21,7 @@ use super::convert;
 use super::host::HostState;
 use super::load::{stamp, FileStamp, LoadError};
 use super::runtime;
-use crate::hub::{Hub, Presence};
+use crate::hub::Presence;
 use crate::metrics::Metrics;
 use crate::policy::{
     Action, BoxFuture, ClientEvent, ConnInfo, DisconnectInfo, HandshakeDecision, HandshakeRequest,
@@ -79,7 +79,7 @@ pub(super) struct Spec {
     pub(super) settings: String,
     pub(super) limits: PluginLimits,
     pub(super) kv: Arc<dyn KvStore>,
-    pub(super) hub: Arc<Hub>,
+    pub(super) presence: Arc<dyn Presence>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) log: Arc<crate::msglog::LogTarget>,
     pub(super) headers: convert::HeaderFilter,
@@ -134,8 +134,8 @@ pub struct PluginEnv {
     pub limits: PluginLimits,
     /// The tenant's key-value store.
     pub kv: Arc<dyn KvStore>,
-    /// The tenant's hub (presence queries).
-    pub hub: Arc<Hub>,
+    /// The tenant's presence (the hub on one node; cluster-wide with `[cluster]`).
+    pub presence: Arc<dyn Presence>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The tenant's message log (`log-read`).
@@ -157,7 +157,7 @@ impl WasmPolicy {
             settings,
             limits: env.limits,
             kv: env.kv,
-            hub: env.hub,
+            presence: env.presence,
             metrics: env.metrics,
             log: env.log,
             headers: env.headers,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
 
+use crate::cluster::sync::ClusterSync;
 use crate::config::{
     Config, ConfigError, ConfigErrors, ListenerConfig, ListenerKind, TenantConfig,
 };
@@ -35,11 +36,12 @@ pub(super) fn tenants(
     config: &Config,
     metrics: &Arc<Metrics>,
     kv_for: &KvFactory<'_>,
+    cluster: Option<&Arc<ClusterSync>>,
 ) -> Result<HashMap<String, Arc<Tenant>>, Error> {
     let mut tenants = HashMap::new();
     let mut errors = Vec::new();
     for (i, t) in config.tenants.iter().enumerate() {
-        match tenant(config, i, t, metrics, kv_for) {
+        match tenant(config, i, t, metrics, kv_for, cluster) {
             Ok(tenant) => {
                 tenants.insert(t.name.get_ref().clone(), Arc::new(tenant));
             }
@@ -61,6 +63,7 @@ fn tenant(
     t: &TenantConfig,
     metrics: &Arc<Metrics>,
     kv_for: &KvFactory<'_>,
+    cluster: Option<&Arc<ClusterSync>>,
 ) -> Result<Tenant, Option<ConfigError>> {
     let key = |f: &str| format!("tenant[{i}].{f}");
     let plugin_path = match &t.plugin {
@@ -84,6 +87,7 @@ fn tenant(
         kv,
         log_dir: config.log_dir(t),
         metrics: metrics.clone(),
+        cluster: cluster.cloned(),
     };
     Tenant::new(t.clone(), deps).map_err(|e| {
         let (span, field) = match &e {

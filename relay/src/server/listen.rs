@@ -213,6 +213,21 @@ where
     }
 }
 
+/// `ok` on one node; in a cluster also whether Redis answers (`503` when it does not:
+/// the node serves its own connections, but cluster-wide answers are degraded).
+fn healthz(node: &Node) -> HttpResponse {
+    match &node.cluster {
+        None => text_response(200, "ok\n"),
+        Some(c) if c.cluster().is_up() => {
+            text_response(200, &format!("ok\nredis: up\nnode: {}\n", c.cluster().node))
+        }
+        Some(c) => text_response(
+            503,
+            &format!("degraded\nredis: down\nnode: {}\n", c.cluster().node),
+        ),
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     ctx: Arc<TcpListenerCtx>,
@@ -221,10 +236,14 @@ async fn handle(
 ) -> HttpResponse {
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
-        return text_response(200, "ok\n");
+        return healthz(&node);
     }
     if path == "/metrics" && ctx.kind == ListenerKind::Http {
-        let mut r = text_response(200, &node.metrics.render());
+        let mut text = node.metrics.render();
+        if let Some(c) = &node.cluster {
+            text.push_str(&c.cluster().render_metrics());
+        }
+        let mut r = text_response(200, &text);
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -336,6 +355,7 @@ mod tests {
                 kv: Arc::new(crate::store::TenantKv::in_memory(1 << 20)),
                 log_dir: "unused".into(),
                 metrics: Default::default(),
+                cluster: None,
             };
             let tenant = Arc::new(Tenant::new(c, deps).expect("tenant"));
             Route {

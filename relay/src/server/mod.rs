@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::shutdown::Shutdown;
 use crate::tenant::Tenant;
-use crate::{broker, ingress, metrics, msglog, node, store, webhook};
+use crate::{broker, cluster, ingress, metrics, msglog, node, store, webhook};
 
 /// A started relay: its bound addresses and the handle to stop it.
 #[derive(Debug)]
@@ -74,7 +74,21 @@ pub fn check(config: &Config) -> Result<(), Error> {
         Ok(Arc::new(store::TenantKv::in_memory(t.wasm.kv_max_bytes)))
     };
     let tls = build::tls_acceptors(config);
-    let tenants = build::tenants(config, &Arc::new(metrics::Metrics::default()), &memory);
+    let tenants = build::tenants(
+        config,
+        &Arc::new(metrics::Metrics::default()),
+        &memory,
+        None,
+    );
+    let tls = match (tls, probe_redis(config)) {
+        (Ok(t), Ok(())) => Ok(t),
+        (Ok(_), Err(e)) => Err(config::ConfigErrors(vec![e])),
+        (Err(mut a), Err(e)) => {
+            a.0.push(e);
+            Err(a)
+        }
+        (Err(a), Ok(())) => Err(a),
+    };
     match (tls, tenants) {
         (Ok(_), Ok(_)) => Ok(()),
         (Err(e), Ok(_)) => Err(e.into()),
@@ -85,6 +99,35 @@ pub fn check(config: &Config) -> Result<(), Error> {
         }
         (Err(_), Err(e)) => Err(e),
     }
+}
+
+/// `[cluster]`: whether its Redis answers a PING (on a thread of its own: `check` may be
+/// called from inside a runtime).
+fn probe_redis(config: &Config) -> Result<(), config::ConfigError> {
+    let Some(cc) = config.cluster.clone() else {
+        return Ok(());
+    };
+    let span = cc.redis.span();
+    let probe = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let c = cluster::Cluster::new(&cc).map_err(|e| e.to_string())?;
+            c.probe().await.map_err(|e| e.to_string())
+        })
+    });
+    let result = probe
+        .join()
+        .unwrap_or_else(|_| Err("the probe failed".into()));
+    result.map_err(|e| {
+        config.error_at(
+            Some(span),
+            "cluster.redis".into(),
+            format!("cannot reach redis: {e}"),
+        )
+    })
 }
 
 /// Drop expired keys from the tenants' key-value stores every minute.
@@ -129,6 +172,35 @@ async fn watch_plugin(
     }
 }
 
+/// The cluster link, its writer and its pub/sub link, when `[cluster]` is configured.
+/// Made lazily: a node starts while Redis is down, and connects when it comes up.
+type ClusterParts = (
+    Arc<cluster::Cluster>,
+    Arc<cluster::sync::ClusterSync>,
+    Arc<cluster::subscriber::Subscriber>,
+);
+
+fn cluster_parts(config: &Config) -> Result<Option<ClusterParts>, Error> {
+    let Some(cc) = &config.cluster else {
+        return Ok(None);
+    };
+    if tokio::runtime::Handle::current().runtime_flavor()
+        != tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return Err(Error::Cluster(
+            "cluster mode needs tokio's multi-thread runtime".into(),
+        ));
+    }
+    let c = cluster::Cluster::new(cc).map_err(|e| Error::Cluster(e.to_string()))?;
+    let subscriber = Arc::new(
+        cluster::subscriber::Subscriber::new(c.clone())
+            .map_err(|e| Error::Cluster(e.to_string()))?,
+    );
+    let sync = cluster::sync::ClusterSync::new(c.clone(), subscriber.clone());
+    tracing::info!(node = %c.node, prefix = %c.prefix, "cluster mode: sharing rooms, users and presence through redis");
+    Ok(Some((c, sync, subscriber)))
+}
+
 /// Bind every listener and start serving. Returns once all sockets are bound.
 pub async fn start(config: Config) -> Result<Running, Error> {
     raise_fd_limit();
@@ -140,7 +212,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Ok(kv_log.open(t.name.get_ref(), t.wasm.kv_max_bytes)?)
     };
     let tls = build::tls_acceptors(&config)?;
-    let tenants = build::tenants(&config, &metrics, &logged_kv)?;
+    let cluster = cluster_parts(&config)?;
+    let tenants = build::tenants(
+        &config,
+        &metrics,
+        &logged_kv,
+        cluster.as_ref().map(|c| &c.1),
+    )?;
     let offline: Arc<dyn store::OfflineStore> = Arc::new(db.clone());
     let (committer, commit_task) = store::commit::Committer::start(
         offline.clone(),
@@ -160,13 +238,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             .map_err(Error::Webhooks)?;
     shutdown.tracker.spawn(webhook_task);
     let msglog = msglog::MessageLog::start(metrics.clone())?;
-    let broker = Arc::new(broker::MemoryBroker::new(Arc::new(db.clone())));
-    broker::Broker::register_handler(
-        &*broker,
-        Arc::new(node::delivery::HubDelivery::new(
-            tenants.values().map(|t| (t.name.clone(), t.hub.clone())),
-        )),
-    );
+    let broker: Arc<dyn broker::Broker> = match &cluster {
+        Some((c, sync, subscriber)) => {
+            shutdown
+                .tracker
+                .spawn(sync.clone().run(shutdown.token.clone()));
+            shutdown.tracker.spawn(cluster::heartbeat::run(
+                c.clone(),
+                sync.clone(),
+                shutdown.token.clone(),
+            ));
+            Arc::new(broker::redis::RedisBroker::new(c.clone(), subscriber))
+        }
+        None => Arc::new(broker::MemoryBroker::new(Arc::new(db.clone()))),
+    };
+    broker.register_handler(Arc::new(node::delivery::HubDelivery::new(
+        tenants.values().map(|t| (t.name.clone(), t.hub.clone())),
+    )));
     let node = Arc::new(Node {
         tenants,
         broker,
@@ -176,6 +264,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         committer,
         webhooks,
         msglog,
+        cluster: cluster.map(|c| c.1),
     });
     shutdown
         .tracker

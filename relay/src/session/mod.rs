@@ -71,6 +71,7 @@ pub(crate) async fn apply_decision(
         } => {
             if let Some(u) = user.as_deref() {
                 tenant.hub.set_user(h, Some(u));
+                node.settle().await;
             }
             if let Ok(mut s) = h.state.lock() {
                 s.data = data;

@@ -7,6 +7,7 @@
 
 mod bench_tool;
 mod close_codes;
+mod cluster;
 mod conformance;
 mod history;
 mod ingress;

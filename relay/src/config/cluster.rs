@@ -1,0 +1,134 @@
+//! `[cluster]`: several relay nodes sharing rooms, users and presence through Redis.
+//! Absent, relay is one node on its embedded store.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::validate::Report;
+
+/// `[cluster]`: the Redis that the nodes of one cluster share.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host:port[/db]` or `rediss://…` (TLS, with the system's
+    /// roots). Required.
+    pub redis: Spanned<String>,
+    /// Prefix of every Redis key and channel, so that several clusters can share one
+    /// Redis. Default `relay`.
+    #[serde(default = "default_prefix")]
+    pub prefix: Spanned<String>,
+    /// This node's name (in presence entries and logs). Default: a random id per start.
+    #[serde(default)]
+    pub node: Option<Spanned<String>>,
+    /// A node that has not renewed its heartbeat for this long is dead: its connections
+    /// drop out of every presence answer. It renews every third of it. 3000–300000,
+    /// default 15000 ms.
+    #[serde(default = "default_node_ttl")]
+    pub node_ttl_ms: u64,
+    /// How long one Redis command may take before it counts as failed (and a presence
+    /// answer falls back to this node's view). 10–10000, default 1000 ms.
+    #[serde(default = "default_timeout")]
+    pub command_timeout_ms: u64,
+}
+
+fn default_prefix() -> Spanned<String> {
+    Spanned::new(0..0, "relay".into())
+}
+
+fn default_node_ttl() -> u64 {
+    15_000
+}
+
+fn default_timeout() -> u64 {
+    1_000
+}
+
+/// Whether `s` fits in a Redis key without quoting surprises: a-z, A-Z, 0-9, `-_.`.
+fn key_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl ClusterConfig {
+    /// Structural checks (whether Redis answers is `relay check`'s business).
+    pub(super) fn check(&self, r: &mut Report<'_>) {
+        let url = self.redis.get_ref();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            r.add(
+                Some(self.redis.span()),
+                "cluster.redis".into(),
+                "must be a redis://host:port/db or rediss://… URL",
+            );
+        } else if let Err(e) = redis::Client::open(url.as_str()) {
+            r.add(
+                Some(self.redis.span()),
+                "cluster.redis".into(),
+                format!("not a Redis URL: {e}"),
+            );
+        }
+        if !key_safe(self.prefix.get_ref()) {
+            r.add(
+                Some(self.prefix.span()).filter(|s| !s.is_empty()),
+                "cluster.prefix".into(),
+                "must be 1–64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+            );
+        }
+        if let Some(n) = &self.node {
+            if !key_safe(n.get_ref()) {
+                r.add(
+                    Some(n.span()),
+                    "cluster.node".into(),
+                    "must be 1–64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+                );
+            }
+        }
+        if !(3_000..=300_000).contains(&self.node_ttl_ms) {
+            r.add(
+                None,
+                "cluster.node_ttl_ms".into(),
+                "must be 3000 to 300000 (milliseconds)",
+            );
+        }
+        if !(10..=10_000).contains(&self.command_timeout_ms) {
+            r.add(
+                None,
+                "cluster.command_timeout_ms".into(),
+                "must be 10 to 10000 (milliseconds)",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const LISTENER: &str = "\n[[tenant]]\nname = \"a\"\npolicy = \"open\"\n\n[[listener]]\nname = \"x\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{ path = \"/\", tenant = \"a\" }]\n";
+
+    #[test]
+    fn a_cluster_section_is_optional_and_checked() {
+        assert!(Config::parse(LISTENER, None).unwrap().cluster.is_none());
+        let ok = format!("[cluster]\nredis = \"redis://127.0.0.1:6379/2\"\n{LISTENER}");
+        let c = Config::parse(&ok, None).unwrap().cluster.unwrap();
+        assert_eq!(c.prefix.get_ref(), "relay");
+        assert_eq!(c.node_ttl_ms, 15_000);
+        let bad = format!(
+            "[cluster]\nredis = \"http://x\"\nprefix = \"a b\"\nnode = \"\"\nnode_ttl_ms = 5\n{LISTENER}"
+        );
+        let all = Config::parse(&bad, None).unwrap_err();
+        let found: Vec<(&str, Option<usize>)> =
+            all.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("cluster.redis", Some(2)),
+                ("cluster.prefix", Some(3)),
+                ("cluster.node", Some(4)),
+                ("cluster.node_ttl_ms", None),
+            ],
+            "{all}"
+        );
+    }
+}

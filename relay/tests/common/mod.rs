@@ -1,7 +1,8 @@
 //! What the tests that run the `relay` binary share.
 #![allow(dead_code)] // each test binary uses its part
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -56,4 +57,63 @@ pub fn serve_in(dir: &Path, listeners: &[&str]) -> (std::process::Child, Vec<Str
     }
     assert!(addrs.iter().all(|a| !a.is_empty()), "relay did not start");
     (child, addrs)
+}
+
+/// A keep-alive HTTP/1.1 connection: one request at a time.
+pub struct Http {
+    s: BufReader<TcpStream>,
+}
+
+impl Http {
+    pub fn connect(addr: &str) -> Http {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Http {
+            s: BufReader::new(s),
+        }
+    }
+
+    /// Status and body.
+    pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        self.request_with(method, path, "", body)
+    }
+
+    /// Status and body, with `extra` header lines (each ending in CRLF).
+    pub fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        extra: &str,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\n{extra}content-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut req = head.into_bytes();
+        req.extend_from_slice(body);
+        self.s.get_mut().write_all(&req).expect("write request");
+        let mut status = 0;
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            self.s.read_line(&mut line).expect("read head");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("HTTP/1.1 ") {
+                status = rest[..3].parse().expect("status");
+            } else if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().expect("length");
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        self.s.read_exact(&mut body).expect("read body");
+        (status, body)
+    }
 }

@@ -59,6 +59,8 @@ pub struct ClusterMetrics {
     pub link_lost: AtomicU64,
     /// Presence answers that fell back to this node's own view (Redis failed).
     pub presence_fallbacks: AtomicU64,
+    /// Key-value calls that failed (Redis failed; a write fails its plugin call).
+    pub kv_failed: AtomicU64,
     /// Round-trip time of the last heartbeat, in microseconds.
     pub rtt_us: AtomicU64,
 }
@@ -241,6 +243,7 @@ impl Cluster {
                 "counter",
                 &m.presence_fallbacks,
             ),
+            ("cluster_kv_failed", "counter", &m.kv_failed),
             ("cluster_redis_rtt_us", "gauge", &m.rtt_us),
         ] {
             let _ = writeln!(out, "# TYPE relay_{name} {kind}");

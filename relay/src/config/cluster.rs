@@ -29,6 +29,10 @@ pub struct ClusterConfig {
     /// answer falls back to this node's view). 10–10000, default 1000 ms.
     #[serde(default = "default_timeout")]
     pub command_timeout_ms: u64,
+    /// A kept offline message is acknowledged once this many Redis replicas have it too
+    /// (`WAIT`); 0: once the primary applied it. 0–16, default 0.
+    #[serde(default)]
+    pub wait_replicas: u32,
 }
 
 fn default_prefix() -> Spanned<String> {
@@ -90,6 +94,9 @@ impl ClusterConfig {
                 "cluster.node_ttl_ms".into(),
                 "must be 3000 to 300000 (milliseconds)",
             );
+        }
+        if self.wait_replicas > 16 {
+            r.add(None, "cluster.wait_replicas".into(), "must be 0 to 16");
         }
         if !(10..=10_000).contains(&self.command_timeout_ms) {
             r.add(

@@ -208,18 +208,30 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let metrics = Arc::new(metrics::Metrics::default());
     let db = store::sled::SledStore::open(&config.data_dir().join("store"))?;
     let kv_log = store::kv::KvLog::start(db.db())?;
-    let logged_kv = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
-        Ok(kv_log.open(t.name.get_ref(), t.wasm.kv_max_bytes)?)
-    };
     let tls = build::tls_acceptors(&config)?;
     let cluster = cluster_parts(&config)?;
+    let shared = cluster.as_ref().map(|c| c.0.clone());
+    let logged_kv = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
+        match &shared {
+            Some(c) => Ok(Arc::new(store::redis_kv::RedisKv::new(
+                c.clone(),
+                t.name.get_ref(),
+            ))),
+            None => Ok(kv_log.open(t.name.get_ref(), t.wasm.kv_max_bytes)?),
+        }
+    };
     let tenants = build::tenants(
         &config,
         &metrics,
         &logged_kv,
         cluster.as_ref().map(|c| &c.1),
     )?;
-    let offline: Arc<dyn store::OfflineStore> = Arc::new(db.clone());
+    let offline: Arc<dyn store::OfflineStore> = match (&cluster, &config.cluster) {
+        (Some((c, _, _)), Some(cc)) => {
+            Arc::new(store::redis::RedisOffline::new(c.clone(), cc.wait_replicas))
+        }
+        _ => Arc::new(db.clone()),
+    };
     let (committer, commit_task) = store::commit::Committer::start(
         offline.clone(),
         config.server.sync,

@@ -53,6 +53,14 @@ pub enum StoreError {
         /// What is wrong.
         what: String,
     },
+    /// The cluster's Redis failed or did not answer (`[cluster]`).
+    #[error("store {op}: {source}")]
+    Redis {
+        /// What was being done.
+        op: &'static str,
+        /// The cluster link's error.
+        source: crate::cluster::ClusterError,
+    },
     /// The store is shutting down; nothing more is accepted.
     #[error("the store is shutting down")]
     ShuttingDown,
@@ -69,7 +77,10 @@ impl StoreError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::Open { .. } | StoreError::Backend { .. } | StoreError::ShuttingDown
+            StoreError::Open { .. }
+                | StoreError::Backend { .. }
+                | StoreError::Redis { .. }
+                | StoreError::ShuttingDown
         )
     }
 

@@ -7,6 +7,8 @@
 pub mod commit;
 mod error;
 pub mod kv;
+pub mod redis;
+pub mod redis_kv;
 pub mod sled;
 
 use std::time::Duration;

@@ -10,20 +10,25 @@ use relay_tests::{demo_config, get, ws, Client, TestRelay};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
-/// A demo relay that is node `name` of the cluster on `redis`.
-async fn node(redis: &RedisServer, name: &str) -> Result<TestRelay> {
+/// A relay with `config` that is node `name` of the cluster on `redis`.
+async fn node(redis: &RedisServer, name: &str, config: &str) -> Result<TestRelay> {
     let config = format!(
-        "[cluster]\nredis = {:?}\nnode = {name:?}\nnode_ttl_ms = 3000\ncommand_timeout_ms = 500\n{}",
+        "[cluster]\nredis = {:?}\nnode = {name:?}\nnode_ttl_ms = 3000\ncommand_timeout_ms = 500\n{config}",
         redis.url(),
-        demo_config("")
     );
     TestRelay::start(&config).await
 }
 
+/// `n` demo nodes.
 async fn nodes(redis: &RedisServer, n: usize) -> Result<Vec<TestRelay>> {
+    nodes_with(redis, n, &demo_config("")).await
+}
+
+/// `n` nodes with `config`, each in the cluster before the next starts.
+async fn nodes_with(redis: &RedisServer, n: usize, config: &str) -> Result<Vec<TestRelay>> {
     let mut out = Vec::new();
     for i in 0..n {
-        let r = node(redis, &format!("n{i}")).await?;
+        let r = node(redis, &format!("n{i}"), config).await?;
         r.eventually("the node joined the cluster", |r| {
             r.metric("cluster_up") == 1
         })
@@ -219,5 +224,78 @@ async fn a_redis_restart_fails_pushes_loudly_and_then_everything_is_restored() -
     }
     let (status, _) = get(n[0].addr("http"), "/healthz").await?;
     assert_eq!(status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offline_message_kept_through_one_node_is_delivered_once_by_another() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let n = nodes(&redis, 3).await?;
+    let (status, reply) = push(&n[0], "user=bob&data=kept&offline=1").await?;
+    assert_eq!(
+        (status, &reply),
+        (200, &json!({"ok": true, "online": 0, "stored": true}))
+    );
+    push(&n[0], "room=lobby&data=for-the-room&offline=1").await?;
+    // Bob logs in on node 1 and gets it; his next device, on node 2, does not.
+    // (The mailbox comes as part of logging in, before the login's own answer.)
+    let mut phone = ws(n[1].addr("ws"), "/").await?;
+    phone.send(json!({"event": "login", "user": "bob"})).await?;
+    let got = phone.recv().await?;
+    assert_eq!(
+        (&got["data"], &got["offline"]),
+        (&json!("kept"), &json!(true))
+    );
+    assert_eq!(phone.recv().await?["event"], "login");
+    n[1].eventually("delivered and removed", |r| {
+        r.metric("offline_delivered") == 1
+    })
+    .await?;
+    let (mut laptop, _) = device(&n[2], "bob").await?;
+    laptop.expect_silence(Duration::from_millis(300)).await?;
+    // The room's mailbox goes to the room when someone joins it, on any node.
+    let mut m = member(&n[2], "lobby").await?;
+    assert_eq!(m.recv().await?["data"], "for-the-room");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signature_used_on_one_node_is_refused_by_another() -> Result<()> {
+    use crate::plugins::{listeners, plugin_tenant, signed, unix_now};
+    let redis = RedisServer::start().await?;
+    let config = format!(
+        "{}{}",
+        plugin_tenant(
+            "t",
+            "bundled:md5-sign",
+            "settings = { key = \"k\", window_secs = 60 }"
+        ),
+        listeners("t")
+    );
+    let n = nodes_with(&redis, 2, &config).await?;
+    let path = signed("ann", "k", unix_now());
+    let mut c = ws(n[0].addr("ws"), &path).await?;
+    c.send(json!({"event": "join", "room": "r"})).await?;
+    assert_eq!(c.recv().await?["event"], "joined");
+    let resp = relay_tests::raw_upgrade(n[1].addr("ws"), &path, "").await?;
+    assert!(
+        resp.starts_with("HTTP/1.1 401") && resp.ends_with("sign already used"),
+        "{resp}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_001_a_token_registered_through_one_node_logs_in_on_another() -> Result<()> {
+    use crate::seed_swoole_push::{access_token, register, seed_config};
+    let redis = RedisServer::start().await?;
+    let n = nodes_with(&redis, 2, &seed_config()?).await?;
+    register(&n[0], "42", "app", "t-42").await?;
+    let path = format!(
+        "/?access_token={}&token=dev-42",
+        access_token("42", "t-42", "app")
+    );
+    let mut c = ws(n[1].addr("ws"), &path).await?;
+    assert_eq!(c.recv().await?["code"], 200);
     Ok(())
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 /// A wasm tenant. Unless a test sets its own, the call deadline is generous (1 s) so a
 /// loaded CI machine cannot fail ordinary calls; the deadline tests set a short one.
-fn plugin_tenant(name: &str, plugin: &str, extra: &str) -> String {
+pub(crate) fn plugin_tenant(name: &str, plugin: &str, extra: &str) -> String {
     let deadline = if extra.contains("plugin_deadline_ms") {
         ""
     } else {
@@ -28,7 +28,7 @@ plugin = "{plugin}"
     )
 }
 
-fn listeners(tenant: &str) -> String {
+pub(crate) fn listeners(tenant: &str) -> String {
     format!(
         r#"
 [[listener]]
@@ -324,14 +324,14 @@ fn md5_hex(s: &str) -> String {
         .collect()
 }
 
-fn signed(user: &str, key: &str, ts: u64) -> String {
+pub(crate) fn signed(user: &str, key: &str, ts: u64) -> String {
     format!(
         "/?user={user}&ts={ts}&sign={}",
         md5_hex(&format!("{user}{ts}{key}"))
     )
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -9,7 +9,7 @@ use relay_tests::{get, http, raw_upgrade, udp, ws, Ended, TestRelay, WAIT};
 use serde_json::{json, Value};
 
 /// `uid.token.source` in the seed's `-_,` alphabet.
-fn access_token(uid: &str, token: &str, source: &str) -> String {
+pub(crate) fn access_token(uid: &str, token: &str, source: &str) -> String {
     base64::engine::general_purpose::STANDARD
         .encode(format!("{uid}.{token}.{source}"))
         .replace('+', "-")
@@ -18,6 +18,11 @@ fn access_token(uid: &str, token: &str, source: &str) -> String {
 }
 
 async fn start() -> Result<TestRelay> {
+    TestRelay::start(&seed_config()?).await
+}
+
+/// The seed's example config on ephemeral ports, with a UDP peer group for the tests.
+pub(crate) fn seed_config() -> Result<String> {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seeds/swoole-push.toml");
     let text = std::fs::read_to_string(&path)?
@@ -32,10 +37,15 @@ async fn start() -> Result<TestRelay> {
             "[server]\ndata_dir = \"../../relay-data/swoole-push\"\n",
             "",
         );
-    TestRelay::start(&text).await
+    Ok(text)
 }
 
-async fn register(relay: &TestRelay, uid: &str, source: &str, token: &str) -> Result<()> {
+pub(crate) async fn register(
+    relay: &TestRelay,
+    uid: &str,
+    source: &str,
+    token: &str,
+) -> Result<()> {
     let body = format!("uid={uid}&source={source}&token={token}&sk=change-me");
     let (s, b) = http(
         relay.addr("api"),

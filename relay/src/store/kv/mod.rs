@@ -68,6 +68,10 @@ pub enum KvError {
     /// The store holds `kv_max_bytes` already.
     #[error("the tenant's key-value store is full (kv_max_bytes = {0})")]
     Full(usize),
+    /// The shared store (the cluster's Redis) failed or did not answer; nothing was
+    /// written.
+    #[error("the cluster's key-value store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Expiry (ms since the Unix epoch; 0 = never) of an entry written at `now` with `ttl`.
@@ -208,7 +212,7 @@ impl TenantKv {
         Ok(())
     }
 
-    fn check(key: &str, value: &[u8]) -> Result<(), KvError> {
+    pub(crate) fn check(key: &str, value: &[u8]) -> Result<(), KvError> {
         if key.len() > MAX_KEY || value.len() > MAX_VALUE {
             return Err(KvError::TooLarge);
         }

@@ -6,7 +6,7 @@
 //!   Failures emit `sys_error` with the original's strings and never connect.
 //!   Success joins one room per non-empty item, named `source + item`.
 //! - **`postMsg(data, room_id)`**: `newMsg {source, data, room_id, from_sys}` once per room.
-//! - **`POST /api/notify`** (form): `source`, `data`, `sign` = `md5(source + room_id +
+//! - **`POST /api/notify`** (form, or a JSON object as published on Redis): `source`, `data`, `sign` = `md5(source + room_id +
 //!   data + key)`, `room_id`, optional `filename`; `{"code","msg","data":""}` bodies.
 //! - **`GET /refreshpage[?room=]`**: `refreshPage` to a room or everyone.
 //! - **`GET /readmsg?source=&filename=`**: today's log file of that source and name.
@@ -302,10 +302,22 @@ fn read_msg(cfg: &Settings, query: &str) -> IngressOutcome {
 }
 
 fn notify(cfg: &Settings, http: &HttpRequest, body: &[u8]) -> IngressOutcome {
-    let form = header(&http.headers, "content-type")
-        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
-    let p: BTreeMap<String, String> = if form {
+    let ct = header(&http.headers, "content-type").unwrap_or_default();
+    // Form, as the original's /api/notify; a JSON object (strings, or any value as its
+    // JSON text) for backends that `PUBLISH xin_common_chat` (relay's redis_ingress).
+    let p: BTreeMap<String, String> = if ct.starts_with("application/x-www-form-urlencoded") {
         form_pairs(body).into_iter().collect()
+    } else if ct.starts_with("application/json") {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(o)) => o
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => (k, s),
+                    other => (k, other.to_string()),
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        }
     } else {
         BTreeMap::new()
     };

@@ -11,6 +11,7 @@
 //! The key layout (prefix `P`, tenant `T`, node incarnation `N`) is in `docs/cluster.md`.
 
 pub mod heartbeat;
+pub mod holder;
 pub mod presence;
 pub mod subscriber;
 pub mod sync;
@@ -61,6 +62,10 @@ pub struct ClusterMetrics {
     pub presence_fallbacks: AtomicU64,
     /// Key-value calls that failed (Redis failed; a write fails its plugin call).
     pub kv_failed: AtomicU64,
+    /// Messages received on tenants' `redis_ingress` channels (by this node, as holder).
+    pub ingress_received: AtomicU64,
+    /// `redis_ingress` channels this node holds now.
+    pub ingress_held: AtomicU64,
     /// Round-trip time of the last heartbeat, in microseconds.
     pub rtt_us: AtomicU64,
 }
@@ -244,6 +249,8 @@ impl Cluster {
                 &m.presence_fallbacks,
             ),
             ("cluster_kv_failed", "counter", &m.kv_failed),
+            ("cluster_ingress_received", "counter", &m.ingress_received),
+            ("cluster_ingress_held", "gauge", &m.ingress_held),
             ("cluster_redis_rtt_us", "gauge", &m.rtt_us),
         ] {
             let _ = writeln!(out, "# TYPE relay_{name} {kind}");

@@ -20,6 +20,9 @@ pub trait Inbound: Send + Sync + 'static {
 struct Push {
     cluster: Arc<Cluster>,
     inbound: Arc<OnceLock<Arc<dyn Inbound>>>,
+    ingress: Arc<OnceLock<Arc<dyn Inbound>>>,
+    /// `P:ch:`: relay's own channels; any other is a tenant's `redis_ingress`.
+    own: String,
 }
 
 impl AsyncPushSender for Push {
@@ -31,10 +34,22 @@ impl AsyncPushSender for Push {
                 else {
                     return Ok(());
                 };
-                Metrics::inc(&self.cluster.metrics.received);
-                match (std::str::from_utf8(ch), self.inbound.get()) {
-                    (Ok(ch), Some(i)) => i.publication(ch, payload),
-                    _ => tracing::debug!("publication on a channel relay did not name"),
+                let Ok(ch) = std::str::from_utf8(ch) else {
+                    return Ok(());
+                };
+                let to = match ch.starts_with(&self.own) {
+                    true => {
+                        Metrics::inc(&self.cluster.metrics.received);
+                        self.inbound.get()
+                    }
+                    false => {
+                        Metrics::inc(&self.cluster.metrics.ingress_received);
+                        self.ingress.get()
+                    }
+                };
+                match to {
+                    Some(i) => i.publication(ch, payload),
+                    None => tracing::debug!(ch, "message on a channel nothing takes yet"),
                 }
             }
             PushKind::Disconnection => {
@@ -52,26 +67,36 @@ pub struct Subscriber {
     cluster: Arc<Cluster>,
     conn: ConnectionManager,
     inbound: Arc<OnceLock<Arc<dyn Inbound>>>,
+    ingress: Arc<OnceLock<Arc<dyn Inbound>>>,
 }
 
 impl Subscriber {
     /// A lazily connected pub/sub link.
     pub fn new(cluster: Arc<Cluster>) -> Result<Self, ClusterError> {
         let inbound = Arc::new(OnceLock::new());
+        let ingress = Arc::new(OnceLock::new());
         let conn = cluster.pubsub_manager(Push {
+            own: format!("{}:ch:", cluster.prefix),
             cluster: cluster.clone(),
             inbound: inbound.clone(),
+            ingress: ingress.clone(),
         })?;
         Ok(Subscriber {
             cluster,
             conn,
             inbound,
+            ingress,
         })
     }
 
     /// Hand arriving publications to `to` (once, before the first subscription).
     pub fn set_inbound(&self, to: Arc<dyn Inbound>) {
         let _ = self.inbound.set(to);
+    }
+
+    /// Hand messages on tenants' `redis_ingress` channels to `to` (once).
+    pub fn set_ingress(&self, to: Arc<dyn Inbound>) {
+        let _ = self.ingress.set(to);
     }
 
     /// Subscribe to `channels` (one command for all of them).

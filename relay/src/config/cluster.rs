@@ -35,6 +35,66 @@ pub struct ClusterConfig {
     pub wait_replicas: u32,
 }
 
+/// One `redis_ingress` entry of a tenant: backends `PUBLISH <channel> <body>` to the
+/// cluster's Redis, and one node of the cluster (the channel's holder, elected through
+/// Redis) hands each message to the tenant's ingress hook as `POST <path>` with that
+/// body, as if it had come over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisIngress {
+    /// The channel, exactly as backends name it (e.g. `xin_common_chat`).
+    pub channel: Spanned<String>,
+    /// The path the hook sees. Default `/`.
+    #[serde(default = "default_ingress_path")]
+    pub path: String,
+    /// The `content-type` header the hook sees. Default `application/json`.
+    #[serde(default = "default_ingress_type")]
+    pub content_type: String,
+}
+
+fn default_ingress_path() -> String {
+    "/".into()
+}
+
+fn default_ingress_type() -> String {
+    "application/json".into()
+}
+
+/// Check every tenant's `redis_ingress`: only with `[cluster]`, channels outside relay's
+/// own prefix and each taken by one tenant.
+pub(super) fn check_ingress(config: &super::Config, r: &mut Report<'_>) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in config.tenants.iter().enumerate() {
+        for (j, ing) in t.redis_ingress.iter().enumerate() {
+            let key = format!("tenant[{i}].redis_ingress[{j}]");
+            let ch = ing.channel.get_ref();
+            let span = || Some(ing.channel.span());
+            let Some(cluster) = &config.cluster else {
+                r.add(span(), key, "needs a [cluster] (the Redis to subscribe to)");
+                continue;
+            };
+            if ch.is_empty() || ch.len() > 256 {
+                r.add(span(), key.clone(), "channel must be 1–256 bytes");
+            } else if ch.starts_with(&format!("{}:", cluster.prefix.get_ref())) {
+                r.add(
+                    span(),
+                    key.clone(),
+                    "channel must not start with the cluster's prefix",
+                );
+            } else if !seen.insert(ch.clone()) {
+                r.add(
+                    span(),
+                    key.clone(),
+                    format!("channel {ch:?} is taken by another entry"),
+                );
+            }
+            if !ing.path.starts_with('/') {
+                r.add(span(), key, "path must start with '/'");
+            }
+        }
+    }
+}
+
 fn default_prefix() -> Spanned<String> {
     Spanned::new(0..0, "relay".into())
 }

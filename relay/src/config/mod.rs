@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, RedisIngress};
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{ListenerConfig, ListenerKind, RouteConfig};
 pub use tenant::{
@@ -191,6 +191,7 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.check(&mut r);
         }
+        cluster::check_ingress(self, &mut r);
         let mut tenants = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             t.check(i, &mut tenants, &mut r);

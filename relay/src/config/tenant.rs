@@ -86,6 +86,9 @@ pub struct TenantConfig {
     /// Policy-specific settings (keys, secrets, options), handed to the policy as they are.
     #[serde(default)]
     pub settings: Option<Spanned<toml::Table>>,
+    /// Redis channels whose messages are pushes to this tenant (`[cluster]` only).
+    #[serde(default)]
+    pub redis_ingress: Vec<super::cluster::RedisIngress>,
     /// Per-connection limits.
     #[serde(flatten)]
     pub limits: Limits,

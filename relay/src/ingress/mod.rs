@@ -2,4 +2,5 @@
 //! tenant's policy and turned into actions.
 
 pub mod http;
+pub mod redis;
 pub mod udp;

@@ -276,8 +276,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         committer,
         webhooks,
         msglog,
-        cluster: cluster.map(|c| c.1),
+        cluster: cluster.as_ref().map(|c| c.1.clone()),
     });
+    if let Some((c, _, subscriber)) = &cluster {
+        let ingress = Arc::new(ingress::redis::RedisIngress::new(&node));
+        let channels = ingress.channels();
+        subscriber.set_ingress(ingress);
+        shutdown.tracker.spawn(cluster::holder::run(
+            c.clone(),
+            subscriber.clone(),
+            channels,
+            shutdown.token.clone(),
+        ));
+    }
     shutdown
         .tracker
         .spawn(purge_expired_keys(node.clone(), shutdown.token.clone()));

@@ -299,3 +299,61 @@ async fn seed_001_a_token_registered_through_one_node_logs_in_on_another() -> Re
     assert_eq!(c.recv().await?["code"], 200);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_003_a_message_published_on_redis_reaches_clients_on_every_node_once() -> Result<()> {
+    use crate::seed_socket_im::{md5_hex, seed_config, KEY};
+    let redis = RedisServer::start().await?;
+    let config = seed_config()?.replace(
+        "profile = \"socket.io\"",
+        "profile = \"socket.io\"\nredis_ingress = [{ channel = \"xin_common_chat\", path = \"/api/notify\" }]",
+    );
+    let n = nodes_with(&redis, 2, &config).await?;
+    let mut d = relay_tests::sio::SioDriver::start().await?;
+    let sign = md5_hex(&format!("demoroom1{KEY}"));
+    for (name, node) in [("a", &n[0]), ("b", &n[1])] {
+        let url = format!(
+            "http://{}/?userid=1&username=u&source=demo&room_ids=room1&sign={sign}",
+            node.addr("im")
+        );
+        d.connect(name, 2, &url, json!({})).await?;
+        d.wait_transport(name, "websocket").await?;
+    }
+    let held = || {
+        n.iter()
+            .map(|r| r.metric("cluster_ingress_held"))
+            .sum::<i64>()
+    };
+    n[0].eventually("one node holds the channel", |_| held() == 1)
+        .await?;
+    // A backend publishes, signed as for /api/notify.
+    let body = json!({
+        "source": "demo", "room_id": "room1", "data": "from-redis",
+        "sign": md5_hex(&format!("demoroom1from-redis{KEY}")),
+    });
+    assert_eq!(
+        redis
+            .cmd(&["PUBLISH", "xin_common_chat", &body.to_string()])
+            .await?,
+        ":1",
+        "exactly one node subscribed"
+    );
+    for name in ["a", "b"] {
+        let m = d.next(name, "event", Some("newMsg")).await?;
+        assert_eq!(m["args"][0]["data"], "from-redis", "{m}");
+    }
+    let again = d
+        .sees_within(Duration::from_millis(300), |v| v["event"] == "newMsg")
+        .await?;
+    assert!(!again, "each client got the message once");
+    // A forged message is refused by the tenant's plugin: nobody gets it.
+    let forged = json!({"source": "demo", "room_id": "room1", "data": "forged", "sign": "0"});
+    redis
+        .cmd(&["PUBLISH", "xin_common_chat", &forged.to_string()])
+        .await?;
+    let seen = d
+        .sees_within(Duration::from_millis(500), |v| v["event"] == "newMsg")
+        .await?;
+    assert!(!seen, "a forged message was delivered");
+    d.exit().await
+}

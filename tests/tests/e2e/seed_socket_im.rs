@@ -9,9 +9,9 @@ use relay_tests::sio::SioDriver;
 use relay_tests::{get, http, TestRelay};
 use serde_json::{json, Value};
 
-const KEY: &str = "try4dfs%#fs!#$2334ds(%B)";
+pub(crate) const KEY: &str = "try4dfs%#fs!#$2334ds(%B)";
 
-fn md5_hex(s: &str) -> String {
+pub(crate) fn md5_hex(s: &str) -> String {
     Md5::digest(s.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -34,12 +34,16 @@ fn form_urlencoded(s: &str) -> String {
 }
 
 async fn start() -> Result<TestRelay> {
+    TestRelay::start(&seed_config()?).await
+}
+
+/// The seed's example config on an ephemeral port.
+pub(crate) fn seed_config() -> Result<String> {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seeds/socket-im.toml");
-    let text = std::fs::read_to_string(&path)?
+    Ok(std::fs::read_to_string(&path)?
         .replace("bind = \"0.0.0.0:4000\"", "bind = \"127.0.0.1:0\"")
-        .replace("[server]\ndata_dir = \"../../relay-data/socket-im\"\n", "");
-    TestRelay::start(&text).await
+        .replace("[server]\ndata_dir = \"../../relay-data/socket-im\"\n", ""))
 }
 
 #[tokio::test]

@@ -77,9 +77,11 @@ enum Wire {
 
 #[derive(Args, Clone)]
 struct ClientArgs {
-    /// Client URL; `{room}` is replaced by the client's room (`room-<k>`).
-    #[arg(long)]
-    url: String,
+    /// Client URL; `{room}` is replaced by the client's room (`room-<k>`). Repeat it to
+    /// spread clients over several servers (client i uses URL i mod count: the nodes of
+    /// a cluster).
+    #[arg(long, required = true)]
+    url: Vec<String>,
     /// Wire profile.
     #[arg(long, value_enum, default_value = "ws-json")]
     wire: Wire,
@@ -706,14 +708,18 @@ async fn open_clients(
     n: usize,
     sample_every: usize,
 ) -> Result<(usize, usize, Option<String>, f64)> {
-    let target = Arc::new(parse_url(&args.url, args.ca.as_deref())?);
+    let targets = args
+        .url
+        .iter()
+        .map(|u| parse_url(u, args.ca.as_deref()).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
     let (rooms, sources) = (args.rooms.max(1), args.sources);
     let workers = vec![(); args.connect_concurrency.max(1)];
     let (shared, sample_every) = (shared.clone(), sample_every.max(1));
     let (tally, secs) = storm("connected", n, workers, move |w, k| {
-        let (target, shared) = (target.clone(), shared.clone());
+        let i = offset + k;
+        let (target, shared) = (targets[i % targets.len()].clone(), shared.clone());
         async move {
-            let i = offset + k;
             let path = target
                 .path
                 .replace("{room}", &format!("room-{}", i % rooms));
@@ -1140,7 +1146,7 @@ async fn idle(a: IdleArgs) -> Result<()> {
     let result = json!({
         "scenario": "idle",
         "label": a.common.label,
-        "url": c.url,
+        "url": c.url.join(" "),
         "clients": c.clients,
         "connected": ok,
         "failed": failed,

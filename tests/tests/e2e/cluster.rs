@@ -357,3 +357,49 @@ async fn seed_003_a_message_published_on_redis_reaches_clients_on_every_node_onc
     assert!(!seen, "a forged message was delivered");
     d.exit().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_002_a_socket_on_another_node_is_reached_and_an_unknown_one_is_a_500() -> Result<()> {
+    use crate::seed_egg_envelope::{connect, envelope, seed_config, APP, SIGN, TS};
+    let redis = RedisServer::start().await?;
+    let n = nodes_with(&redis, 2, &seed_config()?).await?;
+    let mut d = relay_tests::sio::SioDriver::start().await?;
+    let a = connect(&mut d, "a", &format!("http://{}", n[0].addr("egg"))).await?;
+    let b = connect(&mut d, "b", &format!("http://{}", n[1].addr("egg"))).await?;
+    // A client on node 0 sends to a socket on node 1.
+    let to_b = envelope(
+        "sendToOthers",
+        &b["userId"],
+        &b["socketId"],
+        json!({"hello": 1}),
+    );
+    d.emit("a", "requestMessage", to_b, false).await?;
+    let m = d.next("b", "event", Some("responseMessage")).await?;
+    assert_eq!(m["args"][0]["data"]["payload"], json!({"hello": 1}), "{m}");
+    // The backend, through node 0, to the socket on node 1.
+    let body = json!({"timestamp": TS, "app": APP, "target": b["socketId"], "userId": b["userId"], "sign": SIGN, "message": {"text": "hi"}});
+    let (s, r) = relay_tests::http(
+        n[0].addr("egg"),
+        "POST",
+        "/api/transportMessage",
+        Some("application/json"),
+        body.to_string().as_bytes(),
+    )
+    .await?;
+    assert_eq!(s, 200, "{r}");
+    let m = d.next("b", "event", Some("responseMessage")).await?;
+    assert_eq!(m["args"][0]["data"]["payload"], "{\"text\":\"hi\"}", "{m}");
+    let mut unknown = body.clone();
+    unknown["target"] = json!("nobody");
+    let (s, _) = relay_tests::http(
+        n[1].addr("egg"),
+        "POST",
+        "/api/transportMessage",
+        Some("application/json"),
+        unknown.to_string().as_bytes(),
+    )
+    .await?;
+    assert_eq!(s, 500);
+    let _ = a;
+    d.exit().await
+}

@@ -6,12 +6,12 @@ use relay_tests::sio::SioDriver;
 use relay_tests::{http, TestRelay};
 use serde_json::{json, Value};
 
-const APP: &str = "signatureApp";
+pub(crate) const APP: &str = "signatureApp";
 /// The README's sample: md5("signatureApp" + key + "1543469988762").
-const TS: u64 = 1543469988762;
-const SIGN: &str = "236e7f552a5cde6002c14c2510df1ec1";
+pub(crate) const TS: u64 = 1543469988762;
+pub(crate) const SIGN: &str = "236e7f552a5cde6002c14c2510df1ec1";
 
-fn envelope(action: &str, user: &Value, target: &Value, payload: Value) -> Value {
+pub(crate) fn envelope(action: &str, user: &Value, target: &Value, payload: Value) -> Value {
     json!([{
         "meta": {"timestamp": TS, "app": APP, "sign": SIGN, "userId": user, "target": target, "client": target},
         "data": {"action": action, "payload": payload}
@@ -19,19 +19,23 @@ fn envelope(action: &str, user: &Value, target: &Value, payload: Value) -> Value
 }
 
 async fn start() -> Result<TestRelay> {
+    TestRelay::start(&seed_config()?).await
+}
+
+/// The seed's example config on an ephemeral port.
+pub(crate) fn seed_config() -> Result<String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/seeds/egg-envelope.toml");
-    let text = std::fs::read_to_string(&path)?
+    Ok(std::fs::read_to_string(&path)?
         .replace("bind = \"0.0.0.0:7001\"", "bind = \"127.0.0.1:0\"")
         .replace(
             "[server]\ndata_dir = \"../../relay-data/egg-envelope\"\n",
             "",
-        );
-    TestRelay::start(&text).await
+        ))
 }
 
 /// Connect `name` and return its `saveId` payload.
-async fn connect(d: &mut SioDriver, name: &str, url: &str) -> Result<Value> {
+pub(crate) async fn connect(d: &mut SioDriver, name: &str, url: &str) -> Result<Value> {
     let c = d.connect(name, 2, url, json!({})).await?;
     let save = d.next(name, "event", Some("responseMessage")).await?;
     let p = save["args"][0]["data"].clone();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{TenantConfig, WireProfile};
+use crate::config::{glob_match, TenantConfig, WireProfile};
 use crate::hub::{Hub, Presence};
 use crate::metrics::Metrics;
 use crate::plugin::policy::PluginEnv;
@@ -63,26 +63,6 @@ impl Tenant {
             }) as Arc<dyn Codec>
         })
     }
-}
-
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty(); // no `*` at all
-    };
-    for m in middle {
-        match rest.find(m) {
-            Some(i) => rest = &rest[i + m.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 impl std::fmt::Debug for Tenant {

@@ -16,7 +16,10 @@
 //!   Loopback senders are trusted; others need a `udpsocket_group` entry (ip + sk).
 //!
 //! Settings: `api_key` (for `/token`), `actions` (default `["chat"]`),
-//! `udpsocket_group = [{ ip, secret_key }]`.
+//! `udpsocket_group = [{ ip, secret_key }]`, `login_source` (`"kv"`, default: tokens
+//! from `POST /token`; `"redis"`: from the original's Redis hash `login<uid>`, whose
+//! fields are sources and values `{"uid","token","expires"}` JSON, read through the
+//! tenant's `redis_read = ["login*"]` in cluster mode).
 
 use relay_plugin_sdk::serde_json::{json, Map, Value};
 use relay_plugin_sdk::*;
@@ -24,6 +27,9 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 struct Settings {
+    /// Read tokens from the original's Redis hash `login<uid>` (cluster mode, with the
+    /// tenant's `redis_read = ["login*"]`) instead of `POST /token`'s store.
+    redis_logins: bool,
     api_key: String,
     actions: Vec<String>,
     group: Vec<(String, String)>,
@@ -74,7 +80,21 @@ pub fn decode_access_token(t: &str) -> Option<(String, String, String)> {
         .then(|| (uid.to_owned(), token.to_owned(), source.to_owned()))
 }
 
+/// A uid's login tokens by source: `{source: {uid, token, expires}}`.
 fn logins(uid: &str) -> Map<String, Value> {
+    if SETTINGS.get().is_some_and(|s| s.redis_logins) {
+        // The original's hash: each field a source, each value that entry's JSON.
+        let hash: Map<String, Value> = host::kv_get(&format!("redis:login{uid}"))
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        return hash
+            .into_iter()
+            .filter_map(|(source, v)| {
+                let entry = serde_json::from_str::<Value>(v.as_str()?).ok()?;
+                Some((source, entry))
+            })
+            .collect();
+    }
     host::kv_get(&format!("login:{uid}"))
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
@@ -203,7 +223,17 @@ impl Plugin for SwoolePush {
                     .collect()
             })
             .unwrap_or_default();
+        let redis_logins = match v["login_source"].as_str() {
+            None | Some("kv") => false,
+            Some("redis") => true,
+            Some(other) => {
+                return Err(format!(
+                    "settings.login_source: {other:?} is not \"kv\" or \"redis\""
+                ))
+            }
+        };
         let _ = SETTINGS.set(Settings {
+            redis_logins,
             api_key,
             actions,
             group,

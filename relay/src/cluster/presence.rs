@@ -123,11 +123,9 @@ impl ClusterPresence {
 impl Presence for ClusterPresence {
     fn room_count(&self, room: &str) -> usize {
         let q = async {
-            let v = self.entries(self.room_key(room)).await?;
-            Ok(v.iter()
-                .filter_map(|e| parse_entry(e))
-                .map(|(n, _)| n)
-                .sum())
+            let key = self.cluster().key(&self.tenant, &format!("rc:{room}"));
+            let v = self.entries(key).await?;
+            Ok(v.iter().filter_map(|n| n.parse::<usize>().ok()).sum())
         };
         self.ask("room_count", q, || self.hub.room_count(room))
     }

@@ -8,6 +8,8 @@
 //!
 //! Presence entries (prefix `P`, tenant `T`, this node's incarnation `N`):
 //! - `P:t:T:room:<room>` hash, field `N`: `<count> <json [[conn, user|null], ...]>`
+//! - `P:t:T:rc:<room>` hash, field `N`: the count alone (counting a big room must not
+//!   fetch its member lists)
 //! - `P:t:T:user:<user>` hash, field `N`: `<count> <json [conn, ...]>`
 //! - `P:t:T:nc:N` hash: this node's connections (field: connection id)
 //! - `P:node:N:keys` set: every key above holding an entry of `N` (`h|key`: a field of
@@ -247,6 +249,19 @@ impl ClusterSync {
                 }
             };
             let channel = c.channel(t, Some((*kind, name)));
+            if *kind == ChannelKind::Room {
+                let rc = c.key(t, &format!("rc:{name}"));
+                match value.as_deref().and_then(|v| v.split_once(' ')) {
+                    Some((n, _)) => {
+                        pipe.hset(&rc, node, n).ignore();
+                        pipe.sadd(&keys, format!("h|{rc}")).ignore();
+                    }
+                    None => {
+                        pipe.hdel(&rc, node).ignore();
+                        pipe.srem(&keys, format!("h|{rc}")).ignore();
+                    }
+                }
+            }
             match value {
                 Some(v) => {
                     pipe.hset(&key, node, v).ignore();

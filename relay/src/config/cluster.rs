@@ -65,6 +65,20 @@ fn default_ingress_type() -> String {
 pub(super) fn check_ingress(config: &super::Config, r: &mut Report<'_>) {
     let mut seen = std::collections::HashSet::new();
     for (i, t) in config.tenants.iter().enumerate() {
+        if !t.redis_read.is_empty() && config.cluster.is_none() {
+            r.add(
+                Some(t.name.span()),
+                format!("tenant[{i}].redis_read"),
+                "needs a [cluster] (the Redis to read from)",
+            );
+        }
+        if t.redis_read.iter().any(String::is_empty) {
+            r.add(
+                Some(t.name.span()),
+                format!("tenant[{i}].redis_read"),
+                "patterns must not be empty",
+            );
+        }
         for (j, ing) in t.redis_ingress.iter().enumerate() {
             let key = format!("tenant[{i}].redis_ingress[{j}]");
             let ch = ing.channel.get_ref();

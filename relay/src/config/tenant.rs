@@ -89,6 +89,10 @@ pub struct TenantConfig {
     /// Redis channels whose messages are pushes to this tenant (`[cluster]` only).
     #[serde(default)]
     pub redis_ingress: Vec<super::cluster::RedisIngress>,
+    /// Patterns (`*` = any run) of the cluster Redis's own keys this tenant's plugin may
+    /// read with `kv-get("redis:<key>")` (a hash reads as a JSON object; `[cluster]` only).
+    #[serde(default)]
+    pub redis_read: Vec<String>,
     /// Per-connection limits.
     #[serde(flatten)]
     pub limits: Limits,

@@ -2,6 +2,7 @@
 //! listeners and starts the background tasks; [`check`] builds what `relay check` proves.
 
 mod build;
+mod cluster_parts;
 mod listen;
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::shutdown::Shutdown;
 use crate::tenant::Tenant;
-use crate::{broker, cluster, ingress, metrics, msglog, node, store, webhook};
+use crate::{broker, ingress, metrics, msglog, node, store, webhook};
 
 /// A started relay: its bound addresses and the handle to stop it.
 #[derive(Debug)]
@@ -80,7 +81,7 @@ pub fn check(config: &Config) -> Result<(), Error> {
         &memory,
         None,
     );
-    let tls = match (tls, probe_redis(config)) {
+    let tls = match (tls, cluster_parts::probe_redis(config)) {
         (Ok(t), Ok(())) => Ok(t),
         (Ok(_), Err(e)) => Err(config::ConfigErrors(vec![e])),
         (Err(mut a), Err(e)) => {
@@ -99,35 +100,6 @@ pub fn check(config: &Config) -> Result<(), Error> {
         }
         (Err(_), Err(e)) => Err(e),
     }
-}
-
-/// `[cluster]`: whether its Redis answers a PING (on a thread of its own: `check` may be
-/// called from inside a runtime).
-fn probe_redis(config: &Config) -> Result<(), config::ConfigError> {
-    let Some(cc) = config.cluster.clone() else {
-        return Ok(());
-    };
-    let span = cc.redis.span();
-    let probe = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let c = cluster::Cluster::new(&cc).map_err(|e| e.to_string())?;
-            c.probe().await.map_err(|e| e.to_string())
-        })
-    });
-    let result = probe
-        .join()
-        .unwrap_or_else(|_| Err("the probe failed".into()));
-    result.map_err(|e| {
-        config.error_at(
-            Some(span),
-            "cluster.redis".into(),
-            format!("cannot reach redis: {e}"),
-        )
-    })
 }
 
 /// Drop expired keys from the tenants' key-value stores every minute.
@@ -172,35 +144,6 @@ async fn watch_plugin(
     }
 }
 
-/// The cluster link, its writer and its pub/sub link, when `[cluster]` is configured.
-/// Made lazily: a node starts while Redis is down, and connects when it comes up.
-type ClusterParts = (
-    Arc<cluster::Cluster>,
-    Arc<cluster::sync::ClusterSync>,
-    Arc<cluster::subscriber::Subscriber>,
-);
-
-fn cluster_parts(config: &Config) -> Result<Option<ClusterParts>, Error> {
-    let Some(cc) = &config.cluster else {
-        return Ok(None);
-    };
-    if tokio::runtime::Handle::current().runtime_flavor()
-        != tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        return Err(Error::Cluster(
-            "cluster mode needs tokio's multi-thread runtime".into(),
-        ));
-    }
-    let c = cluster::Cluster::new(cc).map_err(|e| Error::Cluster(e.to_string()))?;
-    let subscriber = Arc::new(
-        cluster::subscriber::Subscriber::new(c.clone())
-            .map_err(|e| Error::Cluster(e.to_string()))?,
-    );
-    let sync = cluster::sync::ClusterSync::new(c.clone(), subscriber.clone());
-    tracing::info!(node = %c.node, prefix = %c.prefix, "cluster mode: sharing rooms, users and presence through redis");
-    Ok(Some((c, sync, subscriber)))
-}
-
 /// Bind every listener and start serving. Returns once all sockets are bound.
 pub async fn start(config: Config) -> Result<Running, Error> {
     raise_fd_limit();
@@ -209,13 +152,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let db = store::sled::SledStore::open(&config.data_dir().join("store"))?;
     let kv_log = store::kv::KvLog::start(db.db())?;
     let tls = build::tls_acceptors(&config)?;
-    let cluster = cluster_parts(&config)?;
+    let cluster = cluster_parts::parts(&config)?;
     let shared = cluster.as_ref().map(|c| c.0.clone());
     let logged_kv = |t: &config::TenantConfig| -> Result<Arc<dyn store::KvStore>, Error> {
         match &shared {
             Some(c) => Ok(Arc::new(store::redis_kv::RedisKv::new(
                 c.clone(),
                 t.name.get_ref(),
+                t.redis_read.clone(),
             ))),
             None => Ok(kv_log.open(t.name.get_ref(), t.wasm.kv_max_bytes)?),
         }
@@ -251,17 +195,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     shutdown.tracker.spawn(webhook_task);
     let msglog = msglog::MessageLog::start(metrics.clone())?;
     let broker: Arc<dyn broker::Broker> = match &cluster {
-        Some((c, sync, subscriber)) => {
-            shutdown
-                .tracker
-                .spawn(sync.clone().run(shutdown.token.clone()));
-            shutdown.tracker.spawn(cluster::heartbeat::run(
-                c.clone(),
-                sync.clone(),
-                shutdown.token.clone(),
-            ));
-            Arc::new(broker::redis::RedisBroker::new(c.clone(), subscriber))
-        }
+        Some(parts) => cluster_parts::broker(parts, &shutdown),
         None => Arc::new(broker::MemoryBroker::new(Arc::new(db.clone()))),
     };
     broker.register_handler(Arc::new(node::delivery::HubDelivery::new(
@@ -278,16 +212,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         msglog,
         cluster: cluster.as_ref().map(|c| c.1.clone()),
     });
-    if let Some((c, _, subscriber)) = &cluster {
-        let ingress = Arc::new(ingress::redis::RedisIngress::new(&node));
-        let channels = ingress.channels();
-        subscriber.set_ingress(ingress);
-        shutdown.tracker.spawn(cluster::holder::run(
-            c.clone(),
-            subscriber.clone(),
-            channels,
-            shutdown.token.clone(),
-        ));
+    if let Some(parts) = &cluster {
+        cluster_parts::hold_ingress_channels(parts, &node);
     }
     shutdown
         .tracker

@@ -18,10 +18,22 @@ use super::KvStore;
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 
+/// What `kv-get("redis:<key>")` reads, by the key's type: a hash as `{field: value}`
+/// (JSON), a string as itself; anything else as absent.
+const READ_RAW: &str = r#"
+local t = redis.call('TYPE', KEYS[1]).ok
+if t == 'hash' then return {'hash', redis.call('HGETALL', KEYS[1])} end
+if t == 'string' then return {'string', {redis.call('GET', KEYS[1])}} end
+return {'none', {}}
+"#;
+
 /// One tenant's key-value store, shared by the cluster.
 pub struct RedisKv {
     cluster: Arc<Cluster>,
     prefix: String,
+    /// `redis_read`: patterns of Redis's own keys the plugin may read.
+    readable: Vec<String>,
+    read_raw: redis::Script,
 }
 
 impl std::fmt::Debug for RedisKv {
@@ -33,10 +45,56 @@ impl std::fmt::Debug for RedisKv {
 }
 
 impl RedisKv {
-    /// `tenant`'s store in `cluster`'s Redis.
-    pub fn new(cluster: Arc<Cluster>, tenant: &str) -> Self {
+    /// `tenant`'s store in `cluster`'s Redis; its plugin may also read the Redis keys
+    /// matching `readable` (never relay's own, under the cluster's prefix).
+    pub fn new(cluster: Arc<Cluster>, tenant: &str, readable: Vec<String>) -> Self {
         let prefix = cluster.key(tenant, "kv:");
-        RedisKv { cluster, prefix }
+        RedisKv {
+            cluster,
+            prefix,
+            readable,
+            read_raw: redis::Script::new(READ_RAW),
+        }
+    }
+
+    /// `redis:<key>` when `<key>` is readable: the key.
+    fn raw_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let raw = key.strip_prefix("redis:")?;
+        let own = raw
+            .strip_prefix(self.cluster.prefix.as_str())
+            .is_some_and(|r| r.starts_with(':'));
+        (!own
+            && self
+                .readable
+                .iter()
+                .any(|p| crate::config::glob_match(p, raw)))
+        .then_some(raw)
+    }
+
+    /// A readable Redis key: a hash as a JSON object, a string as its bytes.
+    fn read_raw(&self, key: &str) -> Option<Vec<u8>> {
+        let mut conn = self.cluster.conn.clone();
+        let inv = self.read_raw.key(key);
+        let (kind, items): (String, Vec<Vec<u8>>) = self
+            .run("read", async move { inv.invoke_async(&mut conn).await })
+            .ok()?;
+        match kind.as_str() {
+            "hash" => {
+                let obj: serde_json::Map<String, serde_json::Value> = items
+                    .chunks(2)
+                    .filter_map(|kv| match kv {
+                        [k, v] => Some((
+                            String::from_utf8_lossy(k).into_owned(),
+                            serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                serde_json::to_vec(&obj).ok()
+            }
+            "string" => items.into_iter().next(),
+            _ => None,
+        }
     }
 
     fn run<T>(
@@ -59,6 +117,9 @@ impl RedisKv {
 
 impl KvStore for RedisKv {
     fn get(&self, key: &str) -> Option<Vec<u8>> {
+        if let Some(raw) = self.raw_key(key) {
+            return self.read_raw(raw);
+        }
         let mut conn = self.cluster.conn.clone();
         let k = format!("{}{key}", self.prefix);
         self.run(
@@ -106,5 +167,29 @@ impl KvStore for RedisKv {
         let k = format!("{}{key}", self.prefix);
         self.run("delete", async move { conn.del::<_, u64>(k).await })
             .is_ok_and(|n| n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_listed_keys_outside_relays_own_are_readable() {
+        let text = "[cluster]\nredis = \"redis://127.0.0.1:1\"\nprefix = \"px\"\n\n[[tenant]]\nname = \"a\"\npolicy = \"open\"\n\n[[listener]]\nname = \"u\"\nkind = \"udp\"\nbind = \"127.0.0.1:0\"\ntenant = \"a\"\n";
+        let config = crate::Config::parse(text, None).unwrap();
+        let c = Cluster::new(config.cluster.as_ref().unwrap()).unwrap();
+        let kv = RedisKv::new(c.clone(), "a", vec!["login*".into()]);
+        assert_eq!(kv.raw_key("redis:login7"), Some("login7"));
+        assert_eq!(kv.raw_key("redis:logout7"), None, "not listed");
+        assert_eq!(kv.raw_key("login7"), None, "a plugin's own key");
+        let all = RedisKv::new(c, "a", vec!["*".into()]);
+        assert_eq!(
+            all.raw_key("redis:px:t:b:kv:secret"),
+            None,
+            "relay's own keys"
+        );
+        assert_eq!(all.raw_key("redis:px:nodes"), None);
+        assert_eq!(all.raw_key("redis:pxy"), Some("pxy"));
     }
 }

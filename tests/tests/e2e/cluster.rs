@@ -403,3 +403,30 @@ async fn seed_002_a_socket_on_another_node_is_reached_and_an_unknown_one_is_a_50
     let _ = a;
     d.exit().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_001_tokens_are_read_from_the_originals_redis_hash() -> Result<()> {
+    use crate::seed_swoole_push::{access_token, seed_config};
+    let redis = RedisServer::start().await?;
+    let config = seed_config()?.replace(
+        "settings = { api_key",
+        "redis_read = [\"login*\"]\nsettings = { login_source = \"redis\", api_key",
+    );
+    let n = nodes_with(&redis, 2, &config).await?;
+    // The original's backend writes the hash, as it always did.
+    let entry = json!({"uid": "7", "token": "t-7", "expires": 0}).to_string();
+    assert_eq!(redis.cmd(&["HSET", "login7", "app", &entry]).await?, ":1");
+    for node in &n {
+        let path = format!(
+            "/?access_token={}&token=dev-7-{}",
+            access_token("7", "t-7", "app"),
+            node.addr("ws").port()
+        );
+        let mut c = ws(node.addr("ws"), &path).await?;
+        assert_eq!(c.recv().await?["code"], 200);
+    }
+    let bad = format!("/?access_token={}", access_token("7", "wrong", "app"));
+    let mut c = ws(n[0].addr("ws"), &bad).await?;
+    assert_eq!(c.recv().await?["code"], 401);
+    Ok(())
+}

@@ -468,6 +468,10 @@ def report(rows, started):
     analysis = BENCH / "analysis.md"
     if analysis.exists():
         w(analysis.read_text())
+    # The cluster figures come from tests/bench/cluster.py, kept by hand in cluster.md.
+    cluster = BENCH / "cluster.md"
+    if cluster.exists():
+        w("\n".join(l for l in cluster.read_text().splitlines() if not l.startswith("<!--")) + "\n")
     w("## Raw results\n")
     w("Every run's JSON line is in `target/bench/results.jsonl` after a run (not committed).\n")
     (ROOT / "docs" / "BENCHMARKS.md").write_text("\n".join(out) + "\n")

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Http;
+use common::{ws_texts, Http};
 
 /// A `redis-server` on a free port, no persistence; killed when dropped.
 struct Redis {
@@ -181,4 +181,33 @@ fn a_killed_node_drops_out_within_its_expiry_and_a_restarted_one_leaves_no_ghost
         || a.room_count("p") == 0,
     );
     eprintln!("ghost of the restarted node gone after {gone:?} (node_ttl_ms 120000)");
+}
+
+#[test]
+fn a_mailbox_kept_through_a_node_killed_with_sigkill_is_delivered_by_another() {
+    let redis = Redis::start();
+    let mut a = Node::start(&redis, "a", 3_000);
+    let b = Node::start(&redis, "b", 3_000);
+    let (status, body) = Http::connect(&a.http).request(
+        "GET",
+        "/push?user=bob&data=kept-before-the-crash&offline=1",
+        b"",
+    );
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"stored\":true"), "{body}");
+    a.sigkill();
+    // Bob's client reconnects, to the node still up, and gets what was kept.
+    let got = ws_texts(&b.ws, "/?user=bob", Duration::from_millis(500));
+    assert!(
+        got.iter().any(|m| m.contains("kept-before-the-crash")),
+        "{got:?}"
+    );
+    // Once: a second device gets nothing more.
+    std::thread::sleep(Duration::from_millis(200));
+    let again = ws_texts(&b.ws, "/?user=bob", Duration::from_millis(300));
+    assert!(
+        !again.iter().any(|m| m.contains("kept-before-the-crash")),
+        "{again:?}"
+    );
 }

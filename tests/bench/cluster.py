@@ -65,7 +65,7 @@ def publish_calls():
 
 
 def config(i, cluster):
-    ws, http, storm = 19180 + i, 19190 + i, 19200 + i
+    ws, http, storm, sio = 19180 + i, 19190 + i, 19200 + i, 19210 + i
     section = ""
     if cluster:
         section = f'[cluster]\nredis = "redis://127.0.0.1:{REDIS_PORT}/0"\nnode = "n{i}"\n'
@@ -79,6 +79,14 @@ policy = "open"
 outbound_queue = 4096
 idle_timeout_ms = 0
 ping_interval_ms = 0
+
+[[tenant]]
+name = "sio"
+policy = "open"
+profile = "socket.io"
+outbound_queue = 4096
+ping_interval_ms = 25000
+ping_timeout_ms = 60000
 
 [[tenant]]
 name = "signed"
@@ -106,10 +114,18 @@ max_connections_per_ip = 30000
 routes = [{{ path = "/signed", tenant = "signed" }}]
 
 [[listener]]
+name = "sio"
+kind = "ws"
+bind = "127.0.0.1:{sio}"
+max_connections = 30000
+max_connections_per_ip = 30000
+routes = [{{ path = "/", tenant = "sio" }}]
+
+[[listener]]
 name = "http"
 kind = "http"
 bind = "127.0.0.1:{http}"
-routes = [{{ path = "/ws", tenant = "ws" }}]
+routes = [{{ path = "/ws", tenant = "ws" }}, {{ path = "/sio", tenant = "sio" }}]
 """
 
 
@@ -143,7 +159,7 @@ class Nodes:
             self.procs.append(subprocess.Popen(
                 [RELAY, "serve", "--config", path], stdout=subprocess.DEVNULL,
                 stderr=open(OUT / f"node{i}.log", "a"), env=node_env(self.cluster)))
-            for p in (19180 + i, 19190 + i, 19200 + i):
+            for p in (19180 + i, 19190 + i, 19200 + i, 19210 + i):
                 wait_port(p)
         time.sleep(1.5)  # the nodes' first heartbeats
         return self
@@ -167,6 +183,50 @@ class Nodes:
             if line.startswith(f"relay_{name} "):
                 return float(line.split()[1])
         return None
+
+
+SIO = "/socket.io/?EIO=4&transport=websocket&rooms={room}"
+
+
+class NodeSio:
+    """Three Node socket.io processes sharing a fresh redis-server (the Redis adapter)."""
+
+    def __enter__(self):
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        wait_port(REDIS_PORT)
+        peers = ROOT / "tests" / "bench" / "peers"
+        if not (peers / "node_modules" / "@socket.io" / "redis-adapter").exists():
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=peers, check=True)
+        self.procs, self.ports = [], []
+        for _ in range(3):
+            p = subprocess.Popen(["node", peers / "sio-server.js", "--port", "0"],
+                                 stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}"})
+            line = p.stdout.readline().split()
+            if len(line) != 2 or line[0] != "LISTENING":
+                raise RuntimeError(f"node socket.io did not start: {line}")
+            self.procs.append(p)
+            self.ports.append(int(line[1]))
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs + [self.redis]:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        time.sleep(1)
+
+
+def sio_fanout(urls, push, clients, secs, label):
+    args = [a for u in urls for a in ("--url", u)]
+    return tool(["fanout", *args, "--wire", "socket.io", "--clients", clients, "--rooms", 1,
+                 "--push", push, "--messages", 10_000_000, "--duration", secs, "--window", 64,
+                 "--size", 100, "--sample", 10, "--sources", 8, "--pushers", 32], label)
 
 
 def tool(args, label):
@@ -229,6 +289,16 @@ def main():
                       "--concurrency", 16, "--path", "/signed", "--sign-key", "bench-key"],
                      f"handshakes|{kind}")
             rows[("handshakes", kind)] = (r, None)
+    # The peer users would otherwise pick: socket.io with its Redis adapter, 3 processes,
+    # against relay's 3-node cluster on the Socket.IO profile, same load.
+    with Nodes(3, True) as nodes:
+        urls = [f"ws://127.0.0.1:{19210 + i}{SIO}" for i in range(3)]
+        rows[("sio", "relay")] = (sio_fanout(urls, "http://127.0.0.1:19190/sio/push",
+                                             fan_clients, secs, "sio|relay cluster"), None)
+    with NodeSio() as peers:
+        urls = [f"ws://127.0.0.1:{p}{SIO}" for p in peers.ports]
+        rows[("sio", "node")] = (sio_fanout(urls, f"http://127.0.0.1:{peers.ports[0]}/push",
+                                            fan_clients, secs, "sio|node redis-adapter"), None)
     print(report(rows, fan_clients, rooms_clients, rooms))
 
 
@@ -249,6 +319,16 @@ def report(rows, fan_clients, rooms_clients, rooms):
                   (rows[(s, k)][0].get("errors") or {}).get("lost")]
         if failed:
             out.append(f"| (errors in {s}: {', '.join(failed)}; see {RESULTS}) | | | |")
+    a = rows[("sio", "relay")][0].get("deliveries_per_s") or 0
+    b = rows[("sio", "node")][0].get("deliveries_per_s") or 0
+    out.append(f"\n| Socket.IO, {fan_clients:,} clients in one room over 3 processes: deliveries/s "
+               f"| relay cluster | Node socket.io + Redis adapter | relay / Node |")
+    out.append("|---|---|---|---|")
+    out.append(f"| | {a:,.0f} | {b:,.0f} | {a / b if b else 0:.1f}× |")
+    for k in ("relay", "node"):
+        lost = (rows[("sio", k)][0].get("errors") or {}).get("lost")
+        if lost:
+            out.append(f"({k}: {lost:,} deliveries lost)")
     r, pubs = rows[("fanout", three)]
     sent = r.get("pushes") or 0
     if pubs is not None and sent:

@@ -117,3 +117,47 @@ impl Http {
         (status, body)
     }
 }
+
+/// Open a WebSocket (blocking, minimal client) and collect text messages until `quiet`
+/// passes without one.
+pub fn ws_texts(addr: &str, path: &str, quiet: Duration) -> Vec<String> {
+    let mut s = TcpStream::connect(addr).expect("connect ws");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("upgrade");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).expect("read head"),
+            1,
+            "closed during upgrade"
+        );
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.set_read_timeout(Some(quiet)).expect("timeout");
+    let mut out = Vec::new();
+    let mut read_exact = |n: usize| -> Option<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        s.read_exact(&mut v).ok().map(|_| v)
+    };
+    while let Some(h) = read_exact(2) {
+        let len = match h[1] & 0x7f {
+            126 => read_exact(2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize),
+            127 => {
+                read_exact(8).map(|l| u64::from_be_bytes(l.try_into().unwrap_or_default()) as usize)
+            }
+            n => Some(n as usize),
+        };
+        let Some(payload) = len.and_then(&mut read_exact) else {
+            break;
+        };
+        if h[0] & 0x0f == 1 {
+            out.push(String::from_utf8_lossy(&payload).into_owned());
+        }
+    }
+    out
+}

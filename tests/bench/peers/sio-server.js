@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 'use strict';
-// Bench peer: socket.io 4 broadcast server (default in-memory adapter).
+// Bench peer: socket.io 4 broadcast server (default in-memory adapter; the Redis
+// adapter when REDIS_URL is set).
 //
 //   node sio-server.js --port P      (P=0: ephemeral; prints "LISTENING <port>")
 //
@@ -62,7 +63,24 @@ io.on('connection', (socket) => {
   // on disconnect.
 });
 
-server.listen(port, () => announce(server));
+// With REDIS_URL set, several processes form one cluster through the official Redis
+// adapter (@socket.io/redis-adapter): every broadcast is published to Redis and every
+// process receives it (the adapter's design), each delivering to its own sockets.
+async function start() {
+  if (process.env.REDIS_URL) {
+    const { createClient } = require('redis');
+    const { createAdapter } = require('@socket.io/redis-adapter');
+    const pub = createClient({ url: process.env.REDIS_URL });
+    const sub = pub.duplicate();
+    await Promise.all([pub.connect(), sub.connect()]);
+    io.adapter(createAdapter(pub, sub));
+  }
+  server.listen(port, () => announce(server));
+}
+start().catch((e) => {
+  process.stderr.write(`cannot start: ${e}\n`);
+  process.exit(1);
+});
 onSignals(() => {
   io.close();
   server.close();

@@ -21,13 +21,15 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import wait_port  # noqa: E402  (the suite's helper)
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "target" / "bench" / "cluster"
@@ -41,15 +43,23 @@ def log(msg):
     print(f"[cluster-bench] {msg}", file=sys.stderr, flush=True)
 
 
-def wait_port(port, secs=60):
-    deadline = time.time() + secs
-    while time.time() < deadline:
+def start_redis():
+    """A fresh redis-server on REDIS_PORT, no persistence."""
+    p = subprocess.Popen(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    wait_port(REDIS_PORT)
+    return p
+
+
+def stop(procs):
+    for p in procs:
+        p.terminate()
+    for p in procs:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port}")
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    time.sleep(1)
 
 
 def redis_cli(*args):
@@ -148,10 +158,7 @@ class Nodes:
 
     def __enter__(self):
         if self.cluster:
-            self.redis = subprocess.Popen(
-                ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-            wait_port(REDIS_PORT)
+            self.redis = start_redis()
         for i in range(self.n):
             shutil.rmtree(OUT / f"data-{i}-{int(self.cluster)}", ignore_errors=True)
             path = OUT / f"node{i}-{int(self.cluster)}.toml"
@@ -165,14 +172,7 @@ class Nodes:
         return self
 
     def __exit__(self, *exc):
-        for p in self.procs + ([self.redis] if self.redis else []):
-            p.terminate()
-        for p in self.procs + ([self.redis] if self.redis else []):
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        time.sleep(1)
+        stop(self.procs + ([self.redis] if self.redis else []))
 
     def urls(self):
         return [f"ws://127.0.0.1:{19180 + i}/?rooms={{room}}" for i in range(self.n)]
@@ -192,10 +192,7 @@ class NodeSio:
     """Three Node socket.io processes sharing a fresh redis-server (the Redis adapter)."""
 
     def __enter__(self):
-        self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        wait_port(REDIS_PORT)
+        self.redis = start_redis()
         peers = ROOT / "tests" / "bench" / "peers"
         if not (peers / "node_modules" / "@socket.io" / "redis-adapter").exists():
             subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=peers, check=True)
@@ -213,13 +210,7 @@ class NodeSio:
         return self
 
     def __exit__(self, *exc):
-        for p in self.procs + [self.redis]:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        time.sleep(1)
+        stop(self.procs + [self.redis])
 
 
 def sio_fanout(urls, push, clients, secs, label):

@@ -83,11 +83,6 @@ fn check_reports_file_line_and_key_for_broken_configs() {
             "redis.toml:2: cluster.redis: cannot reach redis",
         ),
         (
-            "clusterhistory.toml",
-            format!("[cluster]\nredis = \"redis://127.0.0.1:1/0\"\n{TENANT}history_max = 5\n"),
-            "tenant[0].history_max: room history is not kept in cluster mode",
-        ),
-        (
             "ingress.toml",
             format!("{TENANT}redis_ingress = [{{ channel = \"c\" }}]\n"),
             "ingress.toml:4: tenant[0].redis_ingress[0]: needs a [cluster]",

@@ -234,7 +234,10 @@ mod tests {
         let seen = Arc::new(Recorder::default());
         broker.register_handler(seen.clone());
 
-        let keep = Some(HistoryOptions { max: 10 });
+        let keep = Some(HistoryOptions {
+            max: 10,
+            ttl: Duration::from_secs(60),
+        });
         let mut positions = Vec::new();
         for i in 0..4 {
             let out = broker.publish(publication("r", i), keep).await.unwrap();

@@ -11,6 +11,8 @@
 
 pub mod memory;
 pub mod redis;
+mod redis_history;
+mod redis_recovery;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +99,8 @@ pub trait PublicationHandler: Send + Sync + 'static {
 pub struct HistoryOptions {
     /// Entries kept per room (older ones are trimmed).
     pub max: usize,
+    /// Entries older than this are not recovered (a shared store may drop them).
+    pub ttl: Duration,
 }
 
 /// What publishing did.

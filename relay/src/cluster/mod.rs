@@ -210,6 +210,11 @@ impl Cluster {
         }
     }
 
+    /// This node incarnation's own channel (`P:ch::n:N`; no tenant is empty).
+    pub fn node_channel(&self) -> String {
+        format!("{}:ch::n:{}", self.prefix, self.node)
+    }
+
     /// What a channel name carries: tenant, and the room or user (or none: tenant-wide).
     pub fn parse_channel<'c>(
         &self,

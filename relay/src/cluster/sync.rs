@@ -42,6 +42,9 @@ impl Dirty {
     }
 }
 
+/// A tenant's room.
+type TenantRoom = (Arc<str>, Arc<str>);
+
 /// The node's writer of presence and subscriptions.
 pub struct ClusterSync {
     cluster: Arc<Cluster>,
@@ -54,6 +57,9 @@ pub struct ClusterSync {
     flushed: watch::Sender<u64>,
     /// Channels subscribed now (the task's own; a mutex for the gauge readers).
     subscribed: Mutex<HashSet<String>>,
+    /// Rooms kept subscribed without a member here yet (connections recovering their
+    /// history), with how many hold each.
+    pinned: Mutex<HashMap<TenantRoom, usize>>,
 }
 
 /// A tenant hub's observer: marks what changed.
@@ -64,16 +70,7 @@ struct Observer {
 
 impl HubObserver for Observer {
     fn changed(&self, change: Change<'_>) {
-        let mut d = self.sync.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        let t = self.tenant.clone();
-        match change {
-            Change::Room(r) => d.sets.insert((t, ChannelKind::Room, Arc::from(r))),
-            Change::User(u) => d.sets.insert((t, ChannelKind::User, Arc::from(u))),
-            Change::Connection(id) => d.conns.insert((t, id)),
-        };
-        d.marked += 1;
-        drop(d);
-        self.sync.wake.notify_one();
+        self.sync.mark(&self.tenant, change);
     }
 }
 
@@ -94,7 +91,48 @@ impl ClusterSync {
             wake: Notify::new(),
             flushed: watch::channel(0).0,
             subscribed: Default::default(),
+            pinned: Default::default(),
         })
+    }
+
+    /// Mark `change` of `tenant`'s hub for the next write.
+    fn mark(&self, tenant: &Arc<str>, change: Change<'_>) {
+        let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let t = tenant.clone();
+        match change {
+            Change::Room(r) => d.sets.insert((t, ChannelKind::Room, Arc::from(r))),
+            Change::User(u) => d.sets.insert((t, ChannelKind::User, Arc::from(u))),
+            Change::Connection(id) => d.conns.insert((t, id)),
+        };
+        d.marked += 1;
+        drop(d);
+        self.wake.notify_one();
+    }
+
+    /// Keep `room`'s channel subscribed, members here or not, until as many
+    /// [`unpin`](Self::unpin)s: a connection recovering the room's history must receive
+    /// its publications before it joins. [`settle`](Self::settle) waits for it.
+    pub fn pin(&self, tenant: &Arc<str>, room: &str) {
+        {
+            let mut p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+            *p.entry((tenant.clone(), Arc::from(room))).or_default() += 1;
+        }
+        self.mark(tenant, Change::Room(room));
+    }
+
+    /// Undo one [`pin`](Self::pin).
+    pub fn unpin(&self, tenant: &Arc<str>, room: &str) {
+        {
+            let mut p = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (tenant.clone(), Arc::from(room));
+            if let Some(n) = p.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    p.remove(&key);
+                }
+            }
+        }
+        self.mark(tenant, Change::Room(room));
     }
 
     /// Keep `tenant`'s hub in Redis: it reports its changes here from now on.
@@ -159,11 +197,12 @@ impl ClusterSync {
 
     /// Write changes as they come until `stop`; a failed write is retried with backoff.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let tenants: Vec<String> = self
+        let mut tenants: Vec<String> = self
             .hubs()
             .keys()
             .map(|t| self.cluster.channel(t, None))
             .collect();
+        tenants.push(self.cluster.node_channel());
         let mut backoff = Duration::from_millis(50);
         let mut tenant_channels = false;
         loop {
@@ -226,7 +265,13 @@ impl ClusterSync {
             .map(|s| s.clone())
             .unwrap_or_default();
         let hubs = self.hubs();
+        let pinned: HashSet<TenantRoom> = self
+            .pinned
+            .lock()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
         for (t, kind, name) in &batch.sets {
+            let pin = *kind == ChannelKind::Room && pinned.contains(&(t.clone(), name.clone()));
             let Some(hub) = hubs.get(t) else { continue };
             let (key, value) = match kind {
                 ChannelKind::Room => {
@@ -262,21 +307,21 @@ impl ClusterSync {
                     }
                 }
             }
+            let wanted = value.is_some() || pin;
             match value {
                 Some(v) => {
                     pipe.hset(&key, node, v).ignore();
                     pipe.sadd(&keys, format!("h|{key}")).ignore();
-                    if !subscribed.contains(&channel) {
-                        subscribe.push(channel);
-                    }
                 }
                 None => {
                     pipe.hdel(&key, node).ignore();
                     pipe.srem(&keys, format!("h|{key}")).ignore();
-                    if subscribed.contains(&channel) {
-                        unsubscribe.push(channel);
-                    }
                 }
+            }
+            match (wanted, subscribed.contains(&channel)) {
+                (true, false) => subscribe.push(channel),
+                (false, true) => unsubscribe.push(channel),
+                _ => {}
             }
         }
         for (t, id) in &batch.conns {

@@ -195,13 +195,6 @@ impl Config {
         let mut tenants = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             t.check(i, &mut tenants, &mut r);
-            if self.cluster.is_some() && t.history.max > 0 {
-                r.add(
-                    Some(t.name.span()),
-                    format!("tenant[{i}].history_max"),
-                    "room history is not kept in cluster mode yet; set history_max = 0 or remove [cluster]",
-                );
-            }
         }
         let mut seen = listener::Seen::default();
         for (i, l) in self.listeners.iter().enumerate() {

@@ -80,7 +80,10 @@ impl Node {
     ) -> Result<Published, BrokerError> {
         Metrics::inc(&self.metrics.publications);
         let history = match (&target, tenant.config.history.max) {
-            (Target::Rooms(_), max) if max > 0 => Some(HistoryOptions { max }),
+            (Target::Rooms(_), max) if max > 0 => Some(HistoryOptions {
+                max,
+                ttl: Duration::from_millis(tenant.config.history.ttl_ms),
+            }),
             _ => None,
         };
         let p = Publication {

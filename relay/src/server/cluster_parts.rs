@@ -79,7 +79,11 @@ pub(super) fn broker(parts: &ClusterParts, shutdown: &Shutdown) -> Arc<dyn broke
         sync.clone(),
         shutdown.token.clone(),
     ));
-    Arc::new(broker::redis::RedisBroker::new(c.clone(), subscriber))
+    Arc::new(broker::redis::RedisBroker::new(
+        c.clone(),
+        sync.clone(),
+        subscriber,
+    ))
 }
 
 /// Route `redis_ingress` messages to their tenants, and hold what channels can be held.

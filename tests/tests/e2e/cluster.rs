@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
 /// A relay with `config` that is node `name` of the cluster on `redis`.
-async fn node(redis: &RedisServer, name: &str, config: &str) -> Result<TestRelay> {
+pub(crate) async fn node(redis: &RedisServer, name: &str, config: &str) -> Result<TestRelay> {
     let config = format!(
         "[cluster]\nredis = {:?}\nnode = {name:?}\nnode_ttl_ms = 3000\ncommand_timeout_ms = 500\n{config}",
         redis.url(),
@@ -25,7 +25,11 @@ async fn nodes(redis: &RedisServer, n: usize) -> Result<Vec<TestRelay>> {
 }
 
 /// `n` nodes with `config`, each in the cluster before the next starts.
-async fn nodes_with(redis: &RedisServer, n: usize, config: &str) -> Result<Vec<TestRelay>> {
+pub(crate) async fn nodes_with(
+    redis: &RedisServer,
+    n: usize,
+    config: &str,
+) -> Result<Vec<TestRelay>> {
     let mut out = Vec::new();
     for i in 0..n {
         let r = node(redis, &format!("n{i}"), config).await?;
@@ -58,7 +62,7 @@ async fn device(node: &TestRelay, user: &str) -> Result<(Client<TcpStream>, Stri
 }
 
 /// `GET /push?<query>` on `node`'s http listener, as JSON.
-async fn push(node: &TestRelay, query: &str) -> Result<(u16, Value)> {
+pub(crate) async fn push(node: &TestRelay, query: &str) -> Result<(u16, Value)> {
     let (status, body) = get(node.addr("http"), &format!("/push?{query}")).await?;
     Ok((
         status,

@@ -1,6 +1,7 @@
 //! Nodes that die without saying goodbye, as `relay serve` child processes sharing a real
 //! `redis-server`: a node killed with SIGKILL drops out of the cluster's presence within
-//! its expiry, and a node restarted under its name leaves no ghost of its former self.
+//! its expiry, a node restarted under its name leaves no ghost of its former self, and
+//! the mailboxes and room history kept through a killed node are served by another.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -122,6 +123,7 @@ node_ttl_ms = {ttl_ms}
 [[tenant]]
 name = "demo"
 policy = "open"
+history_max = 10
 
 [[listener]]
 name = "ws"
@@ -184,10 +186,25 @@ fn a_killed_node_drops_out_within_its_expiry_and_a_restarted_one_leaves_no_ghost
 }
 
 #[test]
-fn a_mailbox_kept_through_a_node_killed_with_sigkill_is_delivered_by_another() {
+fn a_mailbox_and_room_history_kept_through_a_node_killed_with_sigkill_are_served_by_another() {
     let redis = Redis::start();
     let mut a = Node::start(&redis, "a", 3_000);
     let b = Node::start(&redis, "b", 3_000);
+    // A member of `news` on node a sees h1 (and its offset).
+    let http_a = a.http.clone();
+    let pusher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        Http::connect(&http_a).request("GET", "/push?room=news&data=h1", b"")
+    });
+    let seen = ws_texts(&a.ws, "/?rooms=news", Duration::from_millis(800));
+    let (status, _) = pusher.join().expect("pusher");
+    assert_eq!(status, 200);
+    let h1: serde_json::Value = seen
+        .iter()
+        .find_map(|m| serde_json::from_str(m).ok())
+        .unwrap_or_else(|| panic!("h1 not seen: {seen:?}"));
+    assert_eq!(h1["data"], "h1", "{seen:?}");
+    let offset = h1["offset"].as_str().expect("offset").to_owned();
     let (status, body) = Http::connect(&a.http).request(
         "GET",
         "/push?user=bob&data=kept-before-the-crash&offline=1",
@@ -197,6 +214,16 @@ fn a_mailbox_kept_through_a_node_killed_with_sigkill_is_delivered_by_another() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"stored\":true"), "{body}");
     a.sigkill();
+    // The room's client reconnects to node b with its offset: exactly what it missed.
+    let (status, _) = Http::connect(&b.http).request("GET", "/push?room=news&data=h2", b"");
+    assert_eq!(status, 200);
+    let got = ws_texts(
+        &b.ws,
+        &format!("/?rooms=news&offset={offset}"),
+        Duration::from_millis(500),
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("\"h2\""), "{got:?}");
     // Bob's client reconnects, to the node still up, and gets what was kept.
     let got = ws_texts(&b.ws, "/?user=bob", Duration::from_millis(500));
     assert!(

@@ -83,6 +83,21 @@ fn check_reports_file_line_and_key_for_broken_configs() {
             "redis.toml:2: cluster.redis: cannot reach redis",
         ),
         (
+            "tlsplain.toml",
+            format!("[cluster]\nredis = \"redis://127.0.0.1:1/0\"\ntls_ca = \"ca.pem\"\ntls_cert = \"c.pem\"\n{TENANT}"),
+            "tlsplain.toml:3: cluster.tls_ca: only with a rediss:// URL",
+        ),
+        (
+            "tlspair.toml",
+            format!("[cluster]\nredis = \"rediss://127.0.0.1:1/0\"\ntls_cert = \"c.pem\"\n{TENANT}"),
+            "cluster.tls_cert: tls_cert and tls_key go together",
+        ),
+        (
+            "tlsfile.toml",
+            format!("[cluster]\nredis = \"rediss://127.0.0.1:1/0\"\ntls_ca = \"missing-ca.pem\"\n{TENANT}[[listener]]\nname = \"l\"\nkind = \"http\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n"),
+            "tlsfile.toml:3: cluster.tls_ca: cannot read",
+        ),
+        (
             "ingress.toml",
             format!("{TENANT}redis_ingress = [{{ channel = \"c\" }}]\n"),
             "ingress.toml:4: tenant[0].redis_ingress[0]: needs a [cluster]",

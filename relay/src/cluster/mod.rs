@@ -101,13 +101,17 @@ impl std::fmt::Debug for Cluster {
 
 /// The client for a configured URL, speaking RESP3 (pub/sub and commands share the
 /// protocol; RESP3 lets one managed connection carry subscriptions).
-fn client(url: &str) -> Result<redis::Client, RedisError> {
+fn client(url: &str, tls: Option<redis::TlsCertificates>) -> Result<redis::Client, RedisError> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)?;
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
+    let info = info.set_redis_settings(settings);
+    match tls {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    }
 }
 
 /// How a managed connection reconnects: quickly at first, then every 2 s at most.
@@ -121,12 +125,16 @@ fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
 
 impl Cluster {
     /// Links for `config`, made lazily: Redis need not be up yet (the first commands
-    /// fail and are retried; see [`heartbeat`]).
-    pub fn new(config: &ClusterConfig) -> Result<Arc<Self>, ClusterError> {
+    /// fail and are retried; see [`heartbeat`]). `tls`: a private CA and a client
+    /// certificate for `rediss://`, read from `tls_*` (the system's roots without).
+    pub fn new(
+        config: &ClusterConfig,
+        tls: Option<redis::TlsCertificates>,
+    ) -> Result<Arc<Self>, ClusterError> {
         // rediss:// builds a rustls client config, which needs a process-wide provider.
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         let timeout = Duration::from_millis(config.command_timeout_ms);
-        let client = client(config.redis.get_ref())?;
+        let client = client(config.redis.get_ref(), tls)?;
         let conn =
             ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout))?;
         let suffix = format!("{:08x}", rand::random::<u32>());
@@ -310,7 +318,7 @@ mod tests {
     async fn channel_names_round_trip_whatever_the_room_holds() {
         let text = "[cluster]\nredis = \"redis://127.0.0.1:1\"\nprefix = \"px\"\n\n[[listener]]\nname = \"x\"\nkind = \"udp\"\nbind = \"127.0.0.1:0\"\ntenant = \"a\"\n\n[[tenant]]\nname = \"a\"\npolicy = \"open\"\n";
         let config = crate::Config::parse(text, None).unwrap();
-        let c = Cluster::new(config.cluster.as_ref().unwrap()).unwrap();
+        let c = Cluster::new(config.cluster.as_ref().unwrap(), None).unwrap();
         for of in [
             None,
             Some((ChannelKind::Room, "a:b:c")),

@@ -1,6 +1,8 @@
 //! `[cluster]`: several relay nodes sharing rooms, users and presence through Redis.
 //! Absent, relay is one node on its embedded store.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -10,9 +12,20 @@ use super::validate::Report;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// `redis://[:password@]host:port[/db]` or `rediss://…` (TLS, with the system's
-    /// roots). Required.
+    /// `redis://[:password@]host:port[/db]` or `rediss://…` (TLS: the system's roots,
+    /// or `tls_ca`). Required.
     pub redis: Spanned<String>,
+    /// `rediss://` only: a PEM file of the CA certificates that Redis's certificate must
+    /// chain to, instead of the system's roots (a private CA).
+    #[serde(default)]
+    pub tls_ca: Option<Spanned<PathBuf>>,
+    /// `rediss://` only: this node's client certificate chain (PEM), for a Redis that
+    /// requires one (`tls-auth-clients yes`); with `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<Spanned<PathBuf>>,
+    /// `rediss://` only: the private key of `tls_cert` (PEM).
+    #[serde(default)]
+    pub tls_key: Option<Spanned<PathBuf>>,
     /// Prefix of every Redis key and channel, so that several clusters can share one
     /// Redis. Default `relay`.
     #[serde(default = "default_prefix")]
@@ -144,6 +157,30 @@ impl ClusterConfig {
                 Some(self.redis.span()),
                 "cluster.redis".into(),
                 format!("not a Redis URL: {e}"),
+            );
+        }
+        let tls = [&self.tls_ca, &self.tls_cert, &self.tls_key];
+        if !url.starts_with("rediss://") {
+            for (name, v) in ["tls_ca", "tls_cert", "tls_key"].iter().zip(tls) {
+                if let Some(v) = v {
+                    r.add(
+                        Some(v.span()),
+                        format!("cluster.{name}"),
+                        "only with a rediss:// URL",
+                    );
+                }
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let span = self
+                .tls_cert
+                .as_ref()
+                .or(self.tls_key.as_ref())
+                .map(|v| v.span());
+            r.add(
+                span,
+                "cluster.tls_cert".into(),
+                "tls_cert and tls_key go together",
             );
         }
         if !key_safe(self.prefix.get_ref()) {

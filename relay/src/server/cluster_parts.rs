@@ -18,10 +18,49 @@ pub(super) type ClusterParts = (
     Arc<cluster::subscriber::Subscriber>,
 );
 
+/// The `tls_*` files of `[cluster]`, read (paths relative to the config file), or an
+/// error at the key that names an unreadable one.
+fn tls_files(config: &Config) -> Result<Option<redis::TlsCertificates>, config::ConfigError> {
+    let Some(cc) = &config.cluster else {
+        return Ok(None);
+    };
+    let read = |name: &str, v: &Option<toml::Spanned<std::path::PathBuf>>| {
+        v.as_ref()
+            .map(|p| {
+                let path = config.resolve(p.get_ref());
+                std::fs::read(&path).map_err(|e| {
+                    config.error_at(
+                        Some(p.span()),
+                        format!("cluster.{name}"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let root_cert = read("tls_ca", &cc.tls_ca)?;
+    let cert = read("tls_cert", &cc.tls_cert)?;
+    let key = read("tls_key", &cc.tls_key)?;
+    let client_tls = match (cert, key) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        _ => None,
+    };
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
+}
+
 pub(super) fn parts(config: &Config) -> Result<Option<ClusterParts>, Error> {
     let Some(cc) = &config.cluster else {
         return Ok(None);
     };
+    let tls = tls_files(config).map_err(|e| Error::Cluster(e.to_string()))?;
     if tokio::runtime::Handle::current().runtime_flavor()
         != tokio::runtime::RuntimeFlavor::MultiThread
     {
@@ -29,7 +68,7 @@ pub(super) fn parts(config: &Config) -> Result<Option<ClusterParts>, Error> {
             "cluster mode needs tokio's multi-thread runtime".into(),
         ));
     }
-    let c = cluster::Cluster::new(cc).map_err(|e| Error::Cluster(e.to_string()))?;
+    let c = cluster::Cluster::new(cc, tls).map_err(|e| Error::Cluster(e.to_string()))?;
     let subscriber = Arc::new(
         cluster::subscriber::Subscriber::new(c.clone())
             .map_err(|e| Error::Cluster(e.to_string()))?,
@@ -46,13 +85,14 @@ pub(super) fn probe_redis(config: &Config) -> Result<(), config::ConfigError> {
         return Ok(());
     };
     let span = cc.redis.span();
+    let tls = tls_files(config)?;
     let probe = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let c = cluster::Cluster::new(&cc).map_err(|e| e.to_string())?;
+            let c = cluster::Cluster::new(&cc, tls).map_err(|e| e.to_string())?;
             c.probe().await.map_err(|e| e.to_string())
         })
     });

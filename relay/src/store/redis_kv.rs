@@ -178,7 +178,7 @@ mod tests {
     async fn only_listed_keys_outside_relays_own_are_readable() {
         let text = "[cluster]\nredis = \"redis://127.0.0.1:1\"\nprefix = \"px\"\n\n[[tenant]]\nname = \"a\"\npolicy = \"open\"\n\n[[listener]]\nname = \"u\"\nkind = \"udp\"\nbind = \"127.0.0.1:0\"\ntenant = \"a\"\n";
         let config = crate::Config::parse(text, None).unwrap();
-        let c = Cluster::new(config.cluster.as_ref().unwrap()).unwrap();
+        let c = Cluster::new(config.cluster.as_ref().unwrap(), None).unwrap();
         let kv = RedisKv::new(c.clone(), "a", vec!["login*".into()]);
         assert_eq!(kv.raw_key("redis:login7"), Some("login7"));
         assert_eq!(kv.raw_key("redis:logout7"), None, "not listed");

@@ -9,6 +9,7 @@ mod bench_tool;
 mod close_codes;
 mod cluster;
 mod cluster_history;
+mod cluster_tls;
 mod conformance;
 mod history;
 mod ingress;

@@ -6,7 +6,9 @@
 //!   `?headers=1`, `?header=NAME` and `?whoami=1` answer what the plugin sees of the
 //!   request in `x-seen-headers`, `x-seen-header` and `x-seen-request` response headers.
 //! - events (`{"event": ...}`): `echo`, `whoami`, `login`, `emit` (to `room`),
-//!   `kv-set`/`kv-get`/`kv-once`, `now`, `random`, `version`, and the misbehaviours
+//!   `kv-set`/`kv-get`/`kv-once`, `now`, `random`, `version`, `join-other`,
+//!   `leave-other` and `close-other` (`{conn, room}`: act on another connection, which
+//!   may live on another node of a cluster), and the misbehaviours
 //!   `trap`, `loop`, `alloc` (`mb` megabytes), `bad-json`, `print`.
 //! - ingress: `POST /push` `{"room","data"}`; `GET /version`.
 //! - settings: `{"version": "..."}` is reported by `version`; `{"fail_init": true}` fails init.
@@ -126,6 +128,19 @@ impl Plugin for Testkit {
                 &json!({"event": "message", "data": data["data"]}),
             )],
             "version" => vec![reply(&json!({"event": "version", "version": version()}))],
+            "join-other" => vec![Action::Join(Membership {
+                rooms: vec![s("room")],
+                conn: Some(s("conn")),
+            })],
+            "leave-other" => vec![Action::Leave(Membership {
+                rooms: vec![s("room")],
+                conn: Some(s("conn")),
+            })],
+            "close-other" => vec![Action::Close(Close {
+                code: 4000,
+                reason: "closed by another connection".into(),
+                conn: Some(s("conn")),
+            })],
             "kv-set" => {
                 host::kv_set(
                     &s("key"),

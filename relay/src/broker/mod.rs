@@ -92,6 +92,10 @@ pub trait PublicationHandler: Send + Sync + 'static {
     /// of `rooms[part]`: to that room's members not in an earlier room of the list (who
     /// get that room's copy), so each connection gets it once.
     fn handle_part(&self, p: Publication, part: usize) -> usize;
+
+    /// A command for a connection of `tenant` that may live here (see
+    /// [`Broker::command`]): carry it out if the connection is this node's.
+    fn handle_command(&self, _tenant: &str, _command: &[u8]) {}
 }
 
 /// How a publication is kept in room history.
@@ -158,6 +162,12 @@ pub trait Broker: Send + Sync + 'static {
         p: Publication,
         history: Option<HistoryOptions>,
     ) -> Result<Published, BrokerError>;
+
+    /// Send `command` (a policy action on one connection, as JSON) to every other node,
+    /// for the one holding the connection. One node has no other node: nothing to do.
+    async fn command(&self, _tenant: &str, _command: Vec<u8>) -> Result<(), BrokerError> {
+        Ok(())
+    }
 
     /// Attach `sink` to a room and replay what was published there after `from.since`,
     /// with nothing lost or repeated in between. An `Err` means the broker failed before

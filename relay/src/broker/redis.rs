@@ -18,7 +18,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 
-use super::redis_history::{parse_origin, Gap, RedisHistory};
+use super::redis_history::{parse_origin, Gap, RedisHistory, Tag, COMMAND};
 use super::redis_recovery::Recovering;
 use super::{
     Broker, BrokerError, HistoryOptions, Publication, PublicationHandler, Published, RecoverFrom,
@@ -75,9 +75,19 @@ impl Inbound for Receive {
             return;
         };
         let (first, body) = (&payload[..split], &payload[split + 1..]);
-        let Some((origin, position)) = parse_origin(first) else {
+        let Some((origin, tag)) = parse_origin(first) else {
             tracing::warn!(channel, "publication with a malformed origin line; dropped");
             return;
+        };
+        let position = match tag {
+            Tag::Plain => None,
+            Tag::Position(p) => Some(p),
+            Tag::Command => {
+                if let (None, Some(handler)) = (of, self.handler.get()) {
+                    handler.handle_command(tenant, body);
+                }
+                return;
+            }
         };
         let mut p = match Publication::decode(body) {
             Ok(p) if &*p.tenant == tenant => p,
@@ -212,6 +222,31 @@ impl Broker for RedisBroker {
                 Err(e.into())
             }
         }
+    }
+
+    /// `PUBLISH` the command on the tenant's channel: every node gets it, and the one
+    /// holding the connection carries it out, in order with the publications before it.
+    async fn command(&self, tenant: &str, command: Vec<u8>) -> Result<(), BrokerError> {
+        let mut payload = Vec::with_capacity(self.cluster.node.len() + 5 + command.len());
+        payload.extend_from_slice(self.cluster.node.as_bytes());
+        payload.push(b' ');
+        payload.extend_from_slice(COMMAND.as_bytes());
+        payload.push(b'\n');
+        payload.extend_from_slice(&command);
+        let mut conn = self.cluster.conn.clone();
+        let channel = self.cluster.channel(tenant, None);
+        self.cluster
+            .call(
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async::<()>(&mut conn),
+            )
+            .await
+            .map_err(|e| {
+                Metrics::inc(&self.cluster.metrics.publish_failed);
+                e.into()
+            })
     }
 
     /// Pin the room's channel and wait until it is subscribed, read the history after

@@ -204,13 +204,32 @@ fn parse_entry(m: &[u8]) -> Result<(u64, Publication), BrokerError> {
     }
 }
 
-/// The first line of a payload: `<origin>` or `<origin> <epoch>:<offset>`.
-pub fn parse_origin(line: &[u8]) -> Option<(&[u8], Option<StreamPosition>)> {
+/// What follows the origin node on a payload's first line.
+#[derive(Debug, PartialEq)]
+pub enum Tag {
+    /// A publication.
+    Plain,
+    /// A publication kept in room history, at this position.
+    Position(StreamPosition),
+    /// A command for whichever node holds a connection ([`COMMAND`]).
+    Command,
+}
+
+/// The tag of a command payload: `<origin> cmd`.
+pub const COMMAND: &str = "cmd";
+
+/// The first line of a payload: `<origin>`, `<origin> <epoch>:<offset>` or
+/// `<origin> cmd`.
+pub fn parse_origin(line: &[u8]) -> Option<(&[u8], Tag)> {
     match line.iter().position(|&b| b == b' ') {
-        None => Some((line, None)),
+        None => Some((line, Tag::Plain)),
         Some(i) => {
-            let pos = std::str::from_utf8(&line[i + 1..]).ok()?;
-            Some((&line[..i], Some(StreamPosition::parse(pos)?)))
+            let tag = std::str::from_utf8(&line[i + 1..]).ok()?;
+            let tag = match tag {
+                COMMAND => Tag::Command,
+                pos => Tag::Position(StreamPosition::parse(pos)?),
+            };
+            Some((&line[..i], tag))
         }
     }
 }
@@ -244,9 +263,14 @@ mod tests {
         for bad in [&b""[..], b"7", b"x 1 {}", b"7 1 not-json", &user] {
             assert!(parse_entry(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_origin(b"n1.ab"), Some((&b"n1.ab"[..], None)));
-        let (o, pos) = parse_origin(b"n1 e:9").unwrap();
-        assert_eq!((o, pos.map(|p| p.offset)), (&b"n1"[..], Some(9)));
+        assert_eq!(parse_origin(b"n1.ab"), Some((&b"n1.ab"[..], Tag::Plain)));
+        assert_eq!(parse_origin(b"n1 cmd"), Some((&b"n1"[..], Tag::Command)));
+        let (o, tag) = parse_origin(b"n1 e:9").unwrap();
+        let pos = StreamPosition {
+            epoch: "e".into(),
+            offset: 9,
+        };
+        assert_eq!((o, tag), (&b"n1"[..], Tag::Position(pos)));
         assert_eq!(parse_origin(b"n1 e:x"), None);
         assert_eq!(parse_origin(b"n1 "), None);
     }

@@ -38,6 +38,14 @@ impl Node {
             }
         };
         for action in actions {
+            if self.cluster.is_some() {
+                if let Some(id) = super::delivery::addressed_conn(&action) {
+                    if resolve(&Some(id.to_owned())).is_none() {
+                        self.forward(tenant, &action).await;
+                        continue;
+                    }
+                }
+            }
             match action {
                 Action::Reply { message } => match origin {
                     Some(h) => {
@@ -115,6 +123,21 @@ impl Node {
             }
         }
         out
+    }
+
+    /// In a cluster, an action on a connection that is not here goes to the other nodes;
+    /// the one holding the connection carries it out.
+    async fn forward(&self, tenant: &Tenant, action: &Action) {
+        let command = match serde_json::to_vec(action) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(tenant = %tenant.name, error = %e, "cannot encode an action for another node");
+                return;
+            }
+        };
+        if let Err(e) = self.broker.command(&tenant.name, command).await {
+            tracing::warn!(tenant = %tenant.name, error = %e, "action for a connection on another node not sent");
+        }
     }
 
     /// `SetIdentity`: bind the user, replace the session data, mark authenticated; a new

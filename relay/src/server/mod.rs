@@ -198,9 +198,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Some(parts) => cluster_parts::broker(parts, &shutdown),
         None => Arc::new(broker::MemoryBroker::new(Arc::new(db.clone()))),
     };
-    broker.register_handler(Arc::new(node::delivery::HubDelivery::new(
+    let delivery = Arc::new(node::delivery::HubDelivery::new(
         tenants.values().map(|t| (t.name.clone(), t.hub.clone())),
-    )));
+    ));
+    broker.register_handler(delivery.clone());
     let node = Arc::new(Node {
         tenants,
         broker,
@@ -212,6 +213,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         msglog,
         cluster: cluster.as_ref().map(|c| c.1.clone()),
     });
+    delivery.set_node(&node);
     if let Some(parts) = &cluster {
         cluster_parts::hold_ingress_channels(parts, &node);
     }

@@ -8,6 +8,7 @@
 mod bench_tool;
 mod close_codes;
 mod cluster;
+mod cluster_actions;
 mod cluster_history;
 mod cluster_tls;
 mod conformance;

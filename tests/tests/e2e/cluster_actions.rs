@@ -55,14 +55,9 @@ async fn join_and_close_on_a_connection_of_another_node_are_carried_out_there() 
 
     b.send(json!({"event": "close-other", "conn": a_id}))
         .await?;
-    loop {
-        match a.ended_within(WAIT).await? {
-            Ended::Close(code) => {
-                assert_eq!(code, 4000);
-                break;
-            }
-            other => anyhow::bail!("ended without the close asked for: {other:?}"),
-        }
+    match a.ended_within(WAIT).await? {
+        Ended::Close(code) => assert_eq!(code, 4000),
+        other => anyhow::bail!("ended without the close asked for: {other:?}"),
     }
     Ok(())
 }

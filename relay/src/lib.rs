@@ -27,6 +27,7 @@
 //! - [`cluster`]: several nodes through Redis: heartbeat, presence, subscriptions.
 //! - [`fault`]: whose fault an error is.
 //! - [`metrics`]: counters, rendered for `/metrics`.
+//! - [`rate`]: rate limits (token buckets): per connection, per tenant, per address.
 //! - `server`: the composition root: builds each part once from the config, binds the
 //!   listeners and routes their requests, starts the background tasks ([`start`], [`check`], [`Running`]).
 
@@ -43,6 +44,7 @@ pub mod node;
 pub mod plugin;
 pub mod policy;
 pub mod protocol;
+pub mod rate;
 mod server;
 pub(crate) mod session;
 pub mod shutdown;

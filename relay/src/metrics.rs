@@ -42,6 +42,16 @@ metrics! {
     slow_consumers: AtomicU64,
     /// Connections closed for protocol errors (1002, 1007, 1009).
     protocol_errors: AtomicU64,
+    /// Client messages dropped over a connection's rate limit.
+    messages_rate_limited: AtomicU64,
+    /// Connections closed for staying over their rate limit (1008).
+    rate_limit_closes: AtomicU64,
+    /// Pushes refused over a tenant's `max_pushes_per_sec` (HTTP 429, UDP, Redis).
+    pushes_rate_limited: AtomicU64,
+    /// Handshakes refused over a listener's `max_handshakes_per_ip_per_sec` (429).
+    handshakes_rate_limited: AtomicU64,
+    /// UDP replies not sent: larger than the datagram, to a source not in `udp_trusted`.
+    udp_replies_suppressed: AtomicU64,
     /// Connections closed by the idle timeout.
     idle_timeouts: AtomicU64,
     /// Connections closed by the authentication deadline.

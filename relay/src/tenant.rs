@@ -44,6 +44,21 @@ pub struct Tenant {
     pub offline_used: std::sync::atomic::AtomicBool,
     /// Sent just before the authentication deadline closes a connection.
     pub auth_timeout_notice: Option<Message>,
+    /// `max_pushes_per_sec` (none when 0).
+    pub pushes: Option<crate::rate::SharedBucket>,
+}
+
+impl Tenant {
+    /// A connection's inbound rate limits, as this tenant sets them.
+    pub fn conn_rate(&self) -> crate::rate::ConnRate {
+        let r = &self.config.rates;
+        crate::rate::ConnRate::new(
+            r.max_messages_per_sec,
+            r.max_inbound_bytes_per_sec,
+            self.config.limits.max_message_bytes,
+            r.rate_limit_close_secs,
+        )
+    }
 }
 
 impl Tenant {
@@ -201,6 +216,8 @@ impl Tenant {
             },
         };
         let notice = notice_message(config.auth_timeout_notice.as_ref().map(|n| n.get_ref()))?;
+        let per_sec = config.rates.max_pushes_per_sec;
+        let pushes = (per_sec > 0).then(|| crate::rate::SharedBucket::per_second(per_sec));
         Ok(Tenant {
             presence,
             log,
@@ -214,6 +231,7 @@ impl Tenant {
             namespace_patterns,
             offline_used: Default::default(),
             auth_timeout_notice: notice,
+            pushes,
         })
     }
 }

@@ -85,6 +85,8 @@ data_dir = "{OUT}/data-{i}-{int(cluster)}"
 {section}
 [[tenant]]
 name = "ws"
+max_pushes_per_sec = 0
+max_messages_per_sec = 0
 policy = "open"
 outbound_queue = 4096
 idle_timeout_ms = 0
@@ -92,6 +94,8 @@ ping_interval_ms = 0
 
 [[tenant]]
 name = "sio"
+max_pushes_per_sec = 0
+max_messages_per_sec = 0
 policy = "open"
 profile = "socket.io"
 outbound_queue = 4096
@@ -100,6 +104,8 @@ ping_timeout_ms = 60000
 
 [[tenant]]
 name = "signed"
+max_pushes_per_sec = 0
+max_messages_per_sec = 0
 policy = "wasm"
 plugin = "bundled:md5-sign"
 settings = {{ key = "bench-key" }}

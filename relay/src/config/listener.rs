@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::tenant::defaults;
+use super::defaults;
 use super::validate::Report;
 
 /// The kind of a listener.
@@ -76,6 +76,16 @@ pub struct ListenerConfig {
     /// Largest HTTP request body or UDP datagram accepted (413 above). Default 1 MiB.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
+    /// ws/wss: client handshakes (WebSocket upgrades, Engine.IO opens) a second from one
+    /// IPv4 address or IPv6 /64, bursts of two seconds' worth; beyond, 429 with
+    /// `Retry-After`. 0 = unlimited. Default 20.
+    #[serde(default = "defaults::max_handshakes_per_ip_per_sec")]
+    pub max_handshakes_per_ip_per_sec: u32,
+    /// Addresses the per-address handshake limit does not apply to. Default loopback
+    /// (behind a same-host proxy every client is loopback: limit at the proxy, or set
+    /// this to `[]`).
+    #[serde(default = "defaults::udp_trusted")]
+    pub rate_limit_exempt: Vec<ipnet::IpNet>,
 }
 
 /// One `routes` entry of a listener.

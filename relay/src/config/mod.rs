@@ -13,6 +13,7 @@
 //! - [`cluster`]: `[cluster]` (Redis, for several nodes).
 
 pub mod cluster;
+mod defaults;
 mod error;
 pub mod listener;
 pub mod tenant;

@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::defaults;
 use super::validate::Report;
 
 /// Policies: `open` (built in, development only) and `wasm` (a plugin per tenant).
@@ -96,6 +97,9 @@ pub struct TenantConfig {
     /// Per-connection limits.
     #[serde(flatten)]
     pub limits: Limits,
+    /// Rate limits (`max_*_per_sec`, `rate_limit_close_secs`, `udp_trusted`).
+    #[serde(flatten)]
+    pub rates: Rates,
     /// Deadlines and heartbeats.
     #[serde(flatten)]
     pub timers: Timers,
@@ -135,6 +139,31 @@ pub struct Limits {
     /// Rooms one connection may be in at once; further joins are refused. Default 1000.
     #[serde(default = "defaults::max_rooms_per_connection")]
     pub max_rooms_per_connection: usize,
+}
+
+/// Rate limits of a tenant, per node (0: unlimited).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Rates {
+    /// Messages a second one connection may send (bursts of two seconds' worth); beyond,
+    /// messages are dropped and counted. Default 100.
+    #[serde(default = "defaults::max_messages_per_sec")]
+    pub max_messages_per_sec: u32,
+    /// Bytes a second one connection may send (bursts of two seconds' worth, and at least
+    /// one `max_message_bytes`); beyond, messages are dropped. Default 1 MiB.
+    #[serde(default = "defaults::max_inbound_bytes_per_sec")]
+    pub max_inbound_bytes_per_sec: u64,
+    /// A connection that had messages dropped in this many consecutive seconds is closed
+    /// (1008). 0 = never. Default 5.
+    #[serde(default = "defaults::rate_limit_close_secs")]
+    pub rate_limit_close_secs: u32,
+    /// Pushes a second the tenant takes over HTTP, UDP and Redis ingress together (bursts
+    /// of one second's worth); beyond, HTTP answers 429 with `Retry-After`. Default 10000.
+    #[serde(default = "defaults::max_pushes_per_sec")]
+    pub max_pushes_per_sec: u32,
+    /// UDP sources that may get a reply larger than their datagram. Others get at most as
+    /// many bytes as they sent (no reflection amplifier). Default loopback.
+    #[serde(default = "defaults::udp_trusted")]
+    pub udp_trusted: Vec<IpNet>,
 }
 
 /// Deadlines and heartbeats of a tenant's connections.
@@ -241,103 +270,6 @@ impl TenantConfig {
             .as_ref()
             .map(|s| s.get_ref().clone())
             .unwrap_or_default()
-    }
-}
-
-pub(super) mod defaults {
-    use super::*;
-    pub fn max_connections() -> usize {
-        10_000
-    }
-    pub fn max_connections_per_ip() -> usize {
-        1_000
-    }
-    pub fn handshake_timeout_ms() -> u64 {
-        10_000
-    }
-    pub fn max_body_bytes() -> usize {
-        1 << 20
-    }
-    pub fn profile() -> WireProfile {
-        WireProfile::WsJson
-    }
-    pub fn event_field() -> String {
-        "event".into()
-    }
-    pub fn max_message_bytes() -> usize {
-        64 << 10
-    }
-    pub fn idle_timeout_ms() -> u64 {
-        60_000
-    }
-    pub fn ping_interval_ms() -> u64 {
-        25_000
-    }
-    pub fn ping_timeout_ms() -> u64 {
-        20_000
-    }
-    pub fn history_ttl_ms() -> u64 {
-        600_000
-    }
-    pub fn history_field() -> String {
-        "offset".into()
-    }
-    pub fn log_max_bytes() -> u64 {
-        64 << 20
-    }
-    pub fn log_keep() -> usize {
-        5
-    }
-    pub fn webhook_timeout_ms() -> u64 {
-        5_000
-    }
-    pub fn webhook_retries() -> u32 {
-        3
-    }
-    pub fn offline_max() -> usize {
-        1000
-    }
-    pub fn offline_ttl_ms() -> u64 {
-        7 * 24 * 3600 * 1000
-    }
-    pub fn offline_max_bytes() -> usize {
-        64 << 10
-    }
-    pub fn kv_max_bytes() -> usize {
-        64 << 20
-    }
-    pub fn namespaces() -> Vec<String> {
-        vec!["/".into()]
-    }
-    pub fn plugin_deadline_ms() -> u64 {
-        5
-    }
-    pub fn plugin_memory_mb() -> u64 {
-        32
-    }
-    pub fn plugin_instances() -> usize {
-        4
-    }
-    pub fn plugin_watch_ms() -> u64 {
-        1000
-    }
-    pub fn auth_timeout_ms() -> u64 {
-        30_000
-    }
-    pub fn outbound_queue() -> usize {
-        1024
-    }
-    pub fn outbound_queue_bytes() -> usize {
-        4 << 20
-    }
-    pub fn max_rooms_per_connection() -> usize {
-        1000
-    }
-    pub fn udp_allow() -> Vec<IpNet> {
-        ["127.0.0.0/8", "::1/128"]
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect()
     }
 }
 

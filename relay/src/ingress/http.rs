@@ -62,6 +62,15 @@ pub async fn handle(
         Err(IngressError::Policy(_)) => {
             return json_error(500, "the tenant's policy failed on this request")
         }
+        Err(IngressError::RateLimited(wait)) => {
+            let mut r = json_error(429, "too many pushes for this tenant (max_pushes_per_sec)");
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(secs),
+            );
+            return r;
+        }
         Err(e) => return json_error(503, &e.to_string()),
     };
     let mut r = Response::new(Full::new(out.body));

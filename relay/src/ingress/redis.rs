@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 
 use crate::cluster::Inbound;
-use crate::node::Node;
+use crate::node::{IngressError, Node};
 use crate::policy::{IngressRequest, IngressSource};
 use crate::tenant::Tenant;
 
@@ -81,6 +81,7 @@ impl Inbound for RedisIngress {
             match node.ingress(&tenant, &req).await {
                 Ok(out) if out.status < 300 => {}
                 Ok(out) => tracing::debug!(tenant = %tenant.name, status = out.status, "redis ingress message refused by the tenant's hook"),
+                Err(e @ IngressError::RateLimited(_)) => tracing::debug!(tenant = %tenant.name, error = %e, "redis ingress message refused"),
                 Err(e) => tracing::warn!(tenant = %tenant.name, error = %e, "redis ingress message failed"),
             }
         });

@@ -12,6 +12,9 @@ use crate::node::{IngressError, Node};
 use crate::policy::{IngressRequest, IngressSource};
 use crate::tenant::Tenant;
 
+/// The reply to a datagram over the tenant's `max_pushes_per_sec`.
+const RATE_LIMITED_REPLY: &[u8] = b"{\"ok\":false,\"error\":\"rate\"}";
+
 /// Datagrams handled concurrently per listener.
 const CONCURRENCY: usize = 1024;
 
@@ -61,12 +64,30 @@ pub async fn serve(
                 remote: peer,
                 body,
             };
-            // The reply goes out once every offline message kept is durable.
-            match node2.ingress(&tenant, &req).await {
-                Ok(out) if !out.body.is_empty() => {
-                    let _ = sock.send_to(&out.body, peer).await;
+            // The reply goes out once every offline message kept is durable. A source
+            // outside `udp_trusted` gets no more bytes than it sent (whoever spoofs a
+            // victim's address must not get an amplifier).
+            let trusted = tenant.config.rates.udp_trusted.iter().any(|n| n.contains(&ip));
+            let reply = |body: &[u8]| -> Option<Vec<u8>> {
+                if body.is_empty() || (!trusted && body.len() > n) {
+                    if !body.is_empty() {
+                        Metrics::inc(&node2.metrics.udp_replies_suppressed);
+                    }
+                    return None;
                 }
-                Ok(_) => {}
+                Some(body.to_vec())
+            };
+            match node2.ingress(&tenant, &req).await {
+                Ok(out) => {
+                    if let Some(b) = reply(&out.body) {
+                        let _ = sock.send_to(&b, peer).await;
+                    }
+                }
+                Err(IngressError::RateLimited(_)) => {
+                    if let Some(b) = reply(RATE_LIMITED_REPLY) {
+                        let _ = sock.send_to(&b, peer).await;
+                    }
+                }
                 // A policy failure is logged by the node; a store failure is said here.
                 Err(IngressError::Policy(_)) => {}
                 Err(e) => {

@@ -33,6 +33,10 @@ pub enum IngressError {
     /// so only this node's connections got it (HTTP 503).
     #[error("message not published: {0}")]
     NotPublished(String),
+    /// Over the tenant's `max_pushes_per_sec`: refused before the policy saw it (HTTP
+    /// 429 with `Retry-After`).
+    #[error("too many pushes: over the tenant's max_pushes_per_sec; retry in {0:?}")]
+    RateLimited(std::time::Duration),
 }
 
 impl IngressError {
@@ -42,6 +46,7 @@ impl IngressError {
             IngressError::Policy(e) => e.fault(),
             IngressError::NotStored(_) | IngressError::NotDurable(_) => Fault::Store,
             IngressError::NotPublished(_) => Fault::Broker,
+            IngressError::RateLimited(_) => Fault::Client,
         }
     }
 }
@@ -120,6 +125,10 @@ impl Node {
         tenant: &Tenant,
         req: &IngressRequest,
     ) -> Result<IngressOutcome, IngressError> {
+        if let Some(Err(wait)) = tenant.pushes.as_ref().map(|b| b.take()) {
+            Metrics::inc(&self.metrics.pushes_rate_limited);
+            return Err(IngressError::RateLimited(wait));
+        }
         let mut out = match tenant.policy.on_ingress(req, &*tenant.presence).await {
             Ok(out) => out,
             Err(e) => {

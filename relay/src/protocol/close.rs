@@ -105,6 +105,11 @@ pub const PING_TIMEOUT: Close = Close {
     code: NORMAL,
     reason: "ping timeout",
 };
+/// The client kept sending over its rate limit (`rate_limit_close_secs`).
+pub const RATE_LIMITED: Close = Close {
+    code: POLICY_VIOLATION,
+    reason: "rate limit exceeded",
+};
 /// Engine.IO v3: a binary WebSocket frame that is not a message packet.
 pub const BINARY_NOT_MESSAGE: Close = Close {
     code: UNSUPPORTED_DATA,

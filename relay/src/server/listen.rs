@@ -66,6 +66,10 @@ pub struct TcpListenerCtx {
     pub tls: Option<TlsAcceptor>,
     /// `max_connections` and `max_connections_per_ip`.
     pub limits: Arc<ConnLimits>,
+    /// `max_handshakes_per_ip_per_sec` (none when 0).
+    pub handshakes: Option<crate::rate::PerAddress>,
+    /// Addresses exempt from it.
+    pub exempt: Vec<ipnet::IpNet>,
 }
 
 impl TcpListenerCtx {
@@ -99,6 +103,20 @@ impl TcpListenerCtx {
             handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
             tls,
             limits: Arc::new(ConnLimits::new(l.max_connections, l.max_connections_per_ip)),
+            handshakes: (l.max_handshakes_per_ip_per_sec > 0)
+                .then(|| crate::rate::PerAddress::new(l.max_handshakes_per_ip_per_sec)),
+            exempt: l.rate_limit_exempt.clone(),
+        }
+    }
+
+    /// Whether a client handshake from `ip` is within the per-address rate.
+    fn handshake_allowed(&self, ip: std::net::IpAddr) -> Result<(), Duration> {
+        let ip = ip.to_canonical();
+        match &self.handshakes {
+            Some(p) if !self.exempt.iter().any(|n| n.contains(&ip)) => {
+                p.take(crate::transport::limits::limit_key(ip))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -257,8 +275,26 @@ async fn handle(
         return text_response(404, &format!("no route for {path}\n"));
     };
     let tenant = route.tenant.clone();
+    let engine = route.engine.is_some() && engineio::is_engine_request(&req);
+    let handshake = match engine {
+        true => !req
+            .uri()
+            .query()
+            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "sid")),
+        false => fastwebsockets::upgrade::is_upgrade_request(&req),
+    };
+    if handshake && ctx.kind.websocket() {
+        if let Err(wait) = ctx.handshake_allowed(peer.remote.ip()) {
+            Metrics::inc(&node.metrics.handshakes_rate_limited);
+            let mut r = text_response(429, "too many handshakes from this address\n");
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            return r;
+        }
+    }
     if let Some(sessions) = &route.engine {
-        if engineio::is_engine_request(&req) {
+        if engine {
             if !ctx.kind.websocket() {
                 return text_response(400, "this listener does not accept client connections\n");
             }
@@ -379,6 +415,8 @@ mod tests {
             handshake_timeout: Duration::from_secs(1),
             tls: None,
             limits: Arc::new(ConnLimits::new(1, 1)),
+            handshakes: None,
+            exempt: Vec::new(),
         };
         let r = |p: &str| {
             ctx.route(p)

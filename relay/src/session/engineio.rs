@@ -58,6 +58,7 @@ pub(super) async fn drive(
     let auth_at = Instant::now() + Duration::from_millis(tenant.config.timers.auth_timeout_ms);
     let mut auth_checked = h.is_authenticated();
     let shutdown = node.shutdown.token.clone();
+    let mut rate = tenant.conn_rate();
     let end: End = loop {
         tokio::select! {
             step = next_step(&mut rx, &link, &mut hb, &shutdown) => {
@@ -77,6 +78,16 @@ pub(super) async fn drive(
                     }
                 };
                 Metrics::inc(&node.metrics.messages_in);
+                let len = match &data {
+                    Value::String(t) => t.len(),
+                    other => other["$binary"].as_str().map_or(0, |b| b.len() / 4 * 3),
+                };
+                let close = |c: close::Close| link.close(c.code, c.reason);
+                match crate::session::over_rate(&mut rate, len, &node.metrics, close) {
+                    Some(Some(end)) => break end,
+                    Some(None) => continue,
+                    None => {}
+                }
                 let text = match &data {
                     Value::String(t) => t.clone(),
                     _ => String::new(),

@@ -97,3 +97,31 @@ pub(crate) async fn apply_decision(
         HandshakeDecision::Reject { .. } => {}
     }
 }
+
+/// Apply a connection's inbound rate limit to a message of `len` bytes: `None` to go on,
+/// `Some(None)` to drop it (counted), `Some(Some(end))` when the connection is closed
+/// (by `close`) for staying over its limit (1008).
+pub(crate) fn over_rate(
+    rate: &mut crate::rate::ConnRate,
+    len: usize,
+    m: &crate::metrics::Metrics,
+    close: impl FnOnce(crate::protocol::close::Close),
+) -> Option<Option<End>> {
+    use crate::rate::Verdict;
+    if rate.unlimited() {
+        return None;
+    }
+    match rate.check(len) {
+        Verdict::Pass => None,
+        Verdict::Drop => {
+            crate::metrics::Metrics::inc(&m.messages_rate_limited);
+            Some(None)
+        }
+        Verdict::Close => {
+            crate::metrics::Metrics::inc(&m.rate_limit_closes);
+            let c = crate::protocol::close::RATE_LIMITED;
+            close(c);
+            Some(Some(End::closed(c)))
+        }
+    }
+}

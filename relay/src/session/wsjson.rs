@@ -169,6 +169,7 @@ where
         h: h.clone(),
         tenant: tenant.clone(),
         node: node.clone(),
+        rate: tenant.conn_rate(),
     };
     // Boxed: inline, the loop's state machine made this task's future ~1.2 KB bigger than
     // the two apart (idle memory per connection is a goal; see docs/BENCHMARKS.md).
@@ -222,6 +223,7 @@ struct JsonSink {
     h: Arc<ConnHandle>,
     tenant: Arc<Tenant>,
     node: Arc<Node>,
+    rate: crate::rate::ConnRate,
 }
 
 impl MessageSink for JsonSink {
@@ -242,6 +244,10 @@ impl MessageSink for JsonSink {
             }
         };
         Metrics::inc(&m.messages_in);
+        let close = |c: close::Close| h.disconnect(c.code, c.reason);
+        if let Some(end) = super::over_rate(&mut self.rate, text.len(), m, close) {
+            return end;
+        }
         let event = tenant.codec.decode_text(text);
         // Boxed: the read loop's state (kept for the connection's life) stays small.
         Box::pin(node.event(tenant, h, &event, false)).await;

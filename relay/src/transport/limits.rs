@@ -95,7 +95,7 @@ pub struct Peer {
 
 /// The address a connection counts against for `max_connections_per_ip`: the IPv4
 /// address, or the IPv6 /64 (one subscriber usually holds a whole /64).
-fn limit_key(ip: IpAddr) -> IpAddr {
+pub fn limit_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();

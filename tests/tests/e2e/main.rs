@@ -18,6 +18,7 @@ mod limits;
 mod msglog;
 mod offline;
 mod plugins;
+mod rate_limits;
 mod sdk;
 mod seed_egg_envelope;
 mod seed_mswoole;

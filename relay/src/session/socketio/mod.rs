@@ -118,6 +118,7 @@ async fn drive(
         sessions,
         sockets: HashMap::new(),
         pending: None,
+        rate: tenant.conn_rate(),
     };
     let auth_at = Instant::now() + Duration::from_millis(tenant.config.timers.auth_timeout_ms);
     let mut auth_checked = false;
@@ -159,6 +160,8 @@ struct Driver {
     sockets: HashMap<String, Arc<ConnHandle>>,
     /// A binary packet waiting for its attachments.
     pending: Option<Pending>,
+    /// The client's inbound rate limits (all namespaces together).
+    rate: crate::rate::ConnRate,
 }
 
 /// A binary packet and the attachments received so far. The packet and all its
@@ -188,8 +191,19 @@ impl Driver {
     /// What the client sent, once Engine.IO has answered its own packets.
     async fn received(&mut self, r: Received) -> Option<End> {
         match r {
-            Received::Message(text) => self.message(&text).await,
-            Received::Binary(data) => self.attachment(data).await,
+            Received::Message(text) => {
+                let link = self.s.link();
+                let close = |c: close::Close| link.close(c.code, c.reason);
+                let m = &self.node.metrics;
+                if let Some(end) = super::over_rate(&mut self.rate, text.len(), m, close) {
+                    return end;
+                }
+                self.message(&text).await
+            }
+            Received::Binary(data) => {
+                self.rate.charge(data.len());
+                self.attachment(data).await
+            }
             Received::Handled => None,
             Received::Closed(end) => {
                 self.s.closed_by_client();

@@ -62,3 +62,76 @@ pub fn switching_protocols(resp: Response<http_body_util::Empty<Bytes>>) -> Http
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
+
+/// The path a front proxy routes on, so relay routes the same way: percent-encoded
+/// unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded, other escapes kept (hex in
+/// upper case). Refused: dot segments (`/./`, `/../`, after decoding too), malformed
+/// escapes, and an encoded NUL or slash (`%00`, `%2F`), which proxies disagree on.
+pub fn normalize_path(raw: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
+    let b = raw.as_bytes();
+    if !b.contains(&b'%') && !raw.contains("/.") {
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            out.push(b[i] as char);
+            i += 1;
+            continue;
+        }
+        let (Some(h), Some(l)) = (
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err("malformed percent-escape in the path");
+        };
+        let c = h << 4 | l;
+        match c {
+            0 | b'/' | b'\\' => return Err("encoded NUL, slash or backslash in the path"),
+            c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                out.push(c as char)
+            }
+            c => out.push_str(&format!("%{c:02X}")),
+        }
+        i += 3;
+    }
+    if out.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("dot segments in the path");
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    #[test]
+    fn paths_are_normalised_as_a_proxy_sees_them_or_refused() {
+        for (raw, want) in [
+            ("/push", "/push"),
+            ("/%6Fther/push", "/other/push"),
+            ("/a%2db/%7e", "/a-b/~"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/a/b.", "/a/b."),
+        ] {
+            assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
+        }
+        for bad in [
+            "/other/../push",
+            "/other/..",
+            "/./push",
+            "/%2e%2e/push",
+            "/%2E/x",
+            "/a%2Fb",
+            "/a%00",
+            "/a%5c",
+            "/a%zz",
+            "/a%4",
+        ] {
+            assert!(normalize_path(bad).is_err(), "{bad}");
+        }
+    }
+}

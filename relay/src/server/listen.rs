@@ -247,12 +247,33 @@ fn healthz(node: &Node) -> HttpResponse {
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ctx: Arc<TcpListenerCtx>,
     node: Arc<Node>,
     peer: Peer,
 ) -> HttpResponse {
-    let path = req.uri().path().to_owned();
+    // Route (and hand hooks) the path a front proxy would see; refuse what proxies
+    // could read differently.
+    let path = match crate::web::normalize_path(req.uri().path()) {
+        Ok(p) => p.into_owned(),
+        Err(why) => return text_response(400, &format!("{why}\n")),
+    };
+    if path != req.uri().path() {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        match pq.parse::<http::uri::PathAndQuery>() {
+            Ok(pq) => {
+                let mut parts = req.uri().clone().into_parts();
+                parts.path_and_query = Some(pq);
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+            Err(_) => return text_response(400, "malformed path\n"),
+        }
+    }
     if path == "/healthz" {
         return healthz(&node);
     }

@@ -12,6 +12,7 @@ mod cluster_actions;
 mod cluster_history;
 mod cluster_tls;
 mod conformance;
+mod hardening;
 mod history;
 mod ingress;
 mod limits;

@@ -1,10 +1,15 @@
 //! Example auth plugin. A client connects with
-//! `?user=U&ts=UNIX_SECONDS&sign=md5(U + ts + key)` (lowercase hex); the
+//! `?user=U&ts=UNIX_SECONDS&sign=md5(U + "\n" + ts + "\n" + key)` (hex); the
 //! handshake is accepted if the sign matches, `ts` is within `window_secs`
 //! (default 300) of now, and the sign was not used before (kept in the
 //! tenant's key-value store until it could no longer be valid). Clients may
 //! join rooms with `{"event":"join","room":"r"}` and emit with
 //! `{"event":"emit","room":"r","data":...}`.
+//!
+//! The signed text is canonical ([`sign::canonical`], [`sign::unix_secs`]): fields
+//! on their own lines, `ts` in plain decimal, `user` without control characters.
+//! Signing `user + ts + key` instead would let a sign issued to `bob0` log in as
+//! `bob` (with `ts = 0…`), `carol+` as `carol` (`ts = +…`), `120` as `12`.
 //!
 //! Settings: `key` (required), `window_secs`.
 
@@ -47,15 +52,23 @@ impl Plugin for Md5Sign {
         let [Some(user), Some(ts), Some(sign)] = query_params(query, ["user", "ts", "sign"]) else {
             return Ok(refuse("user, ts and sign are required"));
         };
-        let Ok(t) = ts.parse::<u64>() else {
-            return Ok(refuse("ts must be unix seconds"));
+        if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
+            return Ok(refuse(
+                "user must be 1-128 characters, none of them control characters",
+            ));
+        }
+        let Some(t) = sign::unix_secs(&ts) else {
+            return Ok(refuse("ts must be unix seconds in plain decimal"));
         };
         // The sign is remembered while its `ts` is inside the window: it could be replayed
         // until then, and not after.
         let Some(ttl) = replay::window_left(t as i64, cfg.window) else {
             return Ok(refuse("ts outside the allowed window"));
         };
-        let digest = sign::md5_of(&[user.as_bytes(), ts.as_bytes(), cfg.key.as_bytes()]);
+        let Some(text) = sign::canonical(&[&user, &ts, &cfg.key]) else {
+            return Ok(refuse("bad sign"));
+        };
+        let digest = sign::md5_of(&[text.as_bytes()]);
         if !sign::verify_hex(&digest, &sign) {
             return Ok(refuse("bad sign"));
         }

@@ -198,6 +198,29 @@ pub mod sign {
         h.finalize().into()
     }
 
+    /// The text to sign for `fields`: each on its own line (`a\nb\nc`). Sign this, never
+    /// the bare concatenation: with `user + ts`, a signature issued to user `bob0` at
+    /// `ts = 1700000000` also fits user `bob` at `ts = 01700000000`. `None` when a field
+    /// holds a line break or NUL (it could fake a field boundary).
+    pub fn canonical(fields: &[&str]) -> Option<String> {
+        if fields.iter().any(|f| f.contains(['\n', '\r', '\0'])) {
+            return None;
+        }
+        Some(fields.join("\n"))
+    }
+
+    /// A Unix timestamp written the one canonical way: decimal digits only, no sign, no
+    /// leading zero (but `0` itself), at most 19 digits. A lenient parse (`+17…`, `017…`)
+    /// lets one signed text stand for several requests.
+    pub fn unix_secs(ts: &str) -> Option<u64> {
+        let b = ts.as_bytes();
+        let canonical = !b.is_empty()
+            && b.len() <= 19
+            && b.iter().all(u8::is_ascii_digit)
+            && (b[0] != b'0' || b.len() == 1);
+        canonical.then(|| ts.parse().ok()).flatten()
+    }
+
     /// Whether `received` is `expected` written in hex (either case), compared in constant
     /// time like [`verify`], without building the expected text. (Decoding `received`, the
     /// client's own text, uses a table: only the comparison with `expected` must not
@@ -650,6 +673,33 @@ pub fn respond(status: u16, body: &serde_json::Value, actions: Vec<Action>) -> I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_signing_text_and_timestamps_have_one_form() {
+        assert_eq!(
+            sign::canonical(&["bob0", "1700000000", "k"]).as_deref(),
+            Some("bob0\n1700000000\nk")
+        );
+        assert_ne!(
+            sign::canonical(&["bob0", "1700000000", "k"]),
+            sign::canonical(&["bob", "01700000000", "k"])
+        );
+        assert_eq!(sign::canonical(&["a\nb", "1", "k"]), None);
+        assert_eq!(sign::canonical(&["a", "1\r", "k"]), None);
+        assert_eq!(sign::unix_secs("1700000000"), Some(1_700_000_000));
+        assert_eq!(sign::unix_secs("0"), Some(0));
+        for bad in [
+            "",
+            "01700000000",
+            "+1700000000",
+            "-1",
+            "1e9",
+            " 1",
+            "17000000000000000000",
+        ] {
+            assert_eq!(sign::unix_secs(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn query_param_decodes_only_what_it_returns() {

@@ -161,7 +161,7 @@ struct HandshakeArgs {
     /// Request path and query prefix, e.g. `/signed` (the query is generated).
     #[arg(long, default_value = "/")]
     path: String,
-    /// Sign each query as md5-sign expects: `user=U&ts=T&sign=md5(U+T+key)`.
+    /// Sign each query as md5-sign expects: `user=U&ts=T&sign=md5(U\nT\nkey)`.
     #[arg(long)]
     sign_key: Option<String>,
     /// Handshakes in all.
@@ -1218,7 +1218,7 @@ async fn handshakes(a: HandshakeArgs) -> Result<()> {
                         .unwrap_or_default();
                     format!(
                         "user={user}&ts={ts}&sign={}",
-                        md5_hex(&format!("{user}{ts}{key}"))
+                        md5_hex(&format!("{user}\n{ts}\n{key}"))
                     )
                 }
                 None => format!("user={user}"),

@@ -327,7 +327,7 @@ fn md5_hex(s: &str) -> String {
 pub(crate) fn signed(user: &str, key: &str, ts: u64) -> String {
     format!(
         "/?user={user}&ts={ts}&sign={}",
-        md5_hex(&format!("{user}{ts}{key}"))
+        md5_hex(&format!("{user}\n{ts}\n{key}"))
     )
 }
 
@@ -363,6 +363,48 @@ async fn md5_sign_plugin_verifies_window_and_replay() -> Result<()> {
             "ts outside the allowed window",
         ),
         ("/?user=ann".to_owned(), "user, ts and sign are required"),
+    ] {
+        let resp = raw_upgrade(relay.addr("ws"), &bad, "").await?;
+        assert!(
+            resp.starts_with("HTTP/1.1 401") && resp.ends_with(why),
+            "{bad}: {resp}"
+        );
+    }
+    // A sign is good for its own user and ts only. Under the old, unseparated scheme
+    // (`md5(user + ts + key)`) each of these re-readings of a real sign logged in as
+    // someone else: `bob0` as `bob` (ts with a leading 0), `carol+` as `carol` (ts
+    // with a +), `120` as `12`.
+    let t = now.to_string();
+    for (issued_to, attack_user, attack_ts) in [
+        ("bob0", "bob", format!("0{t}")),
+        ("carol+", "carol", format!("+{t}")),
+        ("120", "12", format!("0{t}")),
+    ] {
+        let sign = md5_hex(&format!("{issued_to}\n{t}\ns3cret"));
+        let old_sign = md5_hex(&format!("{issued_to}{t}s3cret"));
+        for s in [sign, old_sign] {
+            let ts = attack_ts.replace('+', "%2B");
+            let path = format!("/?user={attack_user}&ts={ts}&sign={s}");
+            let resp = raw_upgrade(relay.addr("ws"), &path, "").await?;
+            assert!(resp.starts_with("HTTP/1.1 401"), "{path}: {resp}");
+        }
+        // The canonical ts itself does not help either: the user is part of the text.
+        let path = format!(
+            "/?user={attack_user}&ts={t}&sign={}",
+            md5_hex(&format!("{issued_to}\n{t}\ns3cret"))
+        );
+        let resp = raw_upgrade(relay.addr("ws"), &path, "").await?;
+        assert!(resp.ends_with("bad sign"), "{path}: {resp}");
+    }
+    for (bad, why) in [
+        (
+            format!("/?user=a%0Ab&ts={t}&sign=00"),
+            "user must be 1-128 characters, none of them control characters",
+        ),
+        (
+            format!("/?user=ann&ts=0{t}&sign=00"),
+            "ts must be unix seconds in plain decimal",
+        ),
     ] {
         let resp = raw_upgrade(relay.addr("ws"), &bad, "").await?;
         assert!(

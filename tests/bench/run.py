@@ -433,7 +433,7 @@ def report(rows, started):
         w("## (d) Handshake storm\n")
         w(f"New WebSocket connections per second (upgrade answered 101, then closed), 16 in flight, "
           f"in {len(hs.get('open', []))} rounds alternating the policies. md5-sign checks "
-          "`md5(user+ts+key)`, the time window and the replay set (a key-value write) in the WASM "
+          "an md5 over user, ts and key (one per line), the time window and the replay set (a key-value write) in the WASM "
           "plugin; testkit accepts everyone, which measures the WASM host's own cost (one hook call "
           "per connection). The ratio is the median over rounds of each round's rate against the "
           "open round just before it (the machine's noise changes over seconds); relay CPU is the "

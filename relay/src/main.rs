@@ -94,6 +94,9 @@ fn main() -> ExitCode {
             .and_then(|c| relay::check(&c).map(|_| c))
         {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!(
                     "{}: ok ({} listeners, {} tenants)",
                     config.display(),

@@ -29,6 +29,32 @@ fn check(dir: &Path, name: &str, text: &str) -> (bool, String) {
 const TENANT: &str = "[[tenant]]\nname = \"t\"\npolicy = \"open\"\n";
 
 #[test]
+fn check_warns_of_a_public_listener_open_to_any_origin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = |bind: &str, extra: &str| {
+        format!("{TENANT}[[listener]]\nname = \"l\"\nkind = \"ws\"\nbind = \"{bind}\"\n{extra}routes = [{{ path = \"/\", tenant = \"t\" }}]\n")
+    };
+    let (ok, out) = check(dir.path(), "public.toml", &listener("0.0.0.0:0", ""));
+    assert!(ok, "a warning, not an error: {out}");
+    assert!(
+        out.contains(
+            "warning: listener \"l\" on 0.0.0.0:0 accepts connections from any browser Origin"
+        ),
+        "{out}"
+    );
+    for (name, text) in [
+        (
+            "listed.toml",
+            listener("0.0.0.0:0", "allowed_origins = [\"https://app.example\"]\n"),
+        ),
+        ("loopback.toml", listener("127.0.0.1:0", "")),
+    ] {
+        let (ok, out) = check(dir.path(), name, &text);
+        assert!(ok && !out.contains("warning"), "{name}: {out}");
+    }
+}
+
+#[test]
 fn check_reports_file_line_and_key_for_broken_configs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases: &[(&str, String, &str)] = &[

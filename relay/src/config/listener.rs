@@ -60,8 +60,10 @@ pub struct ListenerConfig {
     /// servers served both on one port). Always on for `http` listeners. Default false.
     #[serde(default)]
     pub http_ingress: bool,
-    /// ws/wss: browser `Origin`s allowed to open WebSockets (e.g. `https://app.example.com`).
-    /// Empty (default) allows any; requests without `Origin` (non-browser clients) are always allowed.
+    /// ws/wss: browser `Origin`s allowed to open WebSockets and Engine.IO sessions (e.g.
+    /// `https://app.example.com`). Empty (default) or `*` allows any, but only listed
+    /// origins get Engine.IO's `access-control-allow-credentials` (cookies); requests
+    /// without `Origin` (non-browser clients) are always allowed.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// Open connections (TCP) allowed at once on this listener. Default 10000.
@@ -99,6 +101,27 @@ pub struct RouteConfig {
 }
 
 impl ListenerConfig {
+    /// What is allowed but probably unwise: a ws/wss listener reachable beyond loopback
+    /// that accepts any browser `Origin` (any web page can open a connection from a
+    /// visitor's browser, with the visitor's cookies on the WebSocket handshake).
+    pub fn warnings(&self) -> Vec<String> {
+        let any_origin =
+            self.allowed_origins.is_empty() || self.allowed_origins.iter().any(|o| o == "*");
+        let public = self
+            .bind
+            .get_ref()
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| !a.ip().is_loopback());
+        match self.kind.websocket() && any_origin && public {
+            true => vec![format!(
+                "listener {:?} on {} accepts connections from any browser Origin: a page on any site can connect with its visitors' cookies (cross-site WebSocket hijacking); list allowed_origins (docs/security.md)",
+                self.name.get_ref(),
+                self.bind.get_ref()
+            )],
+            false => Vec::new(),
+        }
+    }
+
     /// Check the `i`-th listener's section: `names` and `binds` collect what earlier
     /// listeners took, `tenants` are the tenants that exist.
     pub(super) fn check<'c>(

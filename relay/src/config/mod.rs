@@ -178,6 +178,12 @@ impl Config {
         }
     }
 
+    /// What the config allows but probably should not (`relay check` prints these,
+    /// `relay serve` logs them at start).
+    pub fn warnings(&self) -> Vec<String> {
+        self.listeners.iter().flat_map(|l| l.warnings()).collect()
+    }
+
     /// Check everything serde cannot: names, references, addresses, limits; every
     /// error found, not only the first.
     pub fn validate(&self) -> Result<(), ConfigErrors> {

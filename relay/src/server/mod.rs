@@ -250,6 +250,9 @@ async fn bind_listeners(
     let shutdown = &node.shutdown;
     let mut addrs = HashMap::new();
     let engines = listen::engine_tables(node);
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     for (i, l) in config.listeners.iter().enumerate() {
         let name = l.name.get_ref().clone();
         let bind: SocketAddr = l.bind.get_ref().parse().map_err(|_| Error::BindAddress {

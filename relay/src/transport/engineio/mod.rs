@@ -335,9 +335,18 @@ pub async fn handle(
     } else {
         route(req, sessions, env, peer).await
     };
+    // Cookies cross-site only for origins the operator listed; any other allowed origin
+    // gets a CORS answer without credentials (a credentialed request from it fails in
+    // the browser, as it should: any site could otherwise act with its visitors' cookies).
     if let Some(o) = origin {
-        set_header(&mut resp, "access-control-allow-origin", &o);
-        set_header(&mut resp, "access-control-allow-credentials", "true");
+        match origins.listed(&o) {
+            true => {
+                set_header(&mut resp, "access-control-allow-origin", &o);
+                set_header(&mut resp, "access-control-allow-credentials", "true");
+            }
+            false => set_header(&mut resp, "access-control-allow-origin", "*"),
+        }
+        set_header(&mut resp, "vary", "origin");
     }
     (resp, opened)
 }

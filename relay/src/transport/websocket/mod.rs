@@ -29,6 +29,14 @@ impl Origins {
         Origins(allowed)
     }
 
+    /// Whether `origin` is listed by name (`*` does not count): only those get Engine.IO's
+    /// `access-control-allow-credentials`.
+    pub fn listed(&self, origin: &str) -> bool {
+        self.0
+            .iter()
+            .any(|a| a != "*" && a.eq_ignore_ascii_case(origin))
+    }
+
     /// Whether a request's `Origin` is allowed (no header: not a browser, allowed).
     pub fn allowed(&self, headers: &HeaderMap) -> bool {
         if self.0.is_empty() {

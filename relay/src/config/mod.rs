@@ -97,6 +97,12 @@ pub struct ServerConfig {
     /// `batch`: how long a flush waits for more requests to join it (0–5). With 0 a flush
     /// starts at once and requests arriving meanwhile share the next one. Default 0.
     pub sync_window_ms: u64,
+    /// The bearer token `/admin/*` and `/metrics` require (`Authorization: Bearer …`);
+    /// at least 16 characters. Unset: the `RELAY_ADMIN_TOKEN` environment variable, and
+    /// without either, no token (then requests through a proxy are refused).
+    pub admin_token: Option<String>,
+    /// Addresses `/admin/*` and `/metrics` answer (CIDR). Default loopback.
+    pub admin_from: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +112,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 5_000,
             sync: Default::default(),
             sync_window_ms: 0,
+            admin_token: None,
+            admin_from: defaults::udp_trusted(),
         }
     }
 }
@@ -188,6 +196,18 @@ impl Config {
     /// error found, not only the first.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut r = validate::Report::new(self);
+        if self
+            .server
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.trim().len() < 16)
+        {
+            r.add(
+                None,
+                "server.admin_token".into(),
+                "must be at least 16 characters",
+            );
+        }
         if self.server.sync_window_ms > 5 {
             r.add(
                 None,

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +69,8 @@ pub struct TcpListenerCtx {
     pub handshakes: Option<crate::rate::PerAddress>,
     /// Addresses exempt from it.
     pub exempt: Vec<ipnet::IpNet>,
+    /// Who may use `/admin/*` and `/metrics`.
+    pub admin: super::admin::AdminGuard,
 }
 
 impl TcpListenerCtx {
@@ -79,6 +80,7 @@ impl TcpListenerCtx {
         node: &Node,
         engines: &HashMap<String, Arc<Sessions>>,
         tls: Option<TlsAcceptor>,
+        admin: super::admin::AdminGuard,
     ) -> Self {
         let mut routes: Vec<(String, Route)> = l
             .routes
@@ -106,6 +108,7 @@ impl TcpListenerCtx {
             handshakes: (l.max_handshakes_per_ip_per_sec > 0)
                 .then(|| crate::rate::PerAddress::new(l.max_handshakes_per_ip_per_sec)),
             exempt: l.rate_limit_exempt.clone(),
+            admin,
         }
     }
 
@@ -252,30 +255,18 @@ async fn handle(
     node: Arc<Node>,
     peer: Peer,
 ) -> HttpResponse {
-    // Route (and hand hooks) the path a front proxy would see; refuse what proxies
-    // could read differently.
-    let path = match crate::web::normalize_path(req.uri().path()) {
-        Ok(p) => p.into_owned(),
-        Err(why) => return text_response(400, &format!("{why}\n")),
+    let path = match normalize(&mut req) {
+        Ok(p) => p,
+        Err(refused) => return *refused,
     };
-    if path != req.uri().path() {
-        let pq = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
-        };
-        match pq.parse::<http::uri::PathAndQuery>() {
-            Ok(pq) => {
-                let mut parts = req.uri().clone().into_parts();
-                parts.path_and_query = Some(pq);
-                if let Ok(uri) = http::Uri::from_parts(parts) {
-                    *req.uri_mut() = uri;
-                }
-            }
-            Err(_) => return text_response(400, "malformed path\n"),
-        }
-    }
     if path == "/healthz" {
         return healthz(&node);
+    }
+    let admin_path = path == "/metrics" || path.starts_with("/admin/");
+    if admin_path && ctx.kind == ListenerKind::Http {
+        if let Err(refused) = ctx.admin.check(req.headers(), peer.remote) {
+            return *refused;
+        }
     }
     if path == "/metrics" && ctx.kind == ListenerKind::Http {
         let mut text = node.metrics.render();
@@ -290,29 +281,15 @@ async fn handle(
         return r;
     }
     if path == "/admin/reload" && ctx.kind == ListenerKind::Http {
-        return admin_reload(&req, &node, peer.remote).await;
+        return super::admin::reload(&req, &node).await;
     }
     let Some((route, rel)) = ctx.route(&path) else {
         return text_response(404, &format!("no route for {path}\n"));
     };
     let tenant = route.tenant.clone();
     let engine = route.engine.is_some() && engineio::is_engine_request(&req);
-    let handshake = match engine {
-        true => !req
-            .uri()
-            .query()
-            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "sid")),
-        false => fastwebsockets::upgrade::is_upgrade_request(&req),
-    };
-    if handshake && ctx.kind.websocket() {
-        if let Err(wait) = ctx.handshake_allowed(peer.remote.ip()) {
-            Metrics::inc(&node.metrics.handshakes_rate_limited);
-            let mut r = text_response(429, "too many handshakes from this address\n");
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            r.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, http::HeaderValue::from(secs));
-            return r;
-        }
+    if let Err(refused) = handshake_rate(&req, engine, &ctx, &node, peer.remote) {
+        return *refused;
     }
     if let Some(sessions) = &route.engine {
         if engine {
@@ -365,34 +342,58 @@ async fn handle(
     r
 }
 
-/// `POST /admin/reload[?tenant=name]`, from loopback only: reload WASM plugins now.
-async fn admin_reload(
-    req: &Request<Incoming>,
-    node: &Arc<Node>,
-    remote: SocketAddr,
-) -> HttpResponse {
-    if !remote.ip().to_canonical().is_loopback() {
-        return text_response(403, "admin endpoints answer loopback clients only\n");
-    }
-    if req.method() != hyper::Method::POST {
-        return text_response(405, "use POST\n");
-    }
-    let only = req.uri().query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "tenant")
-            .map(|(_, v)| v.into_owned())
-    });
-    let node = node.clone();
-    let result = tokio::task::spawn_blocking(move || node.reload_plugins(only.as_deref())).await;
-    match result {
-        Ok(v) => {
-            let failed = v
-                .as_object()
-                .is_some_and(|o| o.values().any(|r| r["ok"] == false));
-            crate::web::json_response(if failed { 422 } else { 200 }, &v)
+/// Route (and hand hooks) the path a front proxy would see; refuse what proxies could
+/// read differently. The request's URI is rewritten to the normalised path.
+fn normalize(req: &mut Request<Incoming>) -> Result<String, Box<HttpResponse>> {
+    let path = match crate::web::normalize_path(req.uri().path()) {
+        Ok(p) => p.into_owned(),
+        Err(why) => return Err(Box::new(text_response(400, &format!("{why}\n")))),
+    };
+    if path != req.uri().path() {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let Ok(pq) = pq.parse::<http::uri::PathAndQuery>() else {
+            return Err(Box::new(text_response(400, "malformed path\n")));
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
         }
-        Err(e) => text_response(500, &format!("reload failed: {e}\n")),
     }
+    Ok(path)
+}
+
+/// A client handshake (WebSocket upgrade, or Engine.IO open: an engine request without
+/// `sid`) over the listener's per-address rate gets 429 with `Retry-After`.
+fn handshake_rate(
+    req: &Request<Incoming>,
+    engine: bool,
+    ctx: &TcpListenerCtx,
+    node: &Node,
+    remote: std::net::SocketAddr,
+) -> Result<(), Box<HttpResponse>> {
+    let handshake = match engine {
+        true => !req
+            .uri()
+            .query()
+            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "sid")),
+        false => fastwebsockets::upgrade::is_upgrade_request(req),
+    };
+    if !handshake || !ctx.kind.websocket() {
+        return Ok(());
+    }
+    let Err(wait) = ctx.handshake_allowed(remote.ip()) else {
+        return Ok(());
+    };
+    Metrics::inc(&node.metrics.handshakes_rate_limited);
+    let mut r = text_response(429, "too many handshakes from this address\n");
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    r.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    Err(Box::new(r))
 }
 
 #[cfg(test)]
@@ -438,6 +439,7 @@ mod tests {
             limits: Arc::new(ConnLimits::new(1, 1)),
             handshakes: None,
             exempt: Vec::new(),
+            admin: super::super::admin::AdminGuard::new(&Default::default()),
         };
         let r = |p: &str| {
             ctx.route(p)

@@ -1,6 +1,7 @@
 //! The composition root: builds each part of a relay once from its config, binds the
 //! listeners and starts the background tasks; [`check`] builds what `relay check` proves.
 
+mod admin;
 mod build;
 mod cluster_parts;
 mod listen;
@@ -253,6 +254,7 @@ async fn bind_listeners(
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
+    let admin = admin::AdminGuard::new(&config.server);
     for (i, l) in config.listeners.iter().enumerate() {
         let name = l.name.get_ref().clone();
         let bind: SocketAddr = l.bind.get_ref().parse().map_err(|_| Error::BindAddress {
@@ -283,7 +285,13 @@ async fn bind_listeners(
             continue;
         }
         let tls = tls.remove(&i);
-        let ctx = Arc::new(listen::TcpListenerCtx::new(l, node, &engines, tls));
+        let ctx = Arc::new(listen::TcpListenerCtx::new(
+            l,
+            node,
+            &engines,
+            tls,
+            admin.clone(),
+        ));
         let listener = TcpListener::bind(bind).await.map_err(bind_err)?;
         addrs.insert(name, listener.local_addr()?);
         shutdown

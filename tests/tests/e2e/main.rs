@@ -12,6 +12,7 @@ mod cluster_actions;
 mod cluster_history;
 mod cluster_tls;
 mod conformance;
+mod disk_full;
 mod hardening;
 mod history;
 mod ingress;

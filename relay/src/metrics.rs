@@ -48,6 +48,14 @@ metrics! {
     rate_limit_closes: AtomicU64,
     /// Pushes refused over a tenant's `max_pushes_per_sec` (HTTP 429, UDP, Redis).
     pushes_rate_limited: AtomicU64,
+    /// Times a tenant's plugin circuit breaker opened.
+    plugin_breaker_trips: AtomicU64,
+    /// Hook calls refused at once while a breaker was open.
+    plugin_breaker_refused: AtomicU64,
+    /// Connections closed (1013) because their event met an open breaker (failing closed).
+    plugin_breaker_closes: AtomicU64,
+    /// Hook calls that found no free plugin instance within `plugin_wait_ms`.
+    plugin_wait_timeouts: AtomicU64,
     /// Handshakes refused over a listener's `max_handshakes_per_ip_per_sec` (429).
     handshakes_rate_limited: AtomicU64,
     /// UDP replies not sent: larger than the datagram, to a source not in `udp_trusted`.

@@ -168,6 +168,11 @@ impl Tenant {
                             memory_bytes: usize::try_from(config.wasm.memory_mb << 20)
                                 .unwrap_or(usize::MAX),
                             max_idle: config.wasm.instances,
+                            wait: Duration::from_millis(config.wasm.wait_ms),
+                            breaker_failures: config.wasm.breaker_failures,
+                            breaker_open: Duration::from_millis(config.wasm.breaker_open_ms),
+                            fail_open: config.wasm.failure_mode
+                                == crate::config::tenant::FailureMode::Open,
                         },
                         kv: kv.clone(),
                         presence: presence.clone(),

@@ -49,7 +49,7 @@ fn request(i: usize) -> HandshakeRequest {
         path: "/".into(),
         query: format!(
             "user={user}&ts={ts}&sign={}",
-            md5_hex(&format!("{user}{ts}{KEY}"))
+            md5_hex(&format!("{user}\n{ts}\n{KEY}"))
         ),
         headers: [("host", "127.0.0.1"), ("upgrade", "websocket")]
             .into_iter()
@@ -78,7 +78,7 @@ fn native_handshake(req: &HandshakeRequest, seen: &relay::store::TenantKv) -> bo
     if t.abs_diff(now()) > 300 {
         return false;
     }
-    if md5_hex(&format!("{user}{ts}{KEY}")) != sign {
+    if md5_hex(&format!("{user}\n{ts}\n{KEY}")) != sign {
         return false;
     }
     seen.set_if_absent(

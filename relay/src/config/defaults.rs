@@ -118,3 +118,15 @@ pub fn udp_allow() -> Vec<IpNet> {
         .filter_map(|s| s.parse().ok())
         .collect()
 }
+pub fn plugin_wait_ms() -> u64 {
+    1_000
+}
+pub fn plugin_breaker_failures() -> u32 {
+    20
+}
+pub fn plugin_breaker_open_ms() -> u64 {
+    1_000
+}
+pub fn plugin_failure_mode() -> super::tenant::FailureMode {
+    super::tenant::FailureMode::Closed
+}

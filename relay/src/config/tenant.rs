@@ -238,6 +238,16 @@ pub struct WebhookCalls {
     pub retries: u32,
 }
 
+/// What event and disconnect hooks do while a plugin's breaker is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Fail, as when the plugin fails.
+    Closed,
+    /// Skip the hook: no actions.
+    Open,
+}
+
 /// The wasm policy's sandbox: limits of a tenant's plugin.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Wasm {
@@ -254,6 +264,33 @@ pub struct Wasm {
     /// Plugin instances per tenant: at most this many calls run at once (more wait their turn). Default 4.
     #[serde(rename = "plugin_instances", default = "defaults::plugin_instances")]
     pub instances: usize,
+    /// How long a call waits for a free instance before it fails (handshake: 503).
+    /// Default 1000 ms.
+    #[serde(rename = "plugin_wait_ms", default = "defaults::plugin_wait_ms")]
+    pub wait_ms: u64,
+    /// Failures in a row (trap, deadline, malformed output) that open the tenant's
+    /// circuit breaker: its hooks are then refused at once (handshakes 503) for
+    /// `plugin_breaker_open_ms`, doubling while failures go on (up to 30 s). 0 = never.
+    /// Default 20.
+    #[serde(
+        rename = "plugin_breaker_failures",
+        default = "defaults::plugin_breaker_failures"
+    )]
+    pub breaker_failures: u32,
+    /// How long the breaker first stays open. Default 1000 ms.
+    #[serde(
+        rename = "plugin_breaker_open_ms",
+        default = "defaults::plugin_breaker_open_ms"
+    )]
+    pub breaker_open_ms: u64,
+    /// While the breaker is open: `closed` (default) closes a connection whose event
+    /// meets it (1013); `open` takes the event with no actions (and skips disconnect
+    /// hooks). Handshakes and pushes are refused either way.
+    #[serde(
+        rename = "plugin_failure_mode",
+        default = "defaults::plugin_failure_mode"
+    )]
+    pub failure_mode: FailureMode,
     /// How often the plugin file is checked for changes (hot reload). 0 = never. Default 1000 ms.
     #[serde(rename = "plugin_watch_ms", default = "defaults::plugin_watch_ms")]
     pub watch_ms: u64,

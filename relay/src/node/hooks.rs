@@ -13,7 +13,7 @@ use crate::policy::{
     Action, ClientEvent, DisconnectInfo, HandshakeDecision, HandshakeRequest, IngressOutcome,
     IngressRequest, PolicyError,
 };
-use crate::protocol::Message;
+use crate::protocol::{close, Message};
 use crate::store::commit::CommitError;
 use crate::tenant::Tenant;
 
@@ -99,6 +99,12 @@ impl Node {
         {
             Ok(a) => a,
             Err(e) => {
+                // A tenant failing closed does not keep connections it cannot police.
+                if matches!(e.failure, crate::policy::Failure::CircuitOpen(_)) {
+                    Metrics::inc(&self.metrics.plugin_breaker_closes);
+                    h.disconnect(close::TRY_AGAIN_LATER, "plugin unavailable");
+                    return None;
+                }
                 self.hook_failed(tenant, Some(h), &e);
                 return None;
             }

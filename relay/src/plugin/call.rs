@@ -108,6 +108,15 @@ impl Inner {
                 }
             }
         };
+        match &result {
+            Ok(_) | Err(CallError::Plugin(_)) => self.breaker.success(),
+            Err(_) => {
+                if let Some(open) = self.breaker.failure() {
+                    Metrics::inc(&self.metrics.plugin_breaker_trips);
+                    tracing::warn!(tenant = %self.tenant, hook, open_ms = open.as_millis() as u64, "plugin keeps failing: circuit breaker open, calls refused meanwhile");
+                }
+            }
+        }
         match result {
             Ok(v) => {
                 keep(inst);

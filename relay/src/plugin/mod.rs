@@ -8,8 +8,10 @@
 //! - [`syncio`]: `wasi:io` streams and poll for synchronous calls.
 //! - [`policy`]: [`WasmPolicy`]: per-tenant instance pool, limits, deadlines, hot reload;
 //!   `load.rs` loads and reloads a plugin, `call.rs` runs one hook call.
+//! - [`breaker`]: a tenant's circuit breaker (a plugin that keeps failing).
 
 pub mod bindings;
+pub mod breaker;
 mod call;
 pub mod convert;
 pub mod host;

@@ -40,6 +40,17 @@ pub struct PluginLimits {
     /// Instances per tenant: at most this many calls run at once (others wait their
     /// turn), each on its own instance, kept for reuse. Default 4.
     pub max_idle: usize,
+    /// How long a call waits for a free instance before it fails. Default 1 s.
+    pub wait: Duration,
+    /// Failures in a row (trap, deadline, malformed) that open the breaker; 0 = never.
+    /// Default 20.
+    pub breaker_failures: u32,
+    /// How long the breaker first stays open (doubling while failures go on, up to
+    /// 30 s). Default 1 s.
+    pub breaker_open: Duration,
+    /// While the breaker is open, event and disconnect hooks are skipped (as if they
+    /// asked for nothing) instead of failing. Handshakes and ingress always fail.
+    pub fail_open: bool,
 }
 
 impl Default for PluginLimits {
@@ -48,6 +59,10 @@ impl Default for PluginLimits {
             deadline: Duration::from_millis(5),
             memory_bytes: 32 << 20,
             max_idle: 4,
+            wait: Duration::from_secs(1),
+            breaker_failures: 20,
+            breaker_open: Duration::from_secs(1),
+            fail_open: false,
         }
     }
 }
@@ -97,6 +112,8 @@ pub(super) struct Inner {
     /// One permit per instance: calls beyond `plugin_instances` wait for one instead of
     /// creating (and throwing away) more instances.
     pub(super) permits: tokio::sync::Semaphore,
+    /// Stops calling a plugin that keeps failing.
+    pub(super) breaker: super::breaker::Breaker,
 }
 
 impl std::ops::Deref for Inner {
@@ -164,6 +181,8 @@ impl WasmPolicy {
         };
         let loaded = spec.prepare(rt)?;
         let max_idle = spec.limits.max_idle;
+        let breaker =
+            super::breaker::Breaker::new(spec.limits.breaker_failures, spec.limits.breaker_open);
         Ok(WasmPolicy {
             inner: Arc::new(Inner {
                 spec,
@@ -171,6 +190,7 @@ impl WasmPolicy {
                 attempted: Mutex::new(None),
                 reloading: Mutex::new(()),
                 permits: tokio::sync::Semaphore::new(max_idle.max(1)),
+                breaker,
             }),
         })
     }
@@ -210,13 +230,37 @@ impl WasmPolicy {
         self.inner.current().hash.clone()
     }
 
-    /// An instance for one call, once one of the tenant's `plugin_instances` is free.
+    /// An instance for one call, once one of the tenant's `plugin_instances` is free
+    /// (within `plugin_wait_ms`), unless the tenant's breaker is open.
     async fn lease(&self, hook: &'static str) -> Result<Lease<'_>, PolicyError> {
-        let Ok(permit) = self.inner.permits.acquire().await else {
-            let closed = Failure::Unavailable("the plugin pool is closed".into());
-            return Err(self.inner.err(hook, closed));
+        let inner = &self.inner;
+        if let Err(left) = inner.breaker.admit() {
+            Metrics::inc(&inner.metrics.plugin_breaker_refused);
+            let ms = left.as_millis() as u64;
+            return Err(inner.err(hook, Failure::CircuitOpen(ms)));
+        }
+        let permit = match tokio::time::timeout(inner.limits.wait, inner.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                let closed = Failure::Unavailable("the plugin pool is closed".into());
+                return Err(inner.err(hook, closed));
+            }
+            Err(_) => {
+                Metrics::inc(&inner.metrics.plugin_wait_timeouts);
+                let why = format!(
+                    "no plugin instance was free within {} ms",
+                    inner.limits.wait.as_millis()
+                );
+                return Err(inner.err(hook, Failure::Unavailable(why)));
+            }
         };
-        self.inner.lease(hook, Some(permit))
+        inner.lease(hook, Some(permit))
+    }
+
+    /// Whether a refused event or disconnect hook counts as "no actions" (the tenant
+    /// fails open and its breaker is open).
+    fn skips(&self, e: &PolicyError) -> bool {
+        self.inner.limits.fail_open && matches!(e.failure, Failure::CircuitOpen(_))
     }
 }
 impl Spec {
@@ -278,7 +322,11 @@ impl Policy for WasmPolicy {
         }
         Box::pin(async move {
             let (c, e) = (convert::ConnArgs::new(conn), convert::EventArgs::new(event));
-            let mut lease = self.lease(HOOK).await?;
+            let mut lease = match self.lease(HOOK).await {
+                Ok(l) => l,
+                Err(e) if self.skips(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
             let (p, s, _) = lease.parts();
             let raw = p.call_on_event(s, c.wit(), e.wit());
             self.inner
@@ -319,7 +367,11 @@ impl Policy for WasmPolicy {
         }
         Box::pin(async move {
             let c = convert::ConnArgs::new(conn);
-            let mut lease = self.lease(HOOK).await?;
+            let mut lease = match self.lease(HOOK).await {
+                Ok(l) => l,
+                Err(e) if self.skips(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
             let (p, s, _) = lease.parts();
             let raw = p.call_on_disconnect(s, c.wit(), convert::disconnect_info(info));
             self.inner
@@ -346,5 +398,52 @@ impl Policy for WasmPolicy {
             *attempted = Some(now);
         }
         Some(self.inner.reload().map_err(|e| e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_finding_no_free_instance_gives_up_after_plugin_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let policy = WasmPolicy::load(PluginEnv {
+            tenant: Arc::from("t"),
+            path: crate::plugin::bundled("testkit"),
+            cache_dir: dir.path().join("cache"),
+            settings: toml::Table::new(),
+            limits: PluginLimits {
+                max_idle: 1,
+                wait: Duration::from_millis(50),
+                ..PluginLimits::default()
+            },
+            kv: Arc::new(crate::store::TenantKv::in_memory(1 << 20)),
+            presence: Arc::new(crate::hub::Hub::default()),
+            metrics: metrics.clone(),
+            log: Arc::new(crate::msglog::LogTarget {
+                dir: dir.path().join("log"),
+                max_bytes: 1 << 20,
+                keep: 1,
+            }),
+            headers: Default::default(),
+        })
+        .unwrap();
+        // The only instance is busy (its permit held, as a call in progress holds it).
+        let busy = policy.inner.permits.acquire().await.unwrap();
+        let started = std::time::Instant::now();
+        let e = policy.lease("on-event").await.err().unwrap();
+        assert!(matches!(e.failure, Failure::Unavailable(_)), "{e}");
+        assert!(e.retryable());
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(
+            metrics
+                .plugin_wait_timeouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        drop(busy);
+        assert!(policy.lease("on-event").await.is_ok(), "free again");
     }
 }

@@ -17,8 +17,11 @@ pub enum Failure {
     /// The plugin returned an error value of its own.
     Reported(String),
     /// The plugin could not be run at all (its pool is closed, an instance could not be
-    /// made).
+    /// made, none was free in time).
     Unavailable(String),
+    /// Not called: the plugin kept failing and its circuit breaker is open for this many
+    /// milliseconds more.
+    CircuitOpen(u64),
 }
 
 impl fmt::Display for Failure {
@@ -29,6 +32,10 @@ impl fmt::Display for Failure {
             Failure::Malformed(m) => write!(f, "returned malformed data: {m}"),
             Failure::Reported(m) => write!(f, "returned an error: {m}"),
             Failure::Unavailable(m) => write!(f, "could not run: {m}"),
+            Failure::CircuitOpen(ms) => write!(
+                f,
+                "not called: it keeps failing, its circuit breaker is open for {ms} ms more"
+            ),
         }
     }
 }
@@ -66,6 +73,9 @@ impl PolicyError {
     /// Whether the same call may succeed later: a deadline missed under load or an
     /// unavailable plugin may; a trap or malformed output on the same input will not.
     pub fn retryable(&self) -> bool {
-        matches!(self.failure, Failure::Deadline | Failure::Unavailable(_))
+        matches!(
+            self.failure,
+            Failure::Deadline | Failure::Unavailable(_) | Failure::CircuitOpen(_)
+        )
     }
 }

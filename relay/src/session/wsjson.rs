@@ -50,8 +50,16 @@ pub async fn handshake(
         auth: None,
     });
     let recover = presented_offset(&tenant, &hreq);
-    let Ok(mut decision) = node.handshake(&tenant, &hreq).await else {
-        return text_response(500, "policy error\n");
+    let mut decision = match node.handshake(&tenant, &hreq).await {
+        Ok(d) => d,
+        // A plugin that could not run now (its breaker open, no instance free, a missed
+        // deadline) may answer later: 503 with Retry-After, not a 500.
+        Err(e) if e.retryable() => {
+            let mut r = text_response(503, "policy unavailable, retry later\n");
+            crate::web::set_header(&mut r, "retry-after", "1");
+            return r;
+        }
+        Err(_) => return text_response(500, "policy error\n"),
     };
     let extra_headers = match &mut decision {
         HandshakeDecision::Reject {

@@ -68,8 +68,7 @@ async fn start(data: &Path) -> Result<Running> {
 }
 
 #[tokio::test]
-async fn a_full_disk_refuses_durable_pushes_and_loses_nothing_acknowledged() -> Result<()>
-{
+async fn a_full_disk_refuses_durable_pushes_and_loses_nothing_acknowledged() -> Result<()> {
     let fs = match SmallFs::mount("16m") {
         Ok(fs) => fs,
         Err(why) => {

@@ -19,6 +19,7 @@ mod ingress;
 mod limits;
 mod msglog;
 mod offline;
+mod plugin_storms;
 mod plugins;
 mod rate_limits;
 mod sdk;

@@ -53,7 +53,11 @@ tenant = "{tenant}"
 }
 
 /// Two tenants behind one ws listener; `listener` gives its routes (and other keys).
-async fn two_tenants(first: String, second: String, listener: &str) -> Result<TestRelay> {
+pub(crate) async fn two_tenants(
+    first: String,
+    second: String,
+    listener: &str,
+) -> Result<TestRelay> {
     TestRelay::start(&format!(
         "{first}{second}\n[[listener]]\nname = \"ws\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n{listener}\n"
     ))

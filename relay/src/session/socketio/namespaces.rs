@@ -69,9 +69,16 @@ impl Driver {
             auth,
         });
         let recover = presented_offset(&tenant, &hreq);
-        let Ok(decision) = node.handshake(&tenant, &hreq).await else {
-            self.connect_error(nsp, "policy error", None);
-            return;
+        let decision = match node.handshake(&tenant, &hreq).await {
+            Ok(d) => d,
+            Err(e) if e.retryable() => {
+                self.connect_error(nsp, "policy unavailable, retry later", None);
+                return;
+            }
+            Err(_) => {
+                self.connect_error(nsp, "policy error", None);
+                return;
+            }
         };
         if let HandshakeDecision::Reject {
             body,

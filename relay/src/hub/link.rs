@@ -194,6 +194,11 @@ impl Link {
         }
     }
 
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
     /// The writer took `n` bytes off the queue.
     #[inline]
     pub fn dequeued(&self, n: usize) {

@@ -95,6 +95,40 @@ impl Node {
         self.broker.publish(p, history).await
     }
 
+    /// Everything `/metrics` shows: the counters, gauges read now (tasks alive in the
+    /// runtime; bytes waiting in connection queues, summed over the connections, so the
+    /// hot path keeps no shared counter), and the cluster's.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut text = self.metrics.render();
+        let mut links = std::collections::HashSet::new();
+        let mut queued = 0usize;
+        for t in self.tenants.values() {
+            for h in t.hub.all() {
+                // Socket.IO namespaces of one client share a link: count it once.
+                if links.insert(Arc::as_ptr(&h.link) as usize) {
+                    queued += h.link.queued_bytes();
+                }
+            }
+        }
+        let tasks = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_alive_tasks())
+            .unwrap_or(0);
+        for (name, help, v) in [
+            ("queued_bytes", "Bytes waiting in connection queues now.", queued),
+            ("runtime_tasks", "Tasks alive in the runtime now.", tasks),
+        ] {
+            let _ = writeln!(
+                text,
+                "# HELP relay_{name} {help}\n# TYPE relay_{name} gauge\nrelay_{name} {v}"
+            );
+        }
+        if let Some(c) = &self.cluster {
+            text.push_str(&c.cluster().render_metrics());
+        }
+        text
+    }
+
     /// In a cluster, wait until this node's membership changes so far are in Redis
     /// (subscriptions made, presence written), so that what a client was told it joined
     /// gets every publication from then on, sent from any node. At once on one node.

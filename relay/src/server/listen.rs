@@ -269,10 +269,7 @@ async fn handle(
         }
     }
     if path == "/metrics" && ctx.kind == ListenerKind::Http {
-        let mut text = node.metrics.render();
-        if let Some(c) = &node.cluster {
-            text.push_str(&c.cluster().render_metrics());
-        }
+        let text = node.render_metrics();
         let mut r = text_response(200, &text);
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,

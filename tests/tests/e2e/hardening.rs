@@ -72,6 +72,12 @@ async fn admin_endpoints_and_metrics_want_the_token_and_refuse_cross_site_reques
         assert_eq!(s, 401, "{path}");
         let (s, _, body) = http_with(http, method, path, &[bearer], b"").await?;
         assert_eq!(s, 200, "{path}: {body:?}");
+        if path == "/metrics" {
+            let text = String::from_utf8_lossy(&body);
+            for gauge in ["relay_runtime_tasks ", "relay_queued_bytes "] {
+                assert!(text.contains(gauge), "{gauge}in {text}");
+            }
+        }
         // A browser page elsewhere cannot use it, token or not (CSRF).
         let cross = ("origin", "https://evil.example");
         let (s, _, _) = http_with(http, method, path, &[bearer, cross], b"").await?;

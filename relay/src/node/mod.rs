@@ -115,7 +115,11 @@ impl Node {
             .map(|h| h.metrics().num_alive_tasks())
             .unwrap_or(0);
         for (name, help, v) in [
-            ("queued_bytes", "Bytes waiting in connection queues now.", queued),
+            (
+                "queued_bytes",
+                "Bytes waiting in connection queues now.",
+                queued,
+            ),
             ("runtime_tasks", "Tasks alive in the runtime now.", tasks),
         ] {
             let _ = writeln!(

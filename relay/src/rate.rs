@@ -179,6 +179,10 @@ const SWEEP_AT: usize = 10_000;
 pub struct PerAddress {
     rate: f64,
     buckets: DashMap<IpAddr, Bucket>,
+    started: Instant,
+    /// When the last sweep ran (ms after `started`): at most one a second, so that many
+    /// busy addresses cannot make every handshake pay for a sweep.
+    swept_ms: std::sync::atomic::AtomicU64,
 }
 
 impl PerAddress {
@@ -187,15 +191,27 @@ impl PerAddress {
         PerAddress {
             rate: f64::from(rate),
             buckets: DashMap::new(),
+            started: Instant::now(),
+            swept_ms: Default::default(),
         }
     }
 
     /// One handshake from `ip`, or how long until it would be allowed.
     pub fn take(&self, ip: IpAddr) -> Result<(), Duration> {
+        use std::sync::atomic::Ordering::Relaxed;
         let now = Instant::now();
         if self.buckets.len() >= SWEEP_AT {
-            // Bounded memory: forget addresses whose bucket has refilled (idle ones).
-            self.buckets.retain(|_, b| !b.is_full(now));
+            let ms = now.duration_since(self.started).as_millis() as u64 + 1000;
+            let last = self.swept_ms.load(Relaxed);
+            if ms >= last + 1000
+                && self
+                    .swept_ms
+                    .compare_exchange(last, ms, Relaxed, Relaxed)
+                    .is_ok()
+            {
+                // Bounded memory: forget addresses whose bucket has refilled (idle ones).
+                self.buckets.retain(|_, b| !b.is_full(now));
+            }
         }
         let (rate, burst) = (self.rate, (2.0 * self.rate).max(1.0));
         self.buckets

@@ -119,11 +119,28 @@ impl SioPacket {
             None
         };
         rest = &rest[digits..];
-        let data = if rest.is_empty() {
+        let data: Option<Value> = if rest.is_empty() {
             None
         } else {
             Some(serde_json::from_str(rest).map_err(|e| CodecError::Json(e.to_string()))?)
         };
+        // What each type may carry, as the reference parser checks it. Besides refusing
+        // nonsense, this keeps the form unambiguous: no payload can start with a digit
+        // and run into the ack id (`20 20` was read as id 0 with data 20, and wrote back
+        // as id 2020; found by the `socketio` fuzz target).
+        let valid = match (kind, &data) {
+            (SioType::Connect, None | Some(Value::Object(_))) => true,
+            (SioType::Disconnect, None) => true,
+            (SioType::ConnectError, Some(Value::String(_) | Value::Object(_))) => true,
+            (SioType::Event | SioType::BinaryEvent, Some(Value::Array(a))) => !a.is_empty(),
+            (SioType::Ack | SioType::BinaryAck, Some(Value::Array(_))) => true,
+            _ => false,
+        };
+        if !valid {
+            return Err(CodecError::Json(format!(
+                "invalid payload for a {kind:?} packet"
+            )));
+        }
         Ok(SioPacket {
             kind,
             nsp,

@@ -26,6 +26,7 @@
 //! - `broker`: the broker seam (publications, room history): one-node and Redis brokers.
 //! - [`cluster`]: several nodes through Redis: heartbeat, presence, subscriptions.
 //! - [`fault`]: whose fault an error is.
+//! - `fuzzing`: entry points of the fuzz targets in `fuzz/` (hidden; not an API).
 //! - [`metrics`]: counters, rendered for `/metrics`.
 //! - [`rate`]: rate limits (token buckets): per connection, per tenant, per address.
 //! - `server`: the composition root: builds each part once from the config, binds the
@@ -36,6 +37,8 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub(crate) mod ingress;
 pub mod metrics;

@@ -3,8 +3,10 @@
 // - churn: WebSocket (ws and wss) and Socket.IO long-polling clients connect, join a
 //   room, get a push, and leave, a few every 100 ms;
 // - steady members: a fixed set of ws clients stay in rooms and count what arrives;
-// - slow consumers: clients that join and never read (relay closes them 1013 once
-//   their queue is full) and are replaced;
+// - slow consumers: clients that join the room `slow` and never read; it gets 32 KB
+//   pushes ten times a second, so the kernel's socket buffers (tens of MB on loopback)
+//   fill within minutes, then relay's queue, and relay closes them 1013; they are
+//   replaced;
 // - pushes: HTTP pushes to the rooms, `--push-rate` a second.
 // Prints one JSON line of totals at the end.
 //
@@ -57,19 +59,20 @@ function slowConsumer() {
   const c = new WebSocket(`ws://${ws}/`);
   c.on("open", () => {
     t.slow++;
-    for (let r = 0; r < rooms; r++) c.send(JSON.stringify({ event: "join", room: `r${r}` }));
+    c.send(JSON.stringify({ event: "join", room: "slow" }));
     c._socket.pause(); // never read: its queue fills and relay closes it
+    // A paused socket does not see relay's close either: replace it after a while.
+    setTimeout(() => { c.terminate(); if (live()) slowConsumer(); }, 150000);
   });
-  c.on("close", () => { if (live()) setTimeout(slowConsumer, 1000); });
   c.on("error", () => {});
 }
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
-function pushOne() {
+function pushOne(room, size) {
   const [host, port] = push.split(":");
-  const data = "x".repeat(200);
+  const data = "x".repeat(size);
   const req = http.request({ host, port, agent, method: "GET",
-    path: `/push?room=r${Math.floor(Math.random() * rooms)}&data=${data}` }, (res) => {
+    path: `/push?room=${room}&data=${data}` }, (res) => {
     res.resume();
     if (res.statusCode === 200) t.pushes++; else t.push_errors++;
   });
@@ -93,7 +96,10 @@ const timers = [
     churnWs(`wss://${wss}/`, { rejectUnauthorized: false });
     churnSio();
   }, 100),
-  setInterval(() => { for (let i = 0; i < pushRate / 10; i++) pushOne(); }, 100),
+  setInterval(() => {
+    for (let i = 0; i < pushRate / 10; i++) pushOne(`r${Math.floor(Math.random() * rooms)}`, 200);
+    pushOne("slow", 32 * 1024);
+  }, 100),
 ];
 
 setTimeout(() => {

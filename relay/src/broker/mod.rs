@@ -11,7 +11,7 @@
 
 pub mod memory;
 pub mod redis;
-mod redis_history;
+pub(crate) mod redis_history;
 mod redis_recovery;
 
 use std::sync::Arc;

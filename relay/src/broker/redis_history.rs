@@ -188,7 +188,7 @@ impl RedisHistory {
 }
 
 /// `<offset> <stored ms> <publication JSON>` → the offset and the publication.
-fn parse_entry(m: &[u8]) -> Result<(u64, Publication), BrokerError> {
+pub(crate) fn parse_entry(m: &[u8]) -> Result<(u64, Publication), BrokerError> {
     let bad = || BrokerError::Codec("malformed room-history entry in redis".into());
     let mut parts = m.splitn(3, |&b| b == b' ');
     let offset = parts

@@ -63,7 +63,7 @@ impl std::fmt::Debug for RedisOffline {
 }
 
 /// `<id> <stored ms> <json>` → the message as stored.
-fn parse_member(m: &str) -> Option<StoredMessage> {
+pub(crate) fn parse_member(m: &str) -> Option<StoredMessage> {
     let (id, rest) = m.split_once(' ')?;
     let (at, json) = rest.split_once(' ')?;
     Some(StoredMessage {

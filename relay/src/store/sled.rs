@@ -138,7 +138,7 @@ fn entry_value(msg: &Message) -> Result<Vec<u8>, StoreError> {
 }
 
 /// The stored time and message of an entry (`None` parts when unreadable).
-fn read_entry(v: &[u8]) -> (Option<u64>, Option<Message>) {
+pub(crate) fn read_entry(v: &[u8]) -> (Option<u64>, Option<Message>) {
     let stored = v
         .get(..8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())

@@ -25,7 +25,7 @@
 //! - `record.rs`: the log's record format. `log.rs`: [`KvLog`], the writer thread.
 
 mod log;
-mod record;
+pub(crate) mod record;
 
 pub use log::KvLog;
 use log::Wake;

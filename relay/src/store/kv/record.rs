@@ -54,3 +54,17 @@ pub(super) fn ops(mut rec: &[u8]) -> impl Iterator<Item = Option<Op<'_>>> {
         Some(op)
     })
 }
+
+/// Decode a record and encode again what decoded: the same bytes, up to the first
+/// malformed operation (the fuzz target's property).
+pub(crate) fn round_trip(rec: &[u8]) {
+    let mut out = Vec::new();
+    for op in ops(rec) {
+        match op {
+            Some(Op::Set(k, v, e)) => put_set(&mut out, k, v, e),
+            Some(Op::Delete(k)) => put_delete(&mut out, k),
+            None => break,
+        }
+    }
+    assert!(rec.starts_with(&out), "a record re-encoded differently");
+}

@@ -316,6 +316,36 @@ impl Codec for SioCodec {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn payloads_are_what_each_type_may_carry_so_the_form_is_unambiguous() {
+        for ok in [
+            "0",
+            "0{\"token\":1}",
+            "1",
+            "2[\"a\"]",
+            "220[\"a\",1]",
+            "3[]",
+            "31[null]",
+            "4\"no\"",
+            "4{\"message\":\"no\"}",
+            "51-[\"a\",{\"_placeholder\":true,\"num\":0}]",
+            "2/chat,[\"x\"]",
+        ] {
+            let p = SioPacket::decode(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(SioPacket::decode(&p.encode()).ok(), Some(p), "{ok}");
+        }
+        // `20 20` was read as ack id 0 with data 20, and written back as id 2020.
+        for bad in [
+            "20 20", "2 20", "2\"x\"", "2[]", "2{}", "1[1]", "0\"x\"", "0[1]", "3{}", "4[1]",
+        ] {
+            assert!(SioPacket::decode(bad).is_err(), "{bad}");
+        }
+        // Numbers keep their exact value through decode and encode (float_roundtrip).
+        let p = SioPacket::decode("2[2.2222222262222222e54,0.1]").unwrap();
+        assert_eq!(SioPacket::decode(&p.encode()).ok(), Some(p));
+    }
+
     use super::super::engineio::Records;
     use super::*;
     use serde_json::json;

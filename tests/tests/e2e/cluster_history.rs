@@ -110,21 +110,7 @@ async fn recovering_while_the_room_keeps_receiving_loses_and_repeats_nothing() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_socket_io_client_recovers_its_offset_on_another_node() -> Result<()> {
     let redis = RedisServer::start().await?;
-    let config = r#"
-[[tenant]]
-name = "chat"
-policy = "open"
-profile = "socket.io"
-history_max = 100
-
-[[listener]]
-name = "http"
-kind = "ws"
-http_ingress = true
-bind = "127.0.0.1:0"
-routes = [{ path = "/", tenant = "chat" }]
-"#;
-    let n = nodes_with(&redis, 2, config).await?;
+    let n = nodes_with(&redis, 2, super::history::SIO_HISTORY).await?;
     let url = |i: usize| format!("http://{}?rooms=lobby", n[i].addr("http"));
     let mut d = SioDriver::start().await?;
     d.connect("a", 4, &url(0), json!({})).await?;

@@ -71,10 +71,8 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn socket_io_clients_recover_with_the_offset_as_last_argument() -> Result<()> {
-    let relay = TestRelay::start(
-        r#"
+/// A Socket.IO tenant keeping room history, on a ws listener that also takes pushes.
+pub(crate) const SIO_HISTORY: &str = r#"
 [[tenant]]
 name = "chat"
 policy = "open"
@@ -87,9 +85,11 @@ kind = "ws"
 http_ingress = true
 bind = "127.0.0.1:0"
 routes = [{ path = "/", tenant = "chat" }]
-"#,
-    )
-    .await?;
+"#;
+
+#[tokio::test]
+async fn socket_io_clients_recover_with_the_offset_as_last_argument() -> Result<()> {
+    let relay = TestRelay::start(SIO_HISTORY).await?;
     let url = format!("http://{}?rooms=lobby", relay.addr("http"));
     let mut d = SioDriver::start().await?;
     d.connect("a", 4, &url, json!({})).await?;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::broker::{redis_history, Publication};
+use crate::plugin::bindings::relay::plugin::types as w;
 use crate::protocol::engineio::{decode_payload_v3, decode_payload_v4, decode_poll, EioPacket};
 use crate::protocol::socketio::SioPacket;
 use crate::protocol::{json::WsJson, Codec};
@@ -143,6 +144,170 @@ fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
     loop {
         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
             return v;
+        }
+    }
+}
+
+/// A plugin's returned actions, handshake decision and ingress outcome, built from the
+/// bytes: the host's checks refuse or accept them, and what it accepts crosses to another
+/// node (the JSON of a forwarded action) intact. The raw bytes are also tried as such a
+/// forwarded action.
+pub fn actions(data: &[u8]) {
+    use crate::plugin::convert;
+    use crate::policy::Action;
+    if let Ok(a) = serde_json::from_slice::<Action>(data) {
+        let json = serde_json::to_vec(&a).expect("a decoded action encodes");
+        let back: Action = serde_json::from_slice(&json).expect("and decodes again");
+        assert_eq!(back, a, "forwarded action round trip");
+    }
+    let mut r = WitReader(data);
+    let checked = match r.byte() % 3 {
+        0 => convert::actions(r.actions()).ok(),
+        1 => convert::decision(r.decision()).ok().map(|d| match d {
+            crate::policy::HandshakeDecision::Accept { actions, .. }
+            | crate::policy::HandshakeDecision::Defer { actions }
+            | crate::policy::HandshakeDecision::Reject { actions, .. } => actions,
+        }),
+        _ => convert::outcome(r.outcome()).ok().map(|o| o.actions),
+    };
+    for a in checked.into_iter().flatten() {
+        let json = serde_json::to_vec(&a).expect("an action encodes");
+        let back: Action = serde_json::from_slice(&json).expect("a forwarded action decodes");
+        assert_eq!(back, a, "forwarded action round trip");
+        if let Action::Close { code, reason, .. } = &a {
+            assert!(crate::protocol::frame::close(*code, reason).len() <= 125);
+        }
+    }
+}
+
+/// Builds the WIT values a plugin could return from fuzz bytes (a byte picks a variant,
+/// a length byte precedes each string; running out of bytes gives zeros and empties).
+struct WitReader<'a>(&'a [u8]);
+
+impl WitReader<'_> {
+    fn byte(&mut self) -> u8 {
+        let (b, rest) = self.0.split_first().unwrap_or((&0, &[]));
+        self.0 = rest;
+        *b
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+
+    fn string(&mut self) -> String {
+        let n = usize::from(self.byte()).min(self.0.len());
+        let (s, rest) = self.0.split_at(n);
+        self.0 = rest;
+        String::from_utf8_lossy(s).into_owned()
+    }
+
+    fn opt(&mut self) -> Option<String> {
+        (self.byte() & 1 == 1).then(|| self.string())
+    }
+
+    fn strings(&mut self) -> Vec<String> {
+        (0..self.byte() % 4).map(|_| self.string()).collect()
+    }
+
+    fn pairs(&mut self) -> Vec<w::PairResult> {
+        (0..self.byte() % 3)
+            .map(|_| w::PairResult {
+                name: self.string(),
+                value: self.string(),
+            })
+            .collect()
+    }
+
+    fn message(&mut self) -> w::Message {
+        let flags = self.byte();
+        w::Message {
+            event: self.opt(),
+            data: self.string(),
+            spread: flags & 1 == 1,
+            ack: (flags & 2 == 2).then(|| u64::from(self.u16())),
+        }
+    }
+
+    fn membership(&mut self) -> w::Membership {
+        w::Membership {
+            rooms: self.strings(),
+            conn: self.opt(),
+        }
+    }
+
+    fn action(&mut self) -> w::Action {
+        match self.byte() % 10 {
+            0 => w::Action::Reply(self.message()),
+            1 => w::Action::Emit(w::Emit {
+                target: match self.byte() % 4 {
+                    0 => w::Target::Connection(self.string()),
+                    1 => w::Target::User(self.string()),
+                    2 => w::Target::Rooms(self.strings()),
+                    _ => w::Target::Tenant,
+                },
+                message: self.message(),
+                exclude_sender: self.byte() & 1 == 1,
+            }),
+            2 => w::Action::Join(self.membership()),
+            3 => w::Action::Leave(self.membership()),
+            4 => w::Action::SetIdentity(w::Identity {
+                user: self.opt(),
+                data: self.opt(),
+                conn: self.opt(),
+            }),
+            5 => w::Action::Close(w::Close {
+                code: self.u16(),
+                reason: self.string(),
+                conn: self.opt(),
+            }),
+            6 => w::Action::StoreOffline(w::Offline {
+                user: self.opt(),
+                room: self.opt(),
+                message: self.message(),
+            }),
+            7 => w::Action::AppendLog(w::LogLine {
+                file: self.string(),
+                line: self.string(),
+            }),
+            _ => w::Action::Webhook(w::Webhook {
+                method: self.string(),
+                url: self.string(),
+                headers: self.pairs(),
+                body: self.string(),
+            }),
+        }
+    }
+
+    fn actions(&mut self) -> Vec<w::Action> {
+        (0..self.byte() % 8).map(|_| self.action()).collect()
+    }
+
+    fn decision(&mut self) -> w::HandshakeDecision {
+        match self.byte() % 3 {
+            0 => w::HandshakeDecision::Accept(w::Accept {
+                user: self.opt(),
+                data: self.opt(),
+                rooms: self.strings(),
+                headers: self.pairs(),
+                actions: self.actions(),
+            }),
+            1 => w::HandshakeDecision::Defer(self.actions()),
+            _ => w::HandshakeDecision::Reject(w::Reject {
+                status: self.u16(),
+                headers: self.pairs(),
+                body: self.string(),
+                actions: self.actions(),
+            }),
+        }
+    }
+
+    fn outcome(&mut self) -> w::IngressOutcome {
+        w::IngressOutcome {
+            status: self.u16(),
+            headers: self.pairs(),
+            body: self.string().into_bytes(),
+            actions: self.actions(),
         }
     }
 }

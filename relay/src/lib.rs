@@ -46,6 +46,8 @@ pub mod msglog;
 pub mod node;
 pub mod plugin;
 pub mod policy;
+#[cfg(test)]
+mod proptests;
 pub mod protocol;
 pub mod rate;
 mod server;

@@ -126,7 +126,7 @@ fn name_prefix(kind: u8, name: &str) -> Vec<u8> {
 }
 
 /// A stored entry: the time it was stored (ms, 8 bytes) then the message's JSON.
-fn entry_value(msg: &Message) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn entry_value(msg: &Message) -> Result<Vec<u8>, StoreError> {
     let json = serde_json::to_vec(msg).map_err(|source| StoreError::Encode {
         op: "write",
         source,

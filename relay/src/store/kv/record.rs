@@ -3,7 +3,7 @@
 
 use super::{OP_DELETE, OP_SET};
 
-pub(super) fn put_set(out: &mut Vec<u8>, key: &str, value: &[u8], expires_ms: u64) {
+pub(crate) fn put_set(out: &mut Vec<u8>, key: &str, value: &[u8], expires_ms: u64) {
     out.push(OP_SET);
     out.extend_from_slice(&(key.len() as u16).to_be_bytes());
     out.extend_from_slice(key.as_bytes());
@@ -12,20 +12,20 @@ pub(super) fn put_set(out: &mut Vec<u8>, key: &str, value: &[u8], expires_ms: u6
     out.extend_from_slice(value);
 }
 
-pub(super) fn put_delete(out: &mut Vec<u8>, key: &str) {
+pub(crate) fn put_delete(out: &mut Vec<u8>, key: &str) {
     out.push(OP_DELETE);
     out.extend_from_slice(&(key.len() as u16).to_be_bytes());
     out.extend_from_slice(key.as_bytes());
 }
 
 /// One decoded log operation.
-pub(super) enum Op<'a> {
+pub(crate) enum Op<'a> {
     Set(&'a str, &'a [u8], u64),
     Delete(&'a str),
 }
 
 /// The operations of one log record; `None` where it is malformed.
-pub(super) fn ops(mut rec: &[u8]) -> impl Iterator<Item = Option<Op<'_>>> {
+pub(crate) fn ops(mut rec: &[u8]) -> impl Iterator<Item = Option<Op<'_>>> {
     fn take<'a>(rec: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = rec.split_at_checked(n)?;
         *rec = rest;

@@ -58,6 +58,8 @@ metrics! {
     plugin_wait_timeouts: AtomicU64,
     /// Handshakes refused over a listener's `max_handshakes_per_ip_per_sec` (429).
     handshakes_rate_limited: AtomicU64,
+    /// Times the embedded store was reopened after an I/O error (a full disk, say).
+    store_reopens: AtomicU64,
     /// UDP replies not sent: larger than the datagram, to a source not in `udp_trusted`.
     udp_replies_suppressed: AtomicU64,
     /// Connections closed by the idle timeout.

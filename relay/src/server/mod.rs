@@ -151,7 +151,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let shutdown = Shutdown::new();
     let metrics = Arc::new(metrics::Metrics::default());
     let db = store::sled::SledStore::open(&config.data_dir().join("store"))?;
-    let kv_log = store::kv::KvLog::start(db.db())?;
+    let kv_log = store::kv::KvLog::start(db.cell())?;
+    {
+        let metrics = metrics.clone();
+        db.cell().on_reopen(Box::new(move |db| {
+            if db.is_none() {
+                metrics::Metrics::inc(&metrics.store_reopens);
+            }
+        }));
+    }
     let tls = build::tls_acceptors(&config)?;
     let cluster = cluster_parts::parts(&config)?;
     let shared = cluster.as_ref().map(|c| c.0.clone());

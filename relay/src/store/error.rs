@@ -61,6 +61,10 @@ pub enum StoreError {
         /// The cluster link's error.
         source: crate::cluster::ClusterError,
     },
+    /// The embedded database is being reopened after an I/O error (a full disk, say);
+    /// calls fail until it is back (see `store::cell`).
+    #[error("the store is reopening after an I/O error; try again shortly")]
+    Reopening,
     /// The store is shutting down; nothing more is accepted.
     #[error("the store is shutting down")]
     ShuttingDown,
@@ -80,6 +84,7 @@ impl StoreError {
             StoreError::Open { .. }
                 | StoreError::Backend { .. }
                 | StoreError::Redis { .. }
+                | StoreError::Reopening
                 | StoreError::ShuttingDown
         )
     }

@@ -4,6 +4,7 @@
 //! [`sled`](self::sled). [`commit`]
 //! makes message writes durable in groups.
 
+pub mod cell;
 pub mod commit;
 mod error;
 pub mod kv;

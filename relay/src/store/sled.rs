@@ -3,8 +3,10 @@
 //! `kvlog/<tenant>` for the key-value log of [`super::kv`]), a schema version.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::cell::DbCell;
 use super::{now_ms, HistoryStore, Mailbox, OfflineStore, Pushed, StoreError, StoredMessage};
 use crate::protocol::Message;
 
@@ -16,9 +18,9 @@ const SCHEMA_KEY: &[u8] = b"relay:schema";
 /// The relay's embedded database.
 #[derive(Clone)]
 pub struct SledStore {
-    db: sled::Db,
-    offline: std::sync::Arc<dashmap::DashMap<String, sled::Tree>>,
-    history: std::sync::Arc<dashmap::DashMap<String, sled::Tree>>,
+    cell: Arc<DbCell>,
+    offline: Arc<dashmap::DashMap<String, sled::Tree>>,
+    history: Arc<dashmap::DashMap<String, sled::Tree>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -30,46 +32,20 @@ impl std::fmt::Debug for SledStore {
 impl SledStore {
     /// Open (or create) the database in `dir`, checking its schema version.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.display().to_string();
-        let err = |source| StoreError::Open {
-            path: path.clone(),
-            source,
-        };
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(100))
-            .open()
-            .map_err(err)?;
-        match db.get(SCHEMA_KEY).map_err(err)? {
-            None => {
-                db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
-                    .map_err(err)?;
-                db.flush().map_err(err)?;
-            }
-            Some(v) => {
-                let found = <[u8; 8]>::try_from(v.as_ref())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt { path: path.clone() })?;
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::TooNew {
-                        path,
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-                if found < SCHEMA_VERSION {
-                    // Version 1 differs only in its key-value trees, which are moved as
-                    // each tenant's store opens (`kv::KvLog::open`).
-                    db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
-                        .map_err(err)?;
-                }
-            }
-        }
-        Ok(SledStore {
-            db,
+        let cell = DbCell::new(dir, open_db(dir)?, open_db);
+        let store = SledStore {
+            cell,
             offline: Default::default(),
             history: Default::default(),
-        })
+        };
+        let (offline, history) = (store.offline.clone(), store.history.clone());
+        store.cell.on_reopen(Box::new(move |db| {
+            if db.is_none() {
+                offline.clear();
+                history.clear();
+            }
+        }));
+        Ok(store)
     }
 
     /// The tree of `tenant`'s offline messages (`offline/<tenant>`).
@@ -91,18 +67,70 @@ impl SledStore {
         if let Some(t) = cache.get(tenant) {
             return Ok(t.clone());
         }
-        let t = self
-            .db
-            .open_tree(format!("{purpose}/{tenant}"))
-            .map_err(StoreError::backend("open tree"))?;
-        cache.insert(tenant.to_owned(), t.clone());
-        Ok(t)
+        // Cached only under the handle's lock: a reopen clears the cache (see `cell`).
+        let opened = self.cell.with(|db| {
+            let t = db
+                .open_tree(format!("{purpose}/{tenant}"))
+                .map_err(StoreError::backend("open tree"))?;
+            cache.insert(tenant.to_owned(), t.clone());
+            Ok(t)
+        });
+        self.cell.check(opened.and_then(|t| t))
     }
 
-    /// The database, for the key-value log ([`super::kv::KvLog`]).
-    pub fn db(&self) -> sled::Db {
-        self.db.clone()
+    /// A fresh id: unique and increasing, also across restarts.
+    fn next_id(&self, op: &'static str) -> Result<u64, StoreError> {
+        let id = self
+            .cell
+            .with(|db| db.generate_id().map_err(StoreError::backend(op)));
+        self.cell.check(id.and_then(|id| id))
     }
+
+    /// The database handle, shared with the key-value log ([`super::kv::KvLog`]).
+    pub fn cell(&self) -> Arc<DbCell> {
+        self.cell.clone()
+    }
+}
+
+/// Open the database in `dir` and check its schema version (at start, and again when the
+/// store is reopened after an I/O error).
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let path = dir.display().to_string();
+    let err = |source| StoreError::Open {
+        path: path.clone(),
+        source,
+    };
+    let db = sled::Config::new()
+        .path(dir)
+        .flush_every_ms(Some(100))
+        .open()
+        .map_err(err)?;
+    match db.get(SCHEMA_KEY).map_err(err)? {
+        None => {
+            db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                .map_err(err)?;
+            db.flush().map_err(err)?;
+        }
+        Some(v) => {
+            let found = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt { path: path.clone() })?;
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::TooNew {
+                    path,
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            if found < SCHEMA_VERSION {
+                // Version 1 differs only in its key-value trees, which are moved as
+                // each tenant's store opens (`kv::KvLog::open`).
+                db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(err)?;
+            }
+        }
+    }
+    Ok(db)
 }
 
 /// Key prefix of a mailbox: kind byte, name length (2 bytes), name; an entry's key adds
@@ -181,11 +209,14 @@ impl OfflineStore for SledStore {
     ) -> Result<Pushed, StoreError> {
         let tree = self.offline_tree(tenant)?;
         let prefix = mailbox_prefix(mb);
-        let id = self.db.generate_id().map_err(StoreError::backend("push"))?;
-        tree.insert(entry_key(&prefix, id), entry_value(msg)?)
-            .map_err(StoreError::backend("push"))?;
-        let dropped = trim(&tree, &prefix, max)?.len();
-        Ok(Pushed { id, dropped })
+        let id = self.next_id("push")?;
+        let pushed = (|| {
+            tree.insert(entry_key(&prefix, id), entry_value(msg)?)
+                .map_err(StoreError::backend("push"))?;
+            let dropped = trim(&tree, &prefix, max)?.len();
+            Ok(Pushed { id, dropped })
+        })();
+        self.cell.check(pushed)
     }
 
     async fn pending(
@@ -194,35 +225,8 @@ impl OfflineStore for SledStore {
         mb: &Mailbox,
         ttl: Duration,
     ) -> Result<(Vec<StoredMessage>, usize), StoreError> {
-        let err = StoreError::backend("read mailbox");
         let tree = self.offline_tree(tenant)?;
-        let prefix = mailbox_prefix(mb);
-        let oldest = now_ms().saturating_sub(ttl.as_millis() as u64);
-        let mut out = Vec::new();
-        let mut expired = 0;
-        for entry in tree.scan_prefix(&prefix) {
-            let (k, v) = entry.map_err(err)?;
-            let id = key_offset(&k, prefix.len());
-            let (stored_ms, message) = read_entry(&v);
-            match (id, stored_ms, message) {
-                (Some(id), Some(stored_ms), Some(message)) if stored_ms >= oldest => {
-                    out.push(StoredMessage {
-                        id,
-                        stored_ms,
-                        message,
-                    })
-                }
-                (_, Some(_), Some(_)) => {
-                    expired += 1;
-                    tree.remove(&k).map_err(err)?;
-                }
-                _ => {
-                    tracing::error!(tenant, ?mb, "unreadable offline message: dropped");
-                    tree.remove(&k).map_err(err)?;
-                }
-            }
-        }
-        Ok((out, expired))
+        self.cell.check(read_mailbox(tenant, &tree, mb, ttl))
     }
 
     async fn has_offline(&self, tenant: &str) -> Result<bool, StoreError> {
@@ -232,46 +236,71 @@ impl OfflineStore for SledStore {
     async fn remove(&self, tenant: &str, mb: &Mailbox, ids: &[u64]) -> Result<(), StoreError> {
         let tree = self.offline_tree(tenant)?;
         let prefix = mailbox_prefix(mb);
-        for id in ids {
+        let removed = ids.iter().try_for_each(|id| {
             tree.remove(entry_key(&prefix, *id))
-                .map_err(StoreError::backend("remove"))?;
-        }
-        Ok(())
+                .map(|_| ())
+                .map_err(StoreError::backend("remove"))
+        });
+        self.cell.check(removed)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
         // fsync: off the runtime's worker threads.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let db = self.cell.db()?;
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|_| StoreError::ShuttingDown)?
             .map(|_| ())
-            .map_err(StoreError::backend("flush"))
+            .map_err(StoreError::backend("flush"));
+        self.cell.check(flushed)
     }
+}
+
+/// The live messages of a mailbox, and how many expired ones it removed.
+fn read_mailbox(
+    tenant: &str,
+    tree: &sled::Tree,
+    mb: &Mailbox,
+    ttl: Duration,
+) -> Result<(Vec<StoredMessage>, usize), StoreError> {
+    let err = StoreError::backend("read mailbox");
+    let prefix = mailbox_prefix(mb);
+    let oldest = now_ms().saturating_sub(ttl.as_millis() as u64);
+    let mut out = Vec::new();
+    let mut expired = 0;
+    for entry in tree.scan_prefix(&prefix) {
+        let (k, v) = entry.map_err(err)?;
+        let id = key_offset(&k, prefix.len());
+        let (stored_ms, message) = read_entry(&v);
+        match (id, stored_ms, message) {
+            (Some(id), Some(stored_ms), Some(message)) if stored_ms >= oldest => {
+                out.push(StoredMessage {
+                    id,
+                    stored_ms,
+                    message,
+                })
+            }
+            (_, Some(_), Some(_)) => {
+                expired += 1;
+                tree.remove(&k).map_err(err)?;
+            }
+            _ => {
+                tracing::error!(tenant, ?mb, "unreadable offline message: dropped");
+                tree.remove(&k).map_err(err)?;
+            }
+        }
+    }
+    Ok((out, expired))
 }
 
 impl HistoryStore for SledStore {
     fn history_epoch(&self, tenant: &str) -> Result<String, StoreError> {
         let tree = self.history_tree(tenant)?;
-        let fresh = format!("{:016x}", rand::random::<u64>());
-        let _ = tree
-            .compare_and_swap(EPOCH_KEY, None as Option<&[u8]>, Some(fresh.as_bytes()))
-            .map_err(StoreError::backend("history epoch"))?;
-        let v = tree
-            .get(EPOCH_KEY)
-            .map_err(StoreError::backend("history epoch"))?
-            .ok_or(StoreError::Damaged {
-                op: "history epoch",
-                what: "the epoch vanished".into(),
-            })?;
-        Ok(String::from_utf8_lossy(&v).into_owned())
+        self.cell.check(epoch(&tree))
     }
 
     fn history_offset(&self) -> Result<u64, StoreError> {
-        // sled's ids are unique and increasing, also across restarts.
-        self.db
-            .generate_id()
-            .map_err(StoreError::backend("history offset"))
+        self.next_id("history offset")
     }
 
     fn history_append(
@@ -283,15 +312,7 @@ impl HistoryStore for SledStore {
         max: usize,
     ) -> Result<(), StoreError> {
         let tree = self.history_tree(tenant)?;
-        let prefix = history_prefix(b'd', room);
-        tree.insert(entry_key(&prefix, offset), entry_value(msg)?)
-            .map_err(StoreError::backend("history append"))?;
-        for k in trim(&tree, &prefix, max)? {
-            if let Some(off) = key_offset(&k, prefix.len()) {
-                mark_trimmed(&tree, room, off)?;
-            }
-        }
-        Ok(())
+        self.cell.check(append(&tree, room, offset, msg, max))
     }
 
     fn history_since(
@@ -301,34 +322,79 @@ impl HistoryStore for SledStore {
         after: u64,
         ttl: Duration,
     ) -> Result<Option<Vec<(u64, Message)>>, StoreError> {
-        let err = StoreError::backend("history read");
         let tree = self.history_tree(tenant)?;
-        let prefix = history_prefix(b'd', room);
-        let oldest = now_ms().saturating_sub(ttl.as_millis() as u64);
-        let mut out = Vec::new();
-        for entry in tree.scan_prefix(&prefix) {
-            let (k, v) = entry.map_err(err)?;
-            let Some(off) = key_offset(&k, prefix.len()) else {
-                continue;
-            };
-            let (stored, message) = read_entry(&v);
-            if stored.unwrap_or(0) < oldest {
-                // Expired: gone from the history like a trimmed entry.
-                tree.remove(&k).map_err(err)?;
-                mark_trimmed(&tree, room, off)?;
-                continue;
-            }
-            if let (true, Some(m)) = (off > after, message) {
-                out.push((off, m));
-            }
-        }
-        let trimmed = tree
-            .get(history_prefix(b't', room))
-            .map_err(err)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes);
-        Ok((trimmed <= after).then_some(out))
+        self.cell.check(since(&tree, room, after, ttl))
     }
+}
+
+/// A tenant's history epoch, made when first asked for.
+fn epoch(tree: &sled::Tree) -> Result<String, StoreError> {
+    let fresh = format!("{:016x}", rand::random::<u64>());
+    let _ = tree
+        .compare_and_swap(EPOCH_KEY, None as Option<&[u8]>, Some(fresh.as_bytes()))
+        .map_err(StoreError::backend("history epoch"))?;
+    let v = tree
+        .get(EPOCH_KEY)
+        .map_err(StoreError::backend("history epoch"))?
+        .ok_or(StoreError::Damaged {
+            op: "history epoch",
+            what: "the epoch vanished".into(),
+        })?;
+    Ok(String::from_utf8_lossy(&v).into_owned())
+}
+
+/// Append to a room's history, trimming it to `max` entries.
+fn append(
+    tree: &sled::Tree,
+    room: &str,
+    offset: u64,
+    msg: &Message,
+    max: usize,
+) -> Result<(), StoreError> {
+    let prefix = history_prefix(b'd', room);
+    tree.insert(entry_key(&prefix, offset), entry_value(msg)?)
+        .map_err(StoreError::backend("history append"))?;
+    for k in trim(tree, &prefix, max)? {
+        if let Some(off) = key_offset(&k, prefix.len()) {
+            mark_trimmed(tree, room, off)?;
+        }
+    }
+    Ok(())
+}
+
+/// A room's entries after `after` (`None` when some of them were trimmed or expired).
+fn since(
+    tree: &sled::Tree,
+    room: &str,
+    after: u64,
+    ttl: Duration,
+) -> Result<Option<Vec<(u64, Message)>>, StoreError> {
+    let err = StoreError::backend("history read");
+    let prefix = history_prefix(b'd', room);
+    let oldest = now_ms().saturating_sub(ttl.as_millis() as u64);
+    let mut out = Vec::new();
+    for entry in tree.scan_prefix(&prefix) {
+        let (k, v) = entry.map_err(err)?;
+        let Some(off) = key_offset(&k, prefix.len()) else {
+            continue;
+        };
+        let (stored, message) = read_entry(&v);
+        if stored.unwrap_or(0) < oldest {
+            // Expired: gone from the history like a trimmed entry.
+            tree.remove(&k).map_err(err)?;
+            mark_trimmed(tree, room, off)?;
+            continue;
+        }
+        if let (true, Some(m)) = (off > after, message) {
+            out.push((off, m));
+        }
+    }
+    let trimmed = tree
+        .get(history_prefix(b't', room))
+        .map_err(err)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes);
+    Ok((trimmed <= after).then_some(out))
 }
 
 const EPOCH_KEY: &[u8] = b"epoch";
@@ -366,7 +432,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
-            let log = KvLog::start(s.db()).unwrap();
+            let log = KvLog::start(s.cell()).unwrap();
             let a = log.open("a", 1 << 20).unwrap();
             a.set("k", b"v".to_vec(), None).unwrap();
             assert!(a
@@ -376,7 +442,7 @@ mod tests {
             log.close();
         }
         let s = SledStore::open(dir.path()).unwrap();
-        let log = KvLog::start(s.db()).unwrap();
+        let log = KvLog::start(s.cell()).unwrap();
         let a = log.open("a", 1 << 20).unwrap();
         assert_eq!(a.get("k"), Some(b"v".to_vec()), "survives reopening");
         assert!(
@@ -487,9 +553,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
-            s.db.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
+            let db = s.cell().db().unwrap();
+            db.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
                 .unwrap();
-            s.db.flush().unwrap();
+            db.flush().unwrap();
         }
         // sled's background flusher may hold the file lock for a moment after
         // the first handle is dropped; wait for it rather than fail on the lock.

@@ -5,6 +5,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::record::{ops, Op};
 use super::{TenantKv, COMPACT_MIN, KV_WINDOW};
+use crate::store::cell::DbCell;
 use crate::store::{now_ms, StoreError};
 
 /// Wakes the log thread.
@@ -30,15 +31,25 @@ impl Wake {
 pub(super) struct Logged {
     kv: Arc<TenantKv>,
     tenant: String,
-    tree: sled::Tree,
+    /// The log's tree; `None` while the database is being reopened.
+    tree: Option<sled::Tree>,
     next_seq: u64,
     /// Bytes in the log (records since and including the last snapshot).
     log_bytes: usize,
+    /// Records may have been lost (the database was reopened after an I/O error): the
+    /// next round writes a snapshot of the live data instead of its pending records.
+    needs_snapshot: bool,
 }
 
 impl Logged {
+    /// Append a record. Without a tree (a reopen under way) it is dropped: the snapshot
+    /// written once the tree is back holds what it changed.
     fn write(&mut self, rec: &[u8]) -> sled::Result<()> {
-        self.tree.insert(self.next_seq.to_be_bytes(), rec)?;
+        let Some(tree) = &self.tree else {
+            self.needs_snapshot = true;
+            return Ok(());
+        };
+        tree.insert(self.next_seq.to_be_bytes(), rec)?;
         self.next_seq += 1;
         self.log_bytes += rec.len();
         Ok(())
@@ -46,27 +57,52 @@ impl Logged {
 
     /// Write the live data as a snapshot, make it durable, then drop the records before it.
     fn compact(&mut self) -> sled::Result<()> {
+        let Some(tree) = self.tree.clone() else {
+            self.needs_snapshot = true;
+            return Ok(());
+        };
         let first = self.next_seq;
         self.log_bytes = 0;
         for chunk in self.kv.snapshot() {
             self.write(&chunk)?;
         }
-        self.tree.flush()?;
-        let old: Vec<sled::IVec> = self
-            .tree
+        tree.flush()?;
+        let old: Vec<sled::IVec> = tree
             .range(..first.to_be_bytes())
             .keys()
             .collect::<sled::Result<_>>()?;
         for k in old {
-            self.tree.remove(k)?;
+            tree.remove(k)?;
         }
+        self.needs_snapshot = false;
         Ok(())
+    }
+
+    /// Follow the database through a reopen: drop the tree, or take the new one and
+    /// plan a snapshot (records written while the disk failed may be lost).
+    fn reopened(&mut self, db: Option<&sled::Db>) {
+        self.tree = None;
+        let Some(db) = db else { return };
+        match db.open_tree(log_tree(&self.tenant)) {
+            Ok(tree) => {
+                self.next_seq = match tree.last() {
+                    Ok(Some((k, _))) => <[u8; 8]>::try_from(k.as_ref())
+                        .map_or(0, |b| u64::from_be_bytes(b).saturating_add(1)),
+                    _ => 0,
+                };
+                self.tree = Some(tree);
+            }
+            Err(e) => {
+                tracing::error!(tenant = %self.tenant, error = %e, "reopening the key-value log failed; its writes are kept in memory only")
+            }
+        }
+        self.needs_snapshot = true;
     }
 }
 
 /// The log thread and the stores it writes for.
 pub struct KvLog {
-    db: sled::Db,
+    cell: Arc<DbCell>,
     wake: Arc<Wake>,
     stores: Arc<Mutex<Vec<Logged>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -89,18 +125,29 @@ pub(super) fn legacy_tree(tenant: &str) -> String {
 }
 
 impl KvLog {
-    /// Start the log thread for stores in `db`.
-    pub fn start(db: sled::Db) -> std::io::Result<Arc<Self>> {
+    /// Start the log thread for stores in the database of `cell`.
+    pub fn start(cell: Arc<DbCell>) -> std::io::Result<Arc<Self>> {
         let wake = Arc::new(Wake::default());
         let stores: Arc<Mutex<Vec<Logged>>> = Arc::default();
         let thread = {
-            let (wake, stores) = (wake.clone(), stores.clone());
+            let (wake, stores, cell) = (wake.clone(), stores.clone(), cell.clone());
             std::thread::Builder::new()
                 .name("relay-kv-log".into())
-                .spawn(move || run(&wake, &stores))?
+                .spawn(move || run(&wake, &stores, &cell))?
         };
+        {
+            let (wake, stores) = (wake.clone(), stores.clone());
+            cell.on_reopen(Box::new(move |db| {
+                for s in stores.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+                    s.reopened(db);
+                }
+                if db.is_some() {
+                    wake.pending();
+                }
+            }));
+        }
         Ok(Arc::new(KvLog {
-            db,
+            cell,
             wake,
             stores,
             thread: Mutex::new(Some(thread)),
@@ -110,9 +157,21 @@ impl KvLog {
     /// Open `tenant`'s store: replay its log (and move a schema-1 store into it), holding
     /// at most `max_bytes`.
     pub fn open(&self, tenant: &str, max_bytes: usize) -> Result<Arc<TenantKv>, StoreError> {
+        // Under the handle's lock: the store's tree is registered before a reopen can
+        // start, so the reopen sees it (see `store::cell`).
+        let opened = self.cell.with(|db| self.open_in(db, tenant, max_bytes));
+        self.cell.check(opened.and_then(|kv| kv))
+    }
+
+    fn open_in(
+        &self,
+        db: &sled::Db,
+        tenant: &str,
+        max_bytes: usize,
+    ) -> Result<Arc<TenantKv>, StoreError> {
         let err = StoreError::backend("open key-value log");
         let kv = Arc::new(TenantKv::new(max_bytes, Some(self.wake.clone())));
-        let tree = self.db.open_tree(log_tree(tenant)).map_err(err)?;
+        let tree = db.open_tree(log_tree(tenant)).map_err(err)?;
         let now = now_ms();
         let (mut next_seq, mut log_bytes) = (0u64, 0usize);
         for item in tree.iter() {
@@ -138,19 +197,19 @@ impl KvLog {
         let mut logged = Logged {
             kv: kv.clone(),
             tenant: tenant.to_owned(),
-            tree,
+            tree: Some(tree),
             next_seq,
             log_bytes,
+            needs_snapshot: false,
         };
         // Schema 1 kept one sled entry per key (8-byte expiry, then the value).
         let legacy = legacy_tree(tenant);
-        if self
-            .db
+        if db
             .tree_names()
             .iter()
             .any(|n| n.as_ref() == legacy.as_bytes())
         {
-            let old = self.db.open_tree(&legacy).map_err(err)?;
+            let old = db.open_tree(&legacy).map_err(err)?;
             for item in old.iter() {
                 let (k, v) = item.map_err(err)?;
                 let (Ok(key), Some((exp, value))) =
@@ -166,7 +225,7 @@ impl KvLog {
             }
             logged.compact().map_err(err)?;
             drop(old);
-            self.db.drop_tree(legacy.as_bytes()).map_err(err)?;
+            db.drop_tree(legacy.as_bytes()).map_err(err)?;
             tracing::info!(
                 tenant,
                 keys = kv.len(),
@@ -192,7 +251,10 @@ impl KvLog {
         if let Some(h) = handle {
             let _ = h.join();
         }
-        if let Err(e) = self.db.flush() {
+        if let Err(e) = self.cell.db().and_then(|db| {
+            db.flush()
+                .map_err(StoreError::backend("flush key-value log"))
+        }) {
             tracing::error!(error = %e, "flushing the key-value log failed");
         }
     }
@@ -205,8 +267,9 @@ impl Drop for KvLog {
 }
 
 /// The log thread: wait for writes, let [`KV_WINDOW`] gather more, write each store's
-/// pending records as one sled value, compact logs that have grown.
-fn run(wake: &Wake, stores: &Mutex<Vec<Logged>>) {
+/// pending records as one sled value, compact logs that have grown (and write a snapshot
+/// after the database was reopened).
+fn run(wake: &Wake, stores: &Mutex<Vec<Logged>>, cell: &Arc<DbCell>) {
     let mut rec = Vec::new();
     loop {
         let stop = {
@@ -224,22 +287,35 @@ fn run(wake: &Wake, stores: &Mutex<Vec<Logged>>) {
         for s in stores.iter_mut() {
             rec.clear();
             s.kv.take_pending(&mut rec);
-            if !rec.is_empty() {
+            if !rec.is_empty() && !s.needs_snapshot {
                 if let Err(e) = s.write(&rec) {
                     tracing::error!(tenant = %s.tenant, error = %e, "writing the key-value log failed; these writes are kept in memory only");
+                    s.needs_snapshot = true;
+                    cell.saw(&e);
                 }
             }
             if rec.capacity() > 1 << 20 {
                 rec = Vec::new();
             }
-            if s.log_bytes > COMPACT_MIN && s.log_bytes > 2 * s.kv.used_bytes() {
+            if s.needs_snapshot && s.tree.is_some() {
+                match s.compact() {
+                    Ok(()) => {
+                        tracing::info!(tenant = %s.tenant, "key-value log written out again after the store was reopened")
+                    }
+                    Err(e) => {
+                        tracing::error!(tenant = %s.tenant, error = %e, "writing the key-value log out failed; its writes are kept in memory only");
+                        cell.saw(&e);
+                    }
+                }
+            } else if s.log_bytes > COMPACT_MIN && s.log_bytes > 2 * s.kv.used_bytes() {
                 let before = s.log_bytes;
                 match s.compact() {
                     Ok(()) => {
                         tracing::debug!(tenant = %s.tenant, before, after = s.log_bytes, "key-value log compacted")
                     }
                     Err(e) => {
-                        tracing::error!(tenant = %s.tenant, error = %e, "compacting the key-value log failed")
+                        tracing::error!(tenant = %s.tenant, error = %e, "compacting the key-value log failed");
+                        cell.saw(&e);
                     }
                 }
             }

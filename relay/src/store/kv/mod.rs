@@ -417,6 +417,13 @@ mod tests {
         sled::Config::new().path(dir).open().unwrap()
     }
 
+    /// `db` as the key-value log takes it (never reopened in these tests).
+    fn cell(db: sled::Db) -> Arc<crate::store::cell::DbCell> {
+        crate::store::cell::DbCell::new(std::path::Path::new("."), db, |_| {
+            Err(crate::store::StoreError::Reopening)
+        })
+    }
+
     #[test]
     fn values_expire_and_set_if_absent_sees_only_live_keys() {
         let kv = TenantKv::in_memory(1 << 20);
@@ -469,7 +476,7 @@ mod tests {
     fn the_log_brings_back_every_write_and_delete_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let log = KvLog::start(db(dir.path())).unwrap();
+            let log = KvLog::start(cell(db(dir.path()))).unwrap();
             let a = log.open("a", 1 << 20).unwrap();
             let b = log.open("b", 1 << 20).unwrap();
             a.set("k", b"1".to_vec(), None).unwrap();
@@ -485,7 +492,7 @@ mod tests {
             log.close();
         }
         std::thread::sleep(Duration::from_millis(60));
-        let log = KvLog::start(db(dir.path())).unwrap();
+        let log = KvLog::start(cell(db(dir.path()))).unwrap();
         let a = log.open("a", 1 << 20).unwrap();
         let b = log.open("b", 1 << 20).unwrap();
         assert_eq!(a.get("k"), Some(b"2".to_vec()));
@@ -503,7 +510,7 @@ mod tests {
     fn writes_reach_sled_within_the_window_without_a_close() {
         let dir = tempfile::tempdir().unwrap();
         let sled = db(dir.path());
-        let log = KvLog::start(sled.clone()).unwrap();
+        let log = KvLog::start(cell(sled.clone())).unwrap();
         let a = log.open("a", 1 << 20).unwrap();
         a.set("k", b"v".to_vec(), None).unwrap();
         let tree = sled.open_tree(log_tree("a")).unwrap();
@@ -524,7 +531,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sled = db(dir.path());
         {
-            let log = KvLog::start(sled.clone()).unwrap();
+            let log = KvLog::start(cell(sled.clone())).unwrap();
             let a = log.open("a", 64 << 20).unwrap();
             // 80 rewrites of the same 1,000 keys (~15 MB): the log grows far past the
             // live data (~0.2 MB).
@@ -550,7 +557,7 @@ mod tests {
             bytes < COMPACT_MIN + (1 << 20),
             "log still {bytes} bytes in {records} records"
         );
-        let log = KvLog::start(sled).unwrap();
+        let log = KvLog::start(cell(sled)).unwrap();
         let a = log.open("a", 64 << 20).unwrap();
         assert_eq!(a.len(), 1000);
         assert_eq!(a.get("key7"), Some(79u32.to_be_bytes().repeat(40)));
@@ -569,7 +576,7 @@ mod tests {
         old.insert("stale", expired).unwrap();
         drop(old);
         {
-            let log = KvLog::start(sled.clone()).unwrap();
+            let log = KvLog::start(cell(sled.clone())).unwrap();
             let a = log.open("a", 1 << 20).unwrap();
             assert_eq!(a.get("token"), Some(b"kept".to_vec()));
             assert_eq!(a.get("stale"), None);
@@ -579,7 +586,7 @@ mod tests {
             .tree_names()
             .iter()
             .any(|n| n.as_ref() == legacy_tree("a").as_bytes()));
-        let log = KvLog::start(sled).unwrap();
+        let log = KvLog::start(cell(sled)).unwrap();
         assert_eq!(
             log.open("a", 1 << 20).unwrap().get("token"),
             Some(b"kept".to_vec())
@@ -594,7 +601,7 @@ mod tests {
             .unwrap()
             .insert(0u64.to_be_bytes(), &[OP_SET, 0, 9, b'k'][..])
             .unwrap();
-        let log = KvLog::start(sled).unwrap();
+        let log = KvLog::start(cell(sled)).unwrap();
         let e = log.open("a", 1 << 20).unwrap_err();
         assert!(e.to_string().contains("log record 0 is unreadable"), "{e}");
     }

@@ -254,7 +254,28 @@ impl WasmPolicy {
                 return Err(inner.err(hook, Failure::Unavailable(why)));
             }
         };
-        inner.lease(hook, Some(permit))
+        // A fresh instance runs `init` (up to INIT_DEADLINE): off the worker too.
+        let fresh = inner
+            .current()
+            .idle
+            .lock()
+            .map_or(true, |idle| idle.is_empty());
+        if fresh {
+            block_off_worker(|| inner.lease(hook, Some(permit)))
+        } else {
+            inner.lease(hook, Some(permit))
+        }
+    }
+
+    /// Run a hook call: inline when the tenant's deadline is short, otherwise off the
+    /// runtime's worker thread, so that a slow plugin cannot hold up the other tasks
+    /// queued on that worker (timers, other tenants' connections).
+    fn off_worker<R>(&self, call: impl FnOnce() -> R) -> R {
+        if self.inner.limits.deadline > INLINE_MAX {
+            block_off_worker(call)
+        } else {
+            call()
+        }
     }
 
     /// Whether a refused event or disconnect hook counts as "no actions" (the tenant
@@ -304,7 +325,7 @@ impl Policy for WasmPolicy {
         const HOOK: &str = "on-handshake";
         Box::pin(async move {
             let mut lease = self.lease(HOOK).await?;
-            let raw = lease.call_on_handshake(req);
+            let raw = self.off_worker(|| lease.call_on_handshake(req));
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::decision))
         })
@@ -328,7 +349,7 @@ impl Policy for WasmPolicy {
                 Err(e) => return Err(e),
             };
             let (p, s, _) = lease.parts();
-            let raw = p.call_on_event(s, c.wit(), e.wit());
+            let raw = self.off_worker(|| p.call_on_event(s, c.wit(), e.wit()));
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::actions))
         })
@@ -349,7 +370,7 @@ impl Policy for WasmPolicy {
             let mut lease = self.lease(HOOK).await?;
             let (p, s, loaded) = lease.parts();
             let args = convert::IngressArgs::new(req, &loaded.headers);
-            let raw = p.call_on_ingress(s, args.wit());
+            let raw = self.off_worker(|| p.call_on_ingress(s, args.wit()));
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::outcome))
         })
@@ -373,7 +394,8 @@ impl Policy for WasmPolicy {
                 Err(e) => return Err(e),
             };
             let (p, s, _) = lease.parts();
-            let raw = p.call_on_disconnect(s, c.wit(), convert::disconnect_info(info));
+            let raw = self
+                .off_worker(|| p.call_on_disconnect(s, c.wit(), convert::disconnect_info(info)));
             self.inner
                 .finish(HOOK, lease, checked(raw, convert::actions))
         })
@@ -401,35 +423,112 @@ impl Policy for WasmPolicy {
     }
 }
 
+/// Deadlines up to this run their calls inline on the runtime worker: such a call holds
+/// it at most that long in CPU time. Longer ones move off it ([`block_off_worker`]).
+const INLINE_MAX: Duration = Duration::from_millis(10);
+
+/// Run `f` where it cannot hold up the runtime: on a multi-threaded runtime's worker,
+/// the worker's other tasks are handed to another thread meanwhile
+/// (`tokio::task::block_in_place`); elsewhere (a current-thread runtime, no runtime)
+/// `f` runs as it is.
+fn block_off_worker<R>(f: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_call_finding_no_free_instance_gives_up_after_plugin_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let policy = WasmPolicy::load(PluginEnv {
+    fn testkit(dir: &std::path::Path, limits: PluginLimits, metrics: Arc<Metrics>) -> WasmPolicy {
+        WasmPolicy::load(PluginEnv {
             tenant: Arc::from("t"),
             path: crate::plugin::bundled("testkit"),
-            cache_dir: dir.path().join("cache"),
+            cache_dir: dir.join("cache"),
             settings: toml::Table::new(),
-            limits: PluginLimits {
-                max_idle: 1,
-                wait: Duration::from_millis(50),
-                ..PluginLimits::default()
-            },
+            limits,
             kv: Arc::new(crate::store::TenantKv::in_memory(1 << 20)),
             presence: Arc::new(crate::hub::Hub::default()),
-            metrics: metrics.clone(),
+            metrics,
             log: Arc::new(crate::msglog::LogTarget {
-                dir: dir.path().join("log"),
+                dir: dir.join("log"),
                 max_bytes: 1 << 20,
                 keep: 1,
             }),
             headers: Default::default(),
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A plugin looping for its whole (long) deadline does not hold up the other tasks
+    /// of the worker it was called on: with one worker thread, a 20 ms timer queued
+    /// behind the call still fires in time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_long_call_runs_off_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = PluginLimits {
+            deadline: Duration::from_millis(1000),
+            ..PluginLimits::default()
+        };
+        let policy = Arc::new(testkit(dir.path(), limits, Arc::default()));
+        let conn = ConnInfo {
+            id: "c1".into(),
+            user: None,
+            data: serde_json::Value::Null,
+            authenticated: true,
+            remote: ([127, 0, 0, 1], 1).into(),
+        };
+        let event = |name: &str| ClientEvent {
+            name: Some(name.into()),
+            data: Some(serde_json::json!({ "event": name })),
+            text: serde_json::json!({ "event": name }).to_string(),
+            ack: None,
+            namespace: None,
+        };
+        let hub = crate::hub::Hub::default();
+        // An instance made and idle: the next call runs its hook only.
+        policy.on_event(&conn, &event("echo"), &hub).await.unwrap();
+        // On the worker: start the looping call (it runs next, on this same worker), then
+        // time a 20 ms timer.
+        let probe = {
+            let (policy, event) = (policy.clone(), event("loop"));
+            tokio::spawn(async move {
+                let looping = tokio::spawn(async move {
+                    let hub = crate::hub::Hub::default();
+                    policy.on_event(&conn, &event, &hub).await
+                });
+                let started = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                (started.elapsed(), looping)
+            })
+        };
+        let (waited, looping) = probe.await.unwrap();
+        let result = looping.await.unwrap();
+        assert!(
+            matches!(&result, Err(e) if matches!(e.failure, Failure::Deadline)),
+            "{result:?}"
+        );
+        assert!(
+            waited < Duration::from_millis(500),
+            "a 20 ms timer waited {waited:?} behind the plugin call"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_finding_no_free_instance_gives_up_after_plugin_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let limits = PluginLimits {
+            max_idle: 1,
+            wait: Duration::from_millis(50),
+            ..PluginLimits::default()
+        };
+        let policy = testkit(dir.path(), limits, metrics.clone());
         // The only instance is busy (its permit held, as a call in progress holds it).
         let busy = policy.inner.permits.acquire().await.unwrap();
         let started = std::time::Instant::now();

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{relay, serve_in, ws_texts};
+use common::{relay, serve_in, serve_in_with_log, ws_texts};
 
 fn check(dir: &Path, name: &str, text: &str) -> (bool, String) {
     let path = dir.join(name);
@@ -401,4 +401,39 @@ fn acknowledged_offline_messages_survive_sigkill() {
     );
     // Each pusher's messages arrive in the order they were stored.
     assert!(got.len() >= acked.len());
+}
+
+#[test]
+fn a_plugin_asking_for_a_header_it_did_not_declare_is_logged_once_per_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // testkit declares host, origin and x-token; `?header=NAME` makes its handshake hook
+    // ask the host for NAME.
+    std::fs::write(
+        dir.path().join("relay.toml"),
+        format!(
+            "[server]\ndata_dir = {:?}\n\
+             [[tenant]]\nname = \"t\"\npolicy = \"wasm\"\nplugin = \"bundled:testkit\"\n\
+             [[listener]]\nname = \"w\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\nroutes = [{{ path = \"/\", tenant = \"t\" }}]\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .expect("config");
+    let (mut child, addrs, lines) = serve_in_with_log(dir.path(), &["w"]);
+    for path in [
+        "/?user=u&header=x-api-key",
+        "/?user=u&header=x-api-key",
+        "/?user=u&header=x-token",
+        "/?user=u&header=X-Api-Key",
+    ] {
+        ws_texts(&addrs[0], path, Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let warned: Vec<String> = lines
+        .try_iter()
+        .filter(|l| l.contains("asked for a request header"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("x-api-key"), "{warned:?}");
 }

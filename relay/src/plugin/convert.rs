@@ -109,14 +109,31 @@ const UPGRADE_HEADERS: [&str; 5] = [
 #[derive(Debug, Clone, Default)]
 pub struct HeaderFilter {
     only: Option<std::sync::Arc<[String]>>,
+    /// Names a hook asked for that this filter hides, each reported once.
+    refused: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// How many distinct refused names are remembered (and so logged) per filter.
+const MAX_REFUSED: usize = 32;
 
 impl HeaderFilter {
     /// Only `names` (lowercase), or every header when `None`.
     pub fn new(names: Option<&[String]>) -> Self {
         HeaderFilter {
             only: names.map(Into::into),
+            refused: Default::default(),
         }
+    }
+
+    /// Whether a hook asking for header `name` (lowercase) is refused for the first time
+    /// because the plugin (or the tenant's `plugin_headers`) did not declare it: the
+    /// caller logs it, once per name (up to 32 names).
+    pub fn first_refusal(&self, name: &str) -> bool {
+        if self.only.is_none() || self.passes(name, true) {
+            return false;
+        }
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.len() < MAX_REFUSED && refused.insert(name.to_owned())
     }
 
     /// This filter narrowed to the headers a plugin says it reads (`None`: all).
@@ -133,7 +150,10 @@ impl HeaderFilter {
                     .collect(),
             ),
         };
-        HeaderFilter { only }
+        HeaderFilter {
+            only,
+            refused: Default::default(),
+        }
     }
 
     /// Whether header `name` (lowercase) is shown, on a handshake or a push.
@@ -411,6 +431,31 @@ pub fn outcome(o: w::IngressOutcome) -> Result<IngressOutcome, String> {
 #[cfg(test)]
 mod tests {
     use super::HeaderFilter;
+
+    #[test]
+    fn a_header_the_plugin_did_not_declare_is_reported_once_per_name() {
+        let all = HeaderFilter::default();
+        assert!(
+            !all.first_refusal("x-api-key"),
+            "nothing declared: all are shown"
+        );
+        let f = HeaderFilter::default().narrowed(Some(&["Host".to_owned()]));
+        assert!(!f.first_refusal("host"), "declared");
+        assert!(f.first_refusal("x-api-key"));
+        assert!(!f.first_refusal("x-api-key"), "once per name");
+        assert!(
+            f.clone().first_refusal("x-token"),
+            "clones share what was reported"
+        );
+        assert!(!f.first_refusal("x-token"));
+        for i in 0..100 {
+            f.first_refusal(&format!("x-{i}"));
+        }
+        assert!(
+            !f.first_refusal("x-late"),
+            "at most 32 names are remembered"
+        );
+    }
 
     #[test]
     fn a_spread_message_needs_an_array_of_arguments() {

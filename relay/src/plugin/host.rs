@@ -261,8 +261,11 @@ impl types::HostHandshakeRequest for HostState {
         _: Resource<HandshakeHandle>,
         name: String,
     ) -> wasmtime::Result<Option<String>> {
-        let h = self.current_handshake()?;
         let name = name.to_ascii_lowercase();
+        let h = self.current_handshake()?;
+        if h.headers.first_refusal(&name) {
+            tracing::warn!(tenant = %self.tenant, header = %name, "the plugin asked for a request header it is not shown: declare it in #[plugin(headers = [...])] (and in the tenant's plugin_headers, if set); logged once per name");
+        }
         Ok(h.headers
             .handshake_header(&h.req.headers, &name)
             .map(str::to_owned))

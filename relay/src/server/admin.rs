@@ -104,7 +104,8 @@ impl AdminGuard {
     }
 }
 
-/// `POST /admin/reload[?tenant=name]`: reload WASM plugins now.
+/// `POST /admin/reload[?tenant=name]`: reload WASM plugins now (`404` for a tenant this
+/// relay does not have).
 pub async fn reload(req: &Request<Incoming>, node: &Arc<Node>) -> HttpResponse {
     if req.method() != hyper::Method::POST {
         return text_response(405, "use POST\n");
@@ -114,6 +115,10 @@ pub async fn reload(req: &Request<Incoming>, node: &Arc<Node>) -> HttpResponse {
             .find(|(k, _)| k == "tenant")
             .map(|(_, v)| v.into_owned())
     });
+    if let Some(name) = only.as_deref().filter(|n| !node.tenants.contains_key(*n)) {
+        let body = serde_json::json!({ "error": format!("no tenant named {name:?}") });
+        return crate::web::json_response(404, &body);
+    }
     let node = node.clone();
     let result = tokio::task::spawn_blocking(move || node.reload_plugins(only.as_deref())).await;
     match result {

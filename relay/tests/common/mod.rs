@@ -37,6 +37,15 @@ pub fn serve(config: &Path) -> (std::process::Child, Receiver<String>) {
 /// `relay serve --config <dir>/relay.toml` with its log lines on a channel; the
 /// addresses of its listeners, from the "listening" lines.
 pub fn serve_in(dir: &Path, listeners: &[&str]) -> (std::process::Child, Vec<String>) {
+    let (child, addrs, _) = serve_in_with_log(dir, listeners);
+    (child, addrs)
+}
+
+/// [`serve_in`], and the log lines that follow the "listening" ones.
+pub fn serve_in_with_log(
+    dir: &Path,
+    listeners: &[&str],
+) -> (std::process::Child, Vec<String>, Receiver<String>) {
     let (child, lines) = serve(&dir.join("relay.toml"));
     let mut addrs = vec![String::new(); listeners.len()];
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -56,7 +65,7 @@ pub fn serve_in(dir: &Path, listeners: &[&str]) -> (std::process::Child, Vec<Str
         }
     }
     assert!(addrs.iter().all(|a| !a.is_empty()), "relay did not start");
-    (child, addrs)
+    (child, addrs, lines)
 }
 
 /// A keep-alive HTTP/1.1 connection: one request at a time.

@@ -640,6 +640,27 @@ async fn hot_reload_swaps_plugins_without_dropping_connections() -> Result<()> {
     assert_eq!(again.recv().await?["user"], "third");
     let (s, _) = get(relay.addr("http"), "/admin/reload").await?;
     assert_eq!(s, 405);
+    // One tenant by name; a name this relay does not have is a 404, not a silent 200.
+    let (s, body) = http(
+        relay.addr("http"),
+        "POST",
+        "/admin/reload?tenant=t",
+        None,
+        b"",
+    )
+    .await?;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body)?["t"]["ok"], true);
+    let (s, body) = http(
+        relay.addr("http"),
+        "POST",
+        "/admin/reload?tenant=nope",
+        None,
+        b"",
+    )
+    .await?;
+    assert_eq!(s, 404, "{body}");
+    assert!(body.contains("no tenant named"), "{body}");
     Ok(())
 }
 

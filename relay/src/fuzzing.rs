@@ -175,7 +175,9 @@ pub fn actions(data: &[u8]) {
         let back: Action = serde_json::from_slice(&json).expect("a forwarded action decodes");
         assert_eq!(back, a, "forwarded action round trip");
         if let Action::Close { code, reason, .. } = &a {
-            assert!(crate::protocol::frame::close(*code, reason).len() <= 125);
+            // A close frame's payload (code and reason) fits a control frame: 125 bytes.
+            let frame = crate::protocol::frame::close(*code, reason);
+            assert!(frame.len() <= 2 + 125 && usize::from(frame[1]) == frame.len() - 2);
         }
     }
 }

@@ -80,7 +80,7 @@ fn signed(cfg: &Settings, meta: &Value) -> bool {
     let Some(key) = cfg.apps.get(&app) else {
         return false; // unknown app: illegal (the original threw)
     };
-    sign::verify(
+    sign::verify_ignoring_case(
         &sign::md5_hex(format!("{app}{key}{}", text(ts)).as_bytes()),
         &sign,
     )

@@ -26,6 +26,7 @@
 //! `target/wasm32-wasip2/release/` is the component relay loads. The
 //! contract itself, documented item by item, is `wit/plugin.wit`.
 
+pub mod jwt;
 pub mod pool;
 
 #[doc(hidden)]
@@ -198,6 +199,27 @@ pub mod sign {
         h.finalize().into()
     }
 
+    /// HMAC-SHA256 of `msg` under `key` (RFC 2104): sign [`canonical`] text with it.
+    pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        // HMAC takes a key of any length: `new_from_slice` cannot fail.
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key)
+            .expect("HMAC accepts keys of every length");
+        mac.update(msg);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// [`hmac_sha256`] as lowercase hex.
+    pub fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+        hex(&hmac_sha256(key, msg))
+    }
+
+    /// Whether `received` (hex, either case) is the HMAC-SHA256 of `msg` under `key`,
+    /// compared in constant time.
+    pub fn verify_hmac_sha256_hex(key: &[u8], msg: &[u8], received: &str) -> bool {
+        verify_hex(&hmac_sha256(key, msg), received)
+    }
+
     /// The text to sign for `fields`: each on its own line (`a\nb\nc`). Sign this, never
     /// the bare concatenation: with `user + ts`, a signature issued to user `bob0` at
     /// `ts = 1700000000` also fits user `bob` at `ts = 01700000000`. `None` when a field
@@ -261,9 +283,27 @@ pub mod sign {
         t
     };
 
-    /// Compare a received signature with the expected one without leaking, through
-    /// timing, how many leading characters matched. ASCII case is ignored (hex).
+    /// Compare a secret the client sent (an API key, a token, a base64 signature) with
+    /// the expected one in constant time, byte for byte: case matters. Only the length
+    /// can show through timing.
+    pub fn equal(expected: &str, received: &str) -> bool {
+        let (a, b) = (expected.as_bytes(), received.as_bytes());
+        a.len() == b.len() && bool::from(a.ct_eq(b))
+    }
+
+    /// Renamed [`verify_ignoring_case`]: it ignores ASCII case, which is right only for
+    /// hex digests. Use [`equal`] for keys and tokens.
+    #[deprecated(
+        note = "use `equal` (case matters) or, for hex digests only, `verify_ignoring_case`"
+    )]
     pub fn verify(expected: &str, received: &str) -> bool {
+        verify_ignoring_case(expected, received)
+    }
+
+    /// Compare a received hex signature with the expected one without leaking, through
+    /// timing, how many leading characters matched. ASCII case is ignored, so use it for
+    /// hex digests only (`ABC1` is `abc1`); for keys and tokens use [`equal`].
+    pub fn verify_ignoring_case(expected: &str, received: &str) -> bool {
         let (a, b) = (expected.as_bytes(), received.as_bytes());
         if a.len() != b.len() {
             return false;
@@ -675,6 +715,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn equal_is_exact_and_hmac_matches_rfc_4231() {
+        assert!(sign::equal("Key-123", "Key-123"));
+        assert!(!sign::equal("Key-123", "key-123"), "case matters for keys");
+        assert!(!sign::equal("Key-123", "Key-12"));
+        assert!(!sign::equal("", "x"));
+        assert!(sign::equal("", ""));
+        // RFC 4231, test case 2.
+        let want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        assert_eq!(
+            sign::hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?"),
+            want
+        );
+        assert!(sign::verify_hmac_sha256_hex(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            &want.to_ascii_uppercase()
+        ));
+        assert!(!sign::verify_hmac_sha256_hex(
+            b"Jefe",
+            b"what do ya want?",
+            want
+        ));
+    }
+
+    #[test]
     fn canonical_signing_text_and_timestamps_have_one_form() {
         assert_eq!(
             sign::canonical(&["bob0", "1700000000", "k"]).as_deref(),
@@ -751,11 +816,20 @@ mod tests {
             good,
             "parts hash as their concatenation"
         );
-        assert!(sign::verify(&good, &good.to_ascii_uppercase()));
-        assert!(!sign::verify(&good, &good[1..]), "length differs");
+        assert!(sign::verify_ignoring_case(
+            &good,
+            &good.to_ascii_uppercase()
+        ));
+        assert!(
+            !sign::verify_ignoring_case(&good, &good[1..]),
+            "length differs"
+        );
         let mut bad = good.clone().into_bytes();
         bad[31] = if bad[31] == b'0' { b'1' } else { b'0' };
-        assert!(!sign::verify(&good, std::str::from_utf8(&bad).unwrap()));
+        assert!(!sign::verify_ignoring_case(
+            &good,
+            std::str::from_utf8(&bad).unwrap()
+        ));
         assert_eq!(sign::md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(sign::hex(&[0x00, 0x9f, 0xff]), "009fff");
         let digest = sign::md5_of(&[b"ann", b"1700000000", b"key"]);
@@ -778,17 +852,20 @@ mod tests {
             let s = [b; 11];
             let t = [b.to_ascii_lowercase(); 11];
             let (s, t) = (String::from_utf8_lossy(&s), String::from_utf8_lossy(&t));
-            assert!(sign::verify(&s, &t), "byte {b:#x}");
+            assert!(sign::verify_ignoring_case(&s, &t), "byte {b:#x}");
         }
-        assert!(sign::verify(
+        assert!(sign::verify_ignoring_case(
             "ABCDEFGHIJKLMNOPQRSTUVWXYZ@[`{",
             "abcdefghijklmnopqrstuvwxyz@[`{"
         ));
         assert!(
-            !sign::verify("@[`{@[`{", "`{@[`{@["),
+            !sign::verify_ignoring_case("@[`{@[`{", "`{@[`{@["),
             "neighbours of A-Z are not letters"
         );
-        assert!(!sign::verify("ÄÖÜÉ", "äöüé"), "only ASCII case is ignored");
-        assert!(sign::verify("ÄÖxÜÉ", "ÄÖXÜÉ"));
+        assert!(
+            !sign::verify_ignoring_case("ÄÖÜÉ", "äöüé"),
+            "only ASCII case is ignored"
+        );
+        assert!(sign::verify_ignoring_case("ÄÖxÜÉ", "ÄÖXÜÉ"));
     }
 }

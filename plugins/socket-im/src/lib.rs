@@ -145,7 +145,7 @@ impl Plugin for SocketIm {
             return refuse("this source can not be configured!");
         };
         let expected = sign::md5_hex(format!("{source}{room_ids}{key}").as_bytes());
-        if !sign::verify(&expected, &sign) {
+        if !sign::verify_ignoring_case(&expected, &sign) {
             return refuse("sign verify failed!");
         }
         let session = json!({
@@ -343,7 +343,7 @@ fn notify(cfg: &Settings, http: &HttpRequest, body: &[u8]) -> IngressOutcome {
         return answer(0, "this source can not be configured!", Vec::new());
     };
     let expected = sign::md5_hex(format!("{source}{room_id}{data}{key}").as_bytes());
-    if !sign::verify(&expected, &sign) {
+    if !sign::verify_ignoring_case(&expected, &sign) {
         return answer(0, "api notify sign verify failed!", Vec::new());
     }
     let Some(file) = log_file(&source, &filename) else {

@@ -344,7 +344,7 @@ impl Plugin for SwoolePush {
         let p = |k: &str| text(params.get(k).unwrap_or(&Value::Null));
         match http.path.trim_end_matches('/') {
             "/token" if http.method == "POST" => {
-                if !sign::verify(&cfg.api_key, &p("sk")) {
+                if !sign::equal(&cfg.api_key, &p("sk")) {
                     return Ok(out(
                         403,
                         &json!({"code": 403, "message": "bad sk"}),

@@ -152,7 +152,7 @@ fn validate(kind: &str, o: &Map<String, Value>) -> Result<&'static Client, Strin
     }
     let expected = sign::md5_hex(sign_string(o, &client.api_key).as_bytes());
     let sign = text(&o["sign"]);
-    if !sign::verify(&expected, &sign) {
+    if !sign::verify_ignoring_case(&expected, &sign) {
         return Err(if kind == "login" {
             "不能重复提交"
         } else {

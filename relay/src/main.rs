@@ -55,6 +55,24 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Plugin tooling.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load one plugin component without a config: compile it, check its imports and
+    /// contract version, run its init, and say which hooks and headers it declares.
+    Check {
+        /// The `.wasm` component (or `bundled:<name>`).
+        file: PathBuf,
+        /// The tenant `settings` to init it with, as a JSON object.
+        #[arg(long)]
+        settings: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +137,29 @@ fn main() -> ExitCode {
                 );
             })
             .map_err(Into::into),
+        Command::Plugin {
+            command: PluginCommand::Check { file, settings },
+        } => relay::plugin::check_file(
+            &match file.to_str().and_then(|f| f.strip_prefix("bundled:")) {
+                Some(name) => relay::plugin::bundled(name),
+                None => file.clone(),
+            },
+            settings.as_deref(),
+        )
+        .map(|p| {
+            let headers = p.headers.map_or("every header".to_owned(), |h| {
+                if h.is_empty() {
+                    "none".to_owned()
+                } else {
+                    h.join(", ")
+                }
+            });
+            println!("{}: ok", file.display());
+            println!("  sha256   {}", p.hash);
+            println!("  hooks    {}", p.hooks.join(", "));
+            println!("  headers  {headers}");
+        })
+        .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

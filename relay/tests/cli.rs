@@ -437,3 +437,58 @@ fn a_plugin_asking_for_a_header_it_did_not_declare_is_logged_once_per_name() {
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(warned[0].contains("x-api-key"), "{warned:?}");
 }
+
+#[test]
+fn plugin_check_loads_one_component_without_a_config() {
+    let run = |args: &[&str]| {
+        let out = relay().args(args).output().expect("run relay");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = run(&["plugin", "check", "bundled:testkit"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("hooks    on-handshake, on-event, on-ingress\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("headers  host, origin, x-token\n"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = run(&[
+        "plugin",
+        "check",
+        "bundled:md5-sign",
+        "--settings",
+        r#"{"key": "k"}"#,
+    ]);
+    assert!(ok && stdout.contains("headers  none\n"), "{stdout}");
+    // Settings its init refuses, settings that are not JSON, a file that is no component,
+    // and a component that imports what relay does not provide.
+    let (ok, _, stderr) = run(&[
+        "plugin",
+        "check",
+        "bundled:testkit",
+        "--settings",
+        r#"{"fail_init": true}"#,
+    ]);
+    assert!(
+        !ok && stderr.contains("init refused the settings"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&["plugin", "check", "bundled:testkit", "--settings", "nope"]);
+    assert!(
+        !ok && stderr.contains("--settings must be a JSON object"),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").expect("write");
+    let (ok, _, stderr) = run(&["plugin", "check", junk.to_str().expect("path")]);
+    assert!(!ok && stderr.contains("not a valid component"), "{stderr}");
+    let (ok, _, stderr) = run(&["plugin", "check", "bundled:fs-intruder"]);
+    assert!(!ok && stderr.contains("wasi:filesystem"), "{stderr}");
+}

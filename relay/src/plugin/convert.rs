@@ -125,6 +125,11 @@ impl HeaderFilter {
         }
     }
 
+    /// The names shown (`None`: every header).
+    pub fn names(&self) -> Option<Vec<String>> {
+        self.only.as_ref().map(|n| n.to_vec())
+    }
+
     /// Whether a hook asking for header `name` (lowercase) is refused for the first time
     /// because the plugin (or the tenant's `plugin_headers`) did not declare it: the
     /// caller logs it, once per name (up to 32 names).

@@ -13,6 +13,7 @@
 pub mod bindings;
 pub mod breaker;
 mod call;
+pub mod check;
 pub mod convert;
 pub mod host;
 mod load;
@@ -21,6 +22,7 @@ pub mod runtime;
 pub mod stdio;
 pub mod syncio;
 
+pub use check::{check_file, CheckError, PluginSummary};
 pub use convert::HeaderFilter;
 pub use load::{InitError, LoadError};
 pub use policy::{PluginLimits, WasmPolicy};

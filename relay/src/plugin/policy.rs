@@ -230,6 +230,16 @@ impl WasmPolicy {
         self.inner.current().hash.clone()
     }
 
+    /// Whether the loaded version says (in `init`) that it implements `hook`.
+    pub fn declares(&self, hook: Hooks) -> bool {
+        self.inner.current().hooks.contains(hook)
+    }
+
+    /// The request headers hooks are shown (`None`: every header).
+    pub fn header_names(&self) -> Option<Vec<String>> {
+        self.inner.current().headers.names()
+    }
+
     /// An instance for one call, once one of the tenant's `plugin_instances` is free
     /// (within `plugin_wait_ms`), unless the tenant's breaker is open.
     async fn lease(&self, hook: &'static str) -> Result<Lease<'_>, PolicyError> {

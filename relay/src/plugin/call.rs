@@ -67,8 +67,9 @@ impl Inner {
         let taken = loaded.idle.lock().ok().and_then(|mut v| v.pop());
         let mut inst = match taken {
             Some(i) => i,
+            // A fresh instance runs `init` (up to INIT_DEADLINE): off the worker.
             None => {
-                self.instantiate(rt, &loaded.pre)
+                super::policy::block_off_worker(|| self.instantiate(rt, &loaded.pre))
                     .map_err(|e| {
                         Metrics::inc(&self.metrics.plugin_traps);
                         self.err(hook, Failure::Trap(e.to_string()))

@@ -264,17 +264,7 @@ impl WasmPolicy {
                 return Err(inner.err(hook, Failure::Unavailable(why)));
             }
         };
-        // A fresh instance runs `init` (up to INIT_DEADLINE): off the worker too.
-        let fresh = inner
-            .current()
-            .idle
-            .lock()
-            .map_or(true, |idle| idle.is_empty());
-        if fresh {
-            block_off_worker(|| inner.lease(hook, Some(permit)))
-        } else {
-            inner.lease(hook, Some(permit))
-        }
+        inner.lease(hook, Some(permit))
     }
 
     /// Run a hook call: inline when the tenant's deadline is short, otherwise off the
@@ -441,7 +431,7 @@ const INLINE_MAX: Duration = Duration::from_millis(10);
 /// the worker's other tasks are handed to another thread meanwhile
 /// (`tokio::task::block_in_place`); elsewhere (a current-thread runtime, no runtime)
 /// `f` runs as it is.
-fn block_off_worker<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn block_off_worker<R>(f: impl FnOnce() -> R) -> R {
     let multi = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi {

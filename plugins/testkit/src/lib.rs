@@ -6,7 +6,7 @@
 //!   `?headers=1`, `?header=NAME` and `?whoami=1` answer what the plugin sees of the
 //!   request in `x-seen-headers`, `x-seen-header` and `x-seen-request` response headers.
 //! - events (`{"event": ...}`): `echo`, `whoami`, `login`, `emit` (to `room`),
-//!   `kv-set`/`kv-get`/`kv-once`, `now`, `random`, `version`, `join-other`,
+//!   `kv-set`/`kv-get`/`kv-once`/`kv-incr`/`kv-cas-incr`, `now`, `random`, `version`, `join-other`,
 //!   `leave-other` and `close-other` (`{conn, room}`: act on another connection, which
 //!   may live on another node of a cluster), and the misbehaviours
 //!   `trap`, `loop`, `alloc` (`mb` megabytes), `bad-json`, `print`.
@@ -152,6 +152,31 @@ impl Plugin for Testkit {
             "kv-get" => {
                 let v = host::kv_get(&s("key")).map(|b| String::from_utf8_lossy(&b).into_owned());
                 vec![reply(&json!({"event": "kv-get", "value": v}))]
+            }
+            "kv-incr" => {
+                let by = data["by"].as_i64().unwrap_or(1);
+                match host::kv_incr(&s("key"), by, None) {
+                    Ok(n) => vec![reply(&json!({"event": "kv-incr", "value": n}))],
+                    Err(e) => vec![reply(&json!({"event": "kv-incr", "error": e}))],
+                }
+            }
+            "kv-cas-incr" => {
+                // A counter by read, compute, compare-and-swap, retried on a race.
+                let key = s("key");
+                let n = loop {
+                    let old = host::kv_get(&key);
+                    let cur: i64 = old
+                        .as_deref()
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    let next = (cur + 1).to_string();
+                    if host::kv_compare_and_swap(&key, old.as_deref(), Some(next.as_bytes()), None)
+                    {
+                        break cur + 1;
+                    }
+                };
+                vec![reply(&json!({"event": "kv-cas-incr", "value": n}))]
             }
             "kv-once" => {
                 let fresh = host::kv_set_if_absent(&s("key"), b"1", Some(60));

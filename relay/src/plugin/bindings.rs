@@ -12,6 +12,8 @@ wasmtime::component::bindgen!({
     imports: {
         "relay:plugin/host.kv-set": trappable,
         "relay:plugin/host.kv-set-if-absent": trappable,
+        "relay:plugin/host.kv-incr": trappable,
+        "relay:plugin/host.kv-compare-and-swap": trappable,
         // A handle used outside its call traps (it cannot be: borrows end with the call).
         "relay:plugin/types.[method]handshake-request.conn": trappable,
         "relay:plugin/types.[method]handshake-request.path": trappable,

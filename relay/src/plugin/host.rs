@@ -362,6 +362,37 @@ impl host::Host for HostState {
         self.call_clock.host(|| kv.delete(&key))
     }
 
+    fn kv_incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_secs: Option<u32>,
+    ) -> wasmtime::Result<Result<i64, String>> {
+        let kv = &self.kv;
+        match self
+            .call_clock
+            .host(|| kv.incr(&key, delta, ttl_secs.map(|s| Duration::from_secs(s.into()))))
+        {
+            Ok(n) => Ok(Ok(n)),
+            Err(KvError::NotInteger) => Ok(Err(KvError::NotInteger.to_string())),
+            Err(e) => Err(kv_trap("kv-incr", &self.tenant, &self.metrics, e)),
+        }
+    }
+
+    fn kv_compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+        ttl_secs: Option<u32>,
+    ) -> wasmtime::Result<bool> {
+        let kv = &self.kv;
+        let ttl = ttl_secs.map(|s| Duration::from_secs(s.into()));
+        self.call_clock
+            .host(|| kv.compare_and_swap(&key, expected.as_deref(), new, ttl))
+            .map_err(|e| kv_trap("kv-compare-and-swap", &self.tenant, &self.metrics, e))
+    }
+
     fn log_read(&mut self, file: String) -> Option<Vec<u8>> {
         match crate::msglog::read(&self.log, &file) {
             Ok(content) => content,

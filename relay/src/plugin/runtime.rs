@@ -172,7 +172,7 @@ fn build() -> Result<Runtime, String> {
 }
 
 /// The `relay:plugin` contract version this relay implements (`wit/plugin.wit`).
-pub const CONTRACT_VERSION: &str = "0.6.0";
+pub const CONTRACT_VERSION: &str = "0.7.0";
 
 /// The `relay:plugin` version a component was built against, if its imports name one
 /// other than [`CONTRACT_VERSION`] (so a load failure can say "rebuild it").

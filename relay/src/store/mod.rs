@@ -142,6 +142,19 @@ pub trait KvStore: Send + Sync + 'static {
     ) -> Result<bool, KvError>;
     /// Delete `key`; `true` if it existed (and had not expired).
     fn delete(&self, key: &str) -> bool;
+    /// Add `delta` to the decimal integer at `key` (absent or expired: 0) and return the
+    /// sum, atomically. With `ttl` the key expires that long from now; without, an
+    /// existing expiry is kept.
+    fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError>;
+    /// Set `key` to `new` (delete it when `None`) only if its live value is `expected`
+    /// (`None`: absent or expired); `Ok(true)` if it was swapped.
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError>;
     /// Drop expired entries (called periodically).
     fn purge_expired(&self) {}
 }

@@ -27,6 +27,34 @@ if t == 'string' then return {'string', {redis.call('GET', KEYS[1])}} end
 return {'none', {}}
 "#;
 
+/// `incr`: INCRBY, then the expiry when one is given; `{"notint"}` when the value is
+/// not an integer or the sum overflows (nothing written). ARGV: delta, ttl ms (0: keep).
+const INCR: &str = r#"
+local r = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(r) == 'table' and r.err then return {'notint', 0} end
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {'ok', r}
+"#;
+
+/// `compare_and_swap`. ARGV: expected present (1/0), expected, new present (1/0), new,
+/// ttl ms (0: none).
+const CAS: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if (not cur) or cur ~= ARGV[2] then return 0 end
+elseif cur then
+  return 0
+end
+if ARGV[3] == '0' then
+  redis.call('DEL', KEYS[1])
+elseif tonumber(ARGV[5]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+else
+  redis.call('SET', KEYS[1], ARGV[4])
+end
+return 1
+"#;
+
 /// One tenant's key-value store, shared by the cluster.
 pub struct RedisKv {
     cluster: Arc<Cluster>,
@@ -34,6 +62,8 @@ pub struct RedisKv {
     /// `redis_read`: patterns of Redis's own keys the plugin may read.
     readable: Vec<String>,
     read_raw: redis::Script,
+    incr: redis::Script,
+    cas: redis::Script,
 }
 
 impl std::fmt::Debug for RedisKv {
@@ -54,6 +84,8 @@ impl RedisKv {
             prefix,
             readable,
             read_raw: redis::Script::new(READ_RAW),
+            incr: redis::Script::new(INCR),
+            cas: redis::Script::new(CAS),
         }
     }
 
@@ -167,6 +199,42 @@ impl KvStore for RedisKv {
         let k = format!("{}{key}", self.prefix);
         self.run("delete", async move { conn.del::<_, u64>(k).await })
             .is_ok_and(|n| n > 0)
+    }
+
+    fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        TenantKv::check(key, b"")?;
+        let mut conn = self.cluster.conn.clone();
+        let mut inv = self.incr.key(format!("{}{key}", self.prefix));
+        inv.arg(delta).arg(Self::ttl_ms(ttl).unwrap_or(0));
+        let (kind, n): (String, i64) =
+            self.run("incr", async move { inv.invoke_async(&mut conn).await })?;
+        match kind.as_str() {
+            "ok" => Ok(n),
+            _ => Err(KvError::NotInteger),
+        }
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError> {
+        if let Some(v) = &new {
+            TenantKv::check(key, v)?;
+        }
+        let mut conn = self.cluster.conn.clone();
+        let mut inv = self.cas.key(format!("{}{key}", self.prefix));
+        inv.arg(u8::from(expected.is_some()))
+            .arg(expected.unwrap_or_default())
+            .arg(u8::from(new.is_some()))
+            .arg(new.unwrap_or_default())
+            .arg(Self::ttl_ms(ttl).unwrap_or(0));
+        let swapped: i64 = self.run("compare_and_swap", async move {
+            inv.invoke_async(&mut conn).await
+        })?;
+        Ok(swapped == 1)
     }
 }
 

@@ -16,6 +16,7 @@ mod disk_full;
 mod hardening;
 mod history;
 mod ingress;
+mod kv_atomic;
 mod limits;
 mod msglog;
 mod offline;

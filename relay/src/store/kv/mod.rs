@@ -72,6 +72,17 @@ pub enum KvError {
     /// written.
     #[error("the cluster's key-value store is unavailable: {0}")]
     Unavailable(String),
+    /// `incr` on a value that is not a decimal integer, or a sum past `i64`.
+    #[error("the value is not a decimal integer, or the sum overflows")]
+    NotInteger,
+}
+
+/// The value of a counter kept as decimal text.
+fn as_integer(v: &[u8]) -> Result<i64, KvError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or(KvError::NotInteger)
 }
 
 /// Expiry (ms since the Unix epoch; 0 = never) of an entry written at `now` with `ttl`.
@@ -388,6 +399,64 @@ impl KvStore for TenantKv {
         was_live
     }
 
+    fn incr(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        let now = now_ms();
+        let sum = {
+            let (hash, mut s) = self.shard(key);
+            let (current, kept) = match s.get(hash, key).filter(|e| live(e.expires_ms, now)) {
+                Some(e) => (as_integer(&e.value)?, e.expires_ms),
+                None => (0, 0),
+            };
+            let sum = current.checked_add(delta).ok_or(KvError::NotInteger)?;
+            let text = sum.to_string().into_bytes();
+            Self::check(key, &text)?;
+            let exp = if ttl.is_some() {
+                expiry(now, ttl)
+            } else {
+                kept
+            };
+            self.put(&mut s, hash, key, text, exp, None)?;
+            sum
+        };
+        self.logged();
+        Ok(sum)
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError> {
+        if let Some(v) = &new {
+            Self::check(key, v)?;
+        }
+        let now = now_ms();
+        {
+            let (hash, mut s) = self.shard(key);
+            let current = s
+                .get(hash, key)
+                .filter(|e| live(e.expires_ms, now))
+                .map(|e| &*e.value);
+            if current != expected {
+                return Ok(false);
+            }
+            match new {
+                Some(v) => {
+                    self.put(&mut s, hash, key, v, expiry(now, ttl), None)?;
+                }
+                None => {
+                    if self.remove(&mut s, hash, key).is_some() && self.wake.is_some() {
+                        put_delete(&mut s.pending, key);
+                    }
+                }
+            }
+        }
+        self.logged();
+        Ok(true)
+    }
+
     fn purge_expired(&self) {
         let now = now_ms();
         for s in self.shards.iter() {
@@ -442,6 +511,51 @@ mod tests {
         kv.purge_expired();
         assert!(kv.is_empty());
         assert_eq!(kv.used_bytes(), 0);
+    }
+
+    #[test]
+    fn incr_and_compare_and_swap_follow_their_contract() {
+        let kv = TenantKv::in_memory(1 << 20);
+        assert_eq!(kv.incr("n", 5, None), Ok(5), "absent counts as 0");
+        assert_eq!(kv.incr("n", -7, None), Ok(-2));
+        assert_eq!(kv.get("n"), Some(b"-2".to_vec()), "kept as decimal text");
+        kv.set("t", b"x".to_vec(), None).unwrap();
+        assert_eq!(kv.incr("t", 1, None), Err(KvError::NotInteger));
+        assert_eq!(kv.get("t"), Some(b"x".to_vec()), "nothing written");
+        kv.set("big", i64::MAX.to_string().into_bytes(), None)
+            .unwrap();
+        assert_eq!(
+            kv.incr("big", 1, None),
+            Err(KvError::NotInteger),
+            "overflow"
+        );
+        // An expiry given is set; none keeps the existing one.
+        kv.incr("e", 1, Some(Duration::from_millis(30))).unwrap();
+        kv.incr("e", 1, None).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(kv.get("e"), None, "the expiry was kept");
+        assert_eq!(kv.incr("e", 1, None), Ok(1), "expired counts as 0");
+
+        assert!(kv
+            .compare_and_swap("c", None, Some(b"1".to_vec()), None)
+            .unwrap());
+        assert!(
+            !kv.compare_and_swap("c", None, Some(b"2".to_vec()), None)
+                .unwrap(),
+            "not absent"
+        );
+        assert!(!kv
+            .compare_and_swap("c", Some(b"0"), Some(b"2".to_vec()), None)
+            .unwrap());
+        assert!(kv
+            .compare_and_swap("c", Some(b"1"), Some(b"2".to_vec()), None)
+            .unwrap());
+        assert_eq!(kv.get("c"), Some(b"2".to_vec()));
+        assert!(
+            kv.compare_and_swap("c", Some(b"2"), None, None).unwrap(),
+            "delete"
+        );
+        assert_eq!(kv.get("c"), None);
     }
 
     #[test]
